@@ -1,0 +1,3 @@
+from lightning_trepo.cli import main
+
+main()

@@ -1,0 +1,20 @@
+"""Callbacks the CLI adds by default."""
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class StepPrinter(Callback):
+    """Prints one line per optimizer step with the reward and loss, so logs read well without a UI."""
+
+    def __init__(self, keys: tuple[str, ...] = ("reward/total", "loss/policy", "completion/length_mean", "kl")) -> None:
+        self.keys = keys
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        metrics = trainer.callback_metrics
+        parts = [f"{k}={float(metrics[k]):.4f}" for k in self.keys if k in metrics]
+        rank_zero_info(f"step {trainer.global_step:>5d} | " + " ".join(parts))

@@ -1,0 +1,66 @@
+"""The ``lightning-trepo`` console script: LightningCLI for fit/validate, plus tool subcommands.
+
+    lightning-trepo fit --config configs/grpo.yaml [--config recipes/ddp.yaml] [--trainer.max_steps 2]
+    lightning-trepo verify-estimators        # exact bias/variance of the advantage estimators
+    lightning-trepo score --rollouts r.jsonl --reward configs/rewards/math_format_gate.yaml
+    lightning-trepo serve-reward --config configs/rewards/math_format_gate.yaml --port 8000
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_trepo.callbacks import StepPrinter
+from lightning_trepo.data import PromptDataModule
+from lightning_trepo.modules.base import RLModule
+
+
+class TrepoCLI(LightningCLI):
+    """LightningCLI with the RL module as a subclass-mode model and the prompt data module."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({
+            "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": "runs", "name": "lightning_trepo"}},
+            "trainer.log_every_n_steps": 1,
+            "trainer.accelerator": "auto",
+            "trainer.devices": 1,
+            "trainer.num_sanity_val_steps": 0,
+        })
+
+
+def _tool_commands() -> dict[str, Callable[[list[str]], int | None]]:
+    def verify(argv: list[str]) -> int | None:
+        from lightning_trepo.theory.verify import main as run
+        return run(argv)
+
+    def score(argv: list[str]) -> int | None:
+        from reward_models.cli import score_main
+        return score_main(argv)
+
+    def serve(argv: list[str]) -> int | None:
+        from reward_models.cli import serve_main
+        return serve_main(argv)
+
+    return {"verify-estimators": verify, "score": score, "serve-reward": serve}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``lightning-trepo`` and ``python -m lightning_trepo``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    tools = _tool_commands()
+    if argv and argv[0] in tools:
+        sys.exit(tools[argv[0]](argv[1:]) or 0)
+    TrepoCLI(
+        RLModule, PromptDataModule, subclass_mode_model=True, subclass_mode_data=False,
+        trainer_defaults={"callbacks": [StepPrinter()]}, args=argv, save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

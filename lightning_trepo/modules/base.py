@@ -1,0 +1,294 @@
+"""RLModule: the Lightning side every algorithm shares.
+
+One training step = (on the first step of a rollout) plan -> rollout -> score -> advantages,
+then a loss on one minibatch of the cached rollout. Multiple policy epochs and minibatches come
+from the data module repeating each prompt batch ``steps_per_rollout`` times, so Lightning's
+automatic optimisation, ``accumulate_grad_batches`` and gradient clipping all keep working.
+
+Subclasses (one per algorithm) override :meth:`rollout_plan`, :meth:`compute_advantages` and, if
+they need to, :meth:`compute_loss`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from lightning_trepo.algorithms.kl import kl_estimate
+from lightning_trepo.algorithms.losses import aggregate, clipped_surrogate_loss
+from lightning_trepo.ops import masked_mean
+from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan, SamplingConfig
+from lightning_trepo.rollout.logging import RolloutWriter, rollout_metrics, reward_metrics
+from lightning_trepo.rollout.policy import PolicyConfig, load_policy, load_tokenizer, sequence_logprobs
+from lightning_trepo.types import LossOutput, Rollout
+from reward_models import Reward, Samples
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def default_optimizer(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW(lr=1e-5, weight_decay=0), the usual RLHF default."""
+    return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+
+
+@dataclass
+class RolloutConfig:
+    """How each batch of prompts becomes a rollout."""
+
+    group_size: int = 4
+    """G: samples per prompt."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Sampling settings of the behaviour policy."""
+    max_generate_batch: int = 256
+    """Most sequences per generate call (memory bound); more become extra calls."""
+    log_path: str | None = None
+    """Append every rollout (prompt, completion, metadata, reward) to this JSONL file; off when None."""
+
+
+@dataclass
+class UpdateConfig:
+    """How a rollout becomes gradient steps."""
+
+    epochs: int = 1
+    """μ: policy epochs over each rollout."""
+    num_minibatches: int = 1
+    """Minibatches per epoch (each one optimizer micro-step)."""
+    clip_low: float = 0.2
+    """PPO ratio clip below 1 (ratio >= 1 - clip_low)."""
+    clip_high: float = 0.2
+    """PPO ratio clip above 1 (ratio <= 1 + clip_high); DAPO's clip-higher uses ~0.28."""
+    aggregation: str = "token_mean"
+    """token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_mean_token_sum_norm."""
+    kl_coef: float = 0.0
+    """Weight of the KL to the reference policy; 0 means no reference model is loaded."""
+    kl_estimator: str = "k3"
+    """k1 | k2 | k3 (per-token estimator of KL(π || π_ref))."""
+
+    @property
+    def steps_per_rollout(self) -> int:
+        return self.epochs * self.num_minibatches
+
+
+class RLModule(LightningModule):
+    """Shared base of REINFORCE, RLOO, ReMax, GRPO, PPO and TRePO."""
+
+    def __init__(
+        self,
+        reward: Reward,
+        policy: PolicyConfig = PolicyConfig(),
+        rollout: RolloutConfig = RolloutConfig(),
+        update: UpdateConfig = UpdateConfig(),
+        optimizer: OptimizerFactory = default_optimizer,
+    ) -> None:
+        """
+        Args:
+            reward: the response-level reward tree (``class_path``/``init_args``).
+            policy: which model to train and how to load it.
+            rollout: samples per prompt and sampling settings.
+            update: epochs, minibatches, clipping, loss aggregation and KL.
+            optimizer: optimizer factory, e.g. ``{class_path: torch.optim.AdamW, init_args: {lr: 1e-5}}``.
+        """
+        super().__init__()
+        if not isinstance(reward, Reward):
+            raise TypeError(f"model.init_args.reward must be a reward_models.Reward, got {type(reward).__name__}")
+        self.save_hyperparameters(ignore=["reward", "optimizer"])
+        self.reward = reward
+        self.policy_cfg, self.rollout_cfg, self.update_cfg = policy, rollout, update
+        self.optimizer_factory = optimizer
+        self._validate_update(update)
+        self.tokenizer = load_tokenizer(policy)
+        self.policy: torch.nn.Module | None = None
+        self._frozen: dict[str, torch.nn.Module] = {}  # reference model: deliberately not a submodule
+        self._rollout: Rollout | None = None
+        self._engine: RolloutEngine | None = None
+        self._writer = RolloutWriter(rollout.log_path) if rollout.log_path else None
+        self._t_loss: float | None = None
+
+    @staticmethod
+    def _validate_update(update: UpdateConfig) -> None:
+        if update.epochs < 1 or update.num_minibatches < 1:
+            raise ValueError("update.epochs and update.num_minibatches must be >= 1")
+        aggregate(torch.zeros(1, 1), torch.ones(1, 1), update.aggregation)  # raises naming the valid modes
+        kl_estimate(torch.zeros(1), torch.zeros(1), update.kl_estimator)
+
+    # ------------------------------------------------------------------ model lifecycle
+    def configure_model(self) -> None:
+        """Build the policy (and a frozen reference only when ``kl_coef != 0``) once."""
+        if self.policy is not None:
+            return
+        self.policy, self.tokenizer = load_policy(self.policy_cfg)
+        if self.update_cfg.kl_coef != 0.0 or self.needs_reference():
+            ref = copy.deepcopy(self.policy).eval()
+            ref.requires_grad_(False)
+            self._frozen["ref"] = ref
+
+    def needs_reference(self) -> bool:
+        """Subclasses that need a reference for reasons other than the KL loss override this."""
+        return False
+
+    @property
+    def ref_model(self) -> torch.nn.Module | None:
+        return self._frozen.get("ref")
+
+    def setup(self, stage: str) -> None:
+        self.configure_model()
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "connect"):
+            dm.connect(self.tokenizer, steps_per_rollout=self.update_cfg.steps_per_rollout,
+                       use_chat_template=self.policy_cfg.use_chat_template,
+                       rank=self.global_rank, world_size=self.trainer.world_size)
+
+    def on_fit_start(self) -> None:
+        for model in self._frozen.values():
+            model.to(self.device)
+        self.reward.to(self.device)
+
+    @property
+    def engine(self) -> RolloutEngine:
+        if self._engine is None:
+            self._engine = RolloutEngine(self.tokenizer, self.rollout_cfg.max_generate_batch,
+                                         synced_gpus=self._params_sharded())
+        return self._engine
+
+    def _params_sharded(self) -> bool:
+        """ZeRO-3 / FSDP shard parameters: every rank must keep stepping generate (synced_gpus)."""
+        strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
+        name = type(strategy).__name__ if strategy is not None else ""
+        stage = getattr(strategy, "zero_stage_3", False)
+        return bool(stage) or name in {"ModelParallelStrategy", "FSDPStrategy"}
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return self.optimizer_factory(params)
+
+    # ------------------------------------------------------------------ algorithm hooks
+    def rollout_plan(self) -> RolloutPlan:
+        """What this algorithm needs from the rollout path (default: G samples per prompt)."""
+        return RolloutPlan(group_size=self.rollout_cfg.group_size, sampling=self.rollout_cfg.sampling,
+                           need_ref_logprobs=self.ref_model is not None)
+
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Tensor:
+        """(N,) or (N, L) advantages from the (N,) rewards. Every algorithm overrides this."""
+        raise NotImplementedError
+
+    def compute_loss(self, batch: Rollout) -> LossOutput:
+        """PPO-clipped surrogate against the behaviour policy (+ optional KL to the reference)."""
+        u = self.update_cfg
+        logprobs, entropy = self.policy_logprobs(batch, with_entropy=True)
+        out = clipped_surrogate_loss(logprobs, batch.old_logprobs, batch.extras["advantages"], batch.completion_mask,
+                                     clip_low=u.clip_low, clip_high=u.clip_high, aggregation=u.aggregation)
+        loss, metrics = out.loss, dict(out.metrics)
+        if batch.ref_logprobs is not None and u.kl_coef != 0.0:
+            kl = aggregate(kl_estimate(logprobs, batch.ref_logprobs, u.kl_estimator), batch.completion_mask, u.aggregation)
+            loss = loss + u.kl_coef * kl
+            metrics["kl"] = kl
+        metrics["entropy"] = masked_mean(entropy, batch.completion_mask)
+        return LossOutput(loss=loss, metrics=metrics)
+
+    # ------------------------------------------------------------------ shared steps
+    def policy_logprobs(self, batch: Rollout, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        return sequence_logprobs(self.policy, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
+                                 batch.completion_mask, self.rollout_cfg.sampling.temperature, with_entropy)
+
+    @torch.no_grad()
+    def frozen_logprobs(self, model: torch.nn.Module, rollout: Rollout) -> Tensor:
+        """Behaviour or reference log-probs, computed once per rollout in chunks."""
+        parts = []
+        size = self.rollout_cfg.max_generate_batch
+        for start in range(0, rollout.num_samples, size):
+            idx = torch.arange(start, min(start + size, rollout.num_samples), device=rollout.completion_ids.device)
+            mb = rollout.select(idx)
+            lp, _ = sequence_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask,
+                                      self.rollout_cfg.sampling.temperature)
+            parts.append(lp)
+        return torch.cat(parts)
+
+    def score(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
+        """Run the reward tree; the logged total and the trained total are the same tensor."""
+        samples = Samples(prompts=rollout.prompts, completions=rollout.completions,
+                          completion_ids=rollout.completion_ids.cpu(), completion_mask=rollout.completion_mask.cpu(),
+                          group_index=rollout.group_index.cpu(), metadata=rollout.metadata)
+        out = self.reward(samples)
+        return out.rewards.to(self.device), {k: v for k, v in out.metrics.items()}
+
+    def make_rollout(self, batch: dict[str, Any]) -> tuple[Rollout, dict[str, Tensor]]:
+        """plan -> generate -> score -> behaviour/ref log-probs -> advantages."""
+        plan = self.rollout_plan()
+        rollout = self.engine.rollout(self.policy, plan, batch["prompts"], batch["prompt_ids"], batch["metadata"], self.device)
+        t0 = time.perf_counter()
+        rewards, components = self.score(rollout)
+        baseline = rollout.extras.get("baseline")
+        if baseline is not None:
+            rollout.extras["baseline_rewards"], _ = self.score(baseline)
+        t_score = time.perf_counter() - t0
+        rollout = self.extend_rollout(rollout, rewards)
+        t1 = time.perf_counter()
+        rollout.old_logprobs = self.frozen_logprobs(self.policy, rollout)
+        if plan.need_ref_logprobs and self.ref_model is not None:
+            rollout.ref_logprobs = self.frozen_logprobs(self.ref_model, rollout)
+        rewards_used = torch.nan_to_num(rewards, nan=0.0)
+        rollout.extras["rewards"] = rewards_used
+        rollout.extras["advantages"] = self.compute_advantages(rollout, rewards_used)
+        t_logprob = time.perf_counter() - t1
+        metrics = {**rollout_metrics(rollout, rewards), **reward_metrics(rewards, components)}
+        metrics.update({"time/generate": torch.tensor(rollout.extras["time_generate"]),
+                        "time/score": torch.tensor(t_score), "time/logprobs": torch.tensor(t_logprob)})
+        gen_t = rollout.extras["time_generate"]
+        metrics["perf/tokens_per_s"] = torch.tensor(float(rollout.completion_mask.sum()) / max(gen_t, 1e-9))
+        if self._writer is not None and self.global_rank == 0:
+            self._writer.write(self.global_step, rollout, rewards, components)
+        return rollout, metrics
+
+    def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> Rollout:
+        """Hook for plans that need more than samples (e.g. TRePO continuations). Default: none."""
+        return rollout
+
+    def minibatch(self, rollout: Rollout, rollout_step: int) -> Rollout:
+        """Minibatch ``rollout_step % num_minibatches`` of a fixed per-rollout permutation of the samples."""
+        k = self.update_cfg.num_minibatches
+        if k == 1:
+            return rollout
+        perm = rollout.extras.get("perm")
+        if perm is None:
+            perm = torch.randperm(rollout.num_samples, device=rollout.completion_ids.device)
+            rollout.extras["perm"] = perm
+        chunks = perm.chunk(k)
+        return rollout.select(chunks[rollout_step % k])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        step = int(batch.get("rollout_step", 0))
+        t_start = time.perf_counter()
+        if step == 0 or self._rollout is None:
+            self._rollout, metrics = self.make_rollout(batch)
+            self.log_metrics(metrics, prog_bar_keys=("reward/total",))
+        out = self.compute_loss(self.minibatch(self._rollout, step))
+        self.log_metrics({**out.metrics, "loss/policy": out.loss.detach()}, prog_bar_keys=("loss/policy",))
+        self._t_loss = t_start
+        return out.loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._t_loss is not None:
+            self.log("time/step", time.perf_counter() - self._t_loss, on_step=True, on_epoch=False)
+
+    def log_metrics(self, metrics: dict[str, Tensor], prog_bar_keys: tuple[str, ...] = ()) -> None:
+        sync = self._trainer is not None and self.trainer.world_size > 1
+        for key, value in metrics.items():
+            value = torch.as_tensor(value, dtype=torch.float32, device=self.device)
+            if value.numel() != 1 or not torch.isfinite(value):
+                continue
+            self.log(key, value, on_step=True, on_epoch=False, prog_bar=key in prog_bar_keys, sync_dist=sync,
+                     batch_size=1)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["reward_state"] = self.reward.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.reward.load_state_dict(checkpoint.get("reward_state", {}))
+

@@ -1,0 +1,41 @@
+"""GRPO (Shao et al. 2024, arXiv 2402.03300): group-normalised response rewards, PPO-clipped loss."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from lightning_trepo.algorithms.advantages import grpo_advantages
+from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
+from lightning_trepo.rollout.policy import PolicyConfig
+from lightning_trepo.types import Rollout
+from reward_models import Reward
+
+
+class GRPO(RLModule):
+    """Group Relative Policy Optimization.
+
+    Advantage of sample i in its group of G: (r_i − mean_group(r)) / (std + eps), the same for every
+    token of the response. The group mean includes r_i itself, which scales the expected gradient
+    by (G−1)/G (see ``lightning-trepo verify-estimators``).
+    """
+
+    def __init__(
+        self,
+        reward: Reward,
+        policy: PolicyConfig = PolicyConfig(),
+        rollout: RolloutConfig = RolloutConfig(),
+        update: UpdateConfig = UpdateConfig(),
+        optimizer: OptimizerFactory = default_optimizer,
+        advantage_scale: str = "group",
+        advantage_eps: float = 1e-6,
+    ) -> None:
+        """
+        Args:
+            advantage_scale: std used to scale advantages: group | batch | none (Dr. GRPO).
+            advantage_eps: added to the std before dividing.
+        """
+        super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
+        self.advantage_scale = advantage_scale
+        self.advantage_eps = advantage_eps
+
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Tensor:
+        return grpo_advantages(rewards, rollout.group_size, scale=self.advantage_scale, eps=self.advantage_eps)

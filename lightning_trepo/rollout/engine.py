@@ -1,0 +1,193 @@
+"""The shared rollout path: one engine fulfils every algorithm's :class:`RolloutPlan`.
+
+An algorithm never calls ``generate`` itself. It declares what it needs (samples per prompt,
+sampling settings, a greedy baseline per prompt, continuations from prefixes) and the engine
+produces it in as few batched ``generate`` calls as memory allows.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_trepo.types import Rollout
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are sampled from the policy."""
+
+    temperature: float = 1.0
+    """Softmax temperature; log-probs for the loss use the same temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off)."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    max_new_tokens: int = 32
+    """Maximum completion length; a completion without EOS by then counts as truncated."""
+    stop_at_eos: bool = True
+    """Stop a sequence at EOS; False generates ``max_new_tokens`` always (masks still end at EOS)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"sampling.temperature must be > 0 (got {self.temperature}); use greedy plans for argmax")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p must be in (0, 1] (got {self.top_p})")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"sampling.max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+
+
+@dataclass
+class RolloutPlan:
+    """What an algorithm asks of the rollout path for one batch of prompts."""
+
+    group_size: int = 1
+    """G samples per prompt."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    greedy_baseline: bool = False
+    """Also produce one greedy response per prompt (ReMax); scored with the samples in one call."""
+    need_ref_logprobs: bool = False
+    """Compute reference-policy log-probs (KL penalty)."""
+
+
+@dataclass
+class Generated:
+    """Token ids of a batch of generated completions (right padded, mask through the first EOS)."""
+
+    completion_ids: Tensor
+    completion_mask: Tensor
+    truncated: Tensor
+    num_calls: int = 1
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """Left-pad token lists into (N, P) ids and mask."""
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, width - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def right_pad(seqs: Sequence[Tensor], pad_id: int) -> Tensor:
+    """Right-pad 1-D tensors into (N, L)."""
+    width = max((s.numel() for s in seqs), default=0)
+    out = torch.full((len(seqs), max(width, 1)), pad_id, dtype=torch.long, device=seqs[0].device if seqs else None)
+    for i, s in enumerate(seqs):
+        out[i, : s.numel()] = s
+    return out
+
+
+def completion_mask_from_eos(completion_ids: Tensor, eos_ids: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Mask = 1 up to and including the first EOS; truncated = no EOS at all. (N, L) -> (N, L), (N,)."""
+    is_eos = torch.zeros_like(completion_ids, dtype=torch.bool)
+    for eos in eos_ids:
+        is_eos |= completion_ids == eos
+    # number of EOS tokens strictly before each position; a position is real while that is 0
+    before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
+    mask = (before == 0).long()
+    truncated = ~is_eos.any(dim=1)
+    return mask, truncated
+
+
+class RolloutEngine:
+    """Fulfils rollout plans with Hugging Face ``generate`` (KV cache, left-padded batches)."""
+
+    def __init__(self, tokenizer: Any, max_batch_size: int = 256, synced_gpus: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.synced_gpus = synced_gpus
+        eos = tokenizer.eos_token_id
+        self.eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.generate_calls = 0
+        self.generated_tokens = 0
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
+                 sampling: SamplingConfig | None, num_return: int = 1) -> Generated:
+        """Sample ``num_return`` completions per row (``sampling=None`` = greedy), in chunks of
+        ``max_batch_size`` rows. Returns completions in row-major order (row i's samples contiguous)."""
+        ids = prompt_ids.repeat_interleave(num_return, dim=0)
+        mask = prompt_mask.repeat_interleave(num_return, dim=0)
+        chunks: list[Tensor] = []
+        calls = 0
+        was_training = model.training
+        model.eval()
+        try:
+            for start in range(0, ids.shape[0], self.max_batch_size):
+                chunk = self._generate_chunk(model, ids[start:start + self.max_batch_size],
+                                             mask[start:start + self.max_batch_size], sampling)
+                chunks.extend(chunk.unbind(0))
+                calls += 1
+        finally:
+            model.train(was_training)
+        completion_ids = right_pad(chunks, self.pad_id)
+        completion_mask, truncated = completion_mask_from_eos(completion_ids, self.eos_ids)
+        completion_ids = torch.where(completion_mask.bool(), completion_ids, torch.full_like(completion_ids, self.pad_id))
+        self.generate_calls += calls
+        self.generated_tokens += int(completion_mask.sum())
+        return Generated(completion_ids, completion_mask, truncated, calls)
+
+    def _generate_chunk(self, model: nn.Module, ids: Tensor, mask: Tensor, sampling: SamplingConfig | None) -> Tensor:
+        from transformers import GenerationConfig
+
+        s = sampling or SamplingConfig()
+        config = GenerationConfig(
+            do_sample=sampling is not None, temperature=s.temperature if sampling else None,
+            top_p=s.top_p if sampling else None, top_k=s.top_k if sampling else None,
+            max_new_tokens=s.max_new_tokens, min_new_tokens=s.max_new_tokens if not s.stop_at_eos else None,
+            pad_token_id=self.pad_id, eos_token_id=self.eos_ids, use_cache=True,
+        )
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                             synced_gpus=self.synced_gpus)
+        return out[:, ids.shape[1]:]
+
+    # ------------------------------------------------------------------ plans
+    def rollout(self, model: nn.Module, plan: RolloutPlan, prompts: list[str], prompt_ids: list[list[int]],
+                metadata: list[dict[str, Any]], device: torch.device) -> Rollout:
+        """Sample ``plan.group_size`` completions for each of B prompts: one batched generate call
+        (more only when N exceeds ``max_batch_size``). A greedy baseline, if planned, goes in
+        ``extras['baseline']`` as a Rollout of B rows."""
+        g = plan.group_size
+        p_ids, p_mask = left_pad(prompt_ids, self.pad_id, device)
+        t0 = time.perf_counter()
+        gen = self.generate(model, p_ids, p_mask, plan.sampling, num_return=g)
+        rollout = self._as_rollout(gen, p_ids, p_mask, prompts, metadata, g)
+        if plan.greedy_baseline:
+            greedy = self.generate(model, p_ids, p_mask, None, num_return=1)
+            rollout.extras["baseline"] = self._as_rollout(greedy, p_ids, p_mask, prompts, metadata, 1)
+        rollout.extras["time_generate"] = time.perf_counter() - t0
+        return rollout
+
+    def _as_rollout(self, gen: Generated, p_ids: Tensor, p_mask: Tensor, prompts: list[str],
+                    metadata: list[dict[str, Any]], g: int) -> Rollout:
+        completions = self.tokenizer.batch_decode(gen.completion_ids, skip_special_tokens=True)
+        n_prompts = p_ids.shape[0]
+        return Rollout(
+            prompt_ids=p_ids.repeat_interleave(g, dim=0), prompt_mask=p_mask.repeat_interleave(g, dim=0),
+            completion_ids=gen.completion_ids, completion_mask=gen.completion_mask,
+            group_index=torch.arange(n_prompts, device=p_ids.device).repeat_interleave(g), group_size=g,
+            prompts=[p for p in prompts for _ in range(g)], completions=completions,
+            metadata=[m for m in metadata for _ in range(g)], truncated=gen.truncated,
+        )
+
+    def continue_from(self, model: nn.Module, prefix_ids: list[list[int]], num_return: int,
+                      sampling: SamplingConfig) -> tuple[Generated, Tensor, Tensor]:
+        """Sample ``num_return`` continuations of each token prefix in one batched pass.
+        Returns the generated continuations and the left-padded prefixes (ids, mask)."""
+        device = next(model.parameters()).device
+        ids, mask = left_pad(prefix_ids, self.pad_id, device)
+        return self.generate(model, ids, mask, sampling, num_return), ids, mask
+
+
+def with_sampling(plan: RolloutPlan, **changes: Any) -> RolloutPlan:
+    """A copy of ``plan`` with some sampling settings changed."""
+    return replace(plan, sampling=replace(plan.sampling, **changes))

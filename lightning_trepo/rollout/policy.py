@@ -1,0 +1,188 @@
+"""Policy loading: a local Hugging Face causal LM by path, or the built-in tiny character model.
+
+The built-in model is a small GPT-2 configuration with a character-level tokenizer made in code
+(printable ASCII + newline), so every test and the default config run offline with nothing to
+download. ``builtin:<name>`` paths resolve to weights shipped inside the package
+(``lightning_trepo/assets/<name>``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lightning_trepo.ops import entropy_from_logits, token_logprobs
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+CHAR_SPECIALS = ("<pad>", "<eos>", "<unk>")
+CHARS = tuple(chr(i) for i in range(32, 127)) + ("\n",)
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class TinyModelConfig:
+    """Shape of the built-in GPT-2-style character model (used when ``model_path`` is empty)."""
+
+    n_layer: int = 2
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention heads."""
+    n_embd: int = 64
+    """Hidden size."""
+    n_positions: int = 128
+    """Context length in characters (prompt + completion)."""
+    seed: int = 0
+    """Seed of the random initialisation."""
+
+
+@dataclass
+class PolicyConfig:
+    """Which policy to train and how to load it."""
+
+    model_path: str | None = None
+    """Local HF model directory, ``builtin:<name>`` for shipped weights, or None for the random tiny model."""
+    tokenizer_path: str | None = None
+    """Tokenizer directory when it differs from ``model_path``."""
+    gguf_file: str | None = None
+    """GGUF file name inside ``model_path`` (transformers dequantises it; needs the ``gguf`` package)."""
+    torch_dtype: str = "float32"
+    """float32 | bfloat16 | float16."""
+    use_chat_template: bool | None = None
+    """Wrap prompts in the tokenizer's chat template; None = when the tokenizer has one."""
+    disable_dropout: bool = True
+    """Set every dropout to 0 so behaviour and training log-probs agree (standard in RLHF)."""
+    gradient_checkpointing: bool = False
+    """Trade compute for activation memory."""
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    """Shape of the built-in model when ``model_path`` is None."""
+
+
+def build_char_tokenizer():
+    """A fast HF tokenizer with one token per character: <pad>=0, <eos>=1, <unk>=2, then ASCII."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(CHAR_SPECIALS + CHARS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tok.padding_side = "left"
+    return tok
+
+
+def build_tiny_model(cfg: TinyModelConfig, vocab_size: int) -> nn.Module:
+    """A randomly initialised GPT-2 LM with the given shape (no dropout)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=1, eos_token_id=1, pad_token_id=0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return GPT2LMHeadModel(config)
+
+
+def resolve_model_path(path: str) -> str:
+    """``builtin:<name>`` -> the shipped asset directory; local paths are checked to exist."""
+    if path.startswith("builtin:"):
+        local = ASSETS / path.split(":", 1)[1]
+        if not local.is_dir():
+            shipped = sorted(p.name for p in ASSETS.iterdir()) if ASSETS.is_dir() else []
+            raise FileNotFoundError(f"model_path {path!r}: no shipped model of that name (shipped: {shipped})")
+        return str(local)
+    expanded = os.path.expanduser(path)
+    if os.path.exists(expanded):
+        return expanded
+    if path.startswith((".", "/", "~")) or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(
+            f"model_path {path!r} does not exist (a local Hugging Face model directory is expected; "
+            "hub downloads are disabled offline)"
+        )
+    return path  # a hub id, for machines that can download
+
+
+def load_policy(cfg: PolicyConfig):
+    """Return ``(model, tokenizer)``: left-padding tokenizer with a pad token, model in train mode."""
+    if cfg.torch_dtype not in _DTYPES:
+        raise ValueError(f"policy.torch_dtype {cfg.torch_dtype!r} is not one of {sorted(_DTYPES)}")
+    dtype = _DTYPES[cfg.torch_dtype]
+    if cfg.model_path is None:
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_model(cfg.tiny, len(tokenizer)).to(dtype)
+    else:
+        model, tokenizer = _load_hf(cfg, dtype)
+    if cfg.disable_dropout:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    model.train()
+    return model, tokenizer
+
+
+def load_tokenizer(cfg: PolicyConfig):
+    """The policy's tokenizer alone (cheap): left padding, a pad token, an EOS token."""
+    if cfg.model_path is None:
+        return build_char_tokenizer()
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(cfg.tokenizer_path or cfg.model_path)
+    extra = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+    except (OSError, ValueError) as err:
+        raise OSError(f"policy.tokenizer_path/model_path {path!r}: could not load a tokenizer ({err})") from err
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"policy.model_path {cfg.model_path!r}: tokenizer has no EOS token")
+    return tokenizer
+
+
+def _load_hf(cfg: PolicyConfig, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(cfg)
+    path = resolve_model_path(cfg.model_path)
+    extra = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+    except (OSError, ValueError) as err:
+        raise OSError(f"policy.model_path {cfg.model_path!r}: could not load a causal LM ({err})") from err
+    return model, tokenizer
+
+
+def completion_logits(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
+                      completion_ids: Tensor, completion_mask: Tensor) -> Tensor:
+    """Logits (N, L, V) that predict each completion token given everything before it.
+
+    Prompts are left padded and completions right padded; position ids follow the attention mask
+    so a left-padded prompt sees the same positions as an unpadded one.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention = torch.cat([prompt_mask, completion_mask], dim=1).long()
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    length = completion_ids.shape[1]
+    out = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                logits_to_keep=length + 1, use_cache=False)
+    return out.logits[:, -length - 1:-1]
+
+
+def sequence_logprobs(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                      completion_mask: Tensor, temperature: float = 1.0,
+                      with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Per-token log π(w_t | prefix) at the sampling temperature, (N, L), and optionally entropy."""
+    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    logprobs = token_logprobs(logits, completion_ids, temperature) * completion_mask
+    entropy = entropy_from_logits(logits.detach(), temperature) if with_entropy else None
+    return logprobs, entropy
