@@ -50,11 +50,11 @@ def _tool_commands() -> dict[str, Callable[[list[str]], int | None]]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``lightning-trepo`` and ``python -m lightning_trepo``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tools = _tool_commands()
-    if argv and argv[0] in tools:
-        sys.exit(tools[argv[0]](argv[1:]) or 0)
+    if args and args[0] in tools:
+        sys.exit(tools[args[0]](args[1:]) or 0)
     TrepoCLI(
         RLModule, PromptDataModule, subclass_mode_model=True, subclass_mode_data=False,
         trainer_defaults={"callbacks": [StepPrinter()]}, args=argv, save_config_kwargs={"overwrite": True},

@@ -25,7 +25,7 @@ from lightning_trepo.algorithms.losses import aggregate, clipped_surrogate_loss
 from lightning_trepo.ops import masked_mean
 from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan, SamplingConfig
 from lightning_trepo.rollout.logging import RolloutWriter, rollout_metrics, reward_metrics
-from lightning_trepo.rollout.policy import PolicyConfig, load_policy, load_tokenizer, sequence_logprobs
+from lightning_trepo.rollout.policy import PolicyConfig, TinyModelConfig, load_policy, load_tokenizer, sequence_logprobs
 from lightning_trepo.types import LossOutput, Rollout
 from reward_models import Reward, Samples
 
@@ -49,6 +49,10 @@ class RolloutConfig:
     """Most sequences per generate call (memory bound); more become extra calls."""
     log_path: str | None = None
     """Append every rollout (prompt, completion, metadata, reward) to this JSONL file; off when None."""
+    val_num_samples: int = 4
+    """Validation: sampled responses per held-out prompt for pass@n (0 = greedy only)."""
+    val_success_threshold: float = 1.0
+    """Validation: a response with reward >= this counts as solved (accuracy, pass@n)."""
 
 
 @dataclass
@@ -73,6 +77,10 @@ class UpdateConfig:
     @property
     def steps_per_rollout(self) -> int:
         return self.epochs * self.num_minibatches
+
+
+# Checkpoints store these configs as hyper-parameters; allow them under torch.load(weights_only=True).
+torch.serialization.add_safe_globals([PolicyConfig, TinyModelConfig, SamplingConfig, RolloutConfig, UpdateConfig])
 
 
 class RLModule(LightningModule):
@@ -284,6 +292,28 @@ class RLModule(LightningModule):
                 continue
             self.log(key, value, on_step=True, on_epoch=False, prog_bar=key in prog_bar_keys, sync_dist=sync,
                      batch_size=1)
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Held-out prompts: greedy reward and accuracy, and pass@n over ``val_num_samples`` samples."""
+        cfg = self.rollout_cfg
+        plan = RolloutPlan(group_size=max(cfg.val_num_samples, 1), sampling=cfg.sampling,
+                           greedy_baseline=True)
+        rollout = self.engine.rollout(self.policy, plan, batch["prompts"], batch["prompt_ids"], batch["metadata"],
+                                      self.device)
+        greedy, _ = self.score(rollout.extras["baseline"])
+        solved = (torch.nan_to_num(greedy, nan=-math.inf) >= cfg.val_success_threshold).float()
+        metrics = {"val/reward": greedy.nanmean(), "val/accuracy": solved.mean(),
+                   "val/length": rollout.extras["baseline"].lengths.float().mean()}
+        if cfg.val_num_samples > 0:
+            sampled, _ = self.score(rollout)
+            ok = (torch.nan_to_num(sampled, nan=-math.inf) >= cfg.val_success_threshold).reshape(-1, plan.group_size)
+            metrics[f"val/pass@{plan.group_size}"] = ok.any(dim=1).float().mean()
+            metrics["val/reward_sampled"] = sampled.nanmean()
+        n = len(batch["prompts"])
+        for key, value in metrics.items():
+            self.log(key, value.float(), on_step=False, on_epoch=True, batch_size=n, prog_bar=key == "val/accuracy",
+                     sync_dist=self.trainer.world_size > 1)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
