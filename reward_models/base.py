@@ -9,13 +9,34 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
+import logging
 import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from reward_models.types import RewardOutput, Samples
+
+log = logging.getLogger("reward_models")
+ON_ERROR = ("raise", "nan")
+
+
+class RewardError(RuntimeError):
+    """A reward component failed; ``path`` is its place in the tree (``("gated", "inner")``)."""
+
+    def __init__(self, path: tuple[str, ...], component: str, message: str) -> None:
+        self.path, self.component, self.message = path, component, message
+        where = "/".join(path) if path else "<root>"
+        super().__init__(f"reward component {where!r} ({component}) failed: {message}")
+
+    def prefixed(self, name: str) -> "RewardError":
+        """The same error one level up the tree, under child name ``name``."""
+        return RewardError((name, *self.path), self.component, self.message)
 
 
 class Reward:
@@ -32,14 +53,71 @@ class Reward:
     def score(self, samples: Samples) -> Tensor | list[float | None]:
         raise NotImplementedError(f"{type(self).__name__} must implement forward() or score()")
 
+    #: Error policy of this node: ``"raise"`` (a :class:`RewardError` naming the component) or
+    #: ``"nan"`` (NaN rewards for the batch plus a per-sample ``failed`` metric, 1 = failed).
+    on_error: str = "raise"
+    #: Wall-clock limit in seconds for one call of this node (None = no limit); a timeout is an error.
+    timeout: float | None = None
+    #: Leaves score identical (prompt, completion, metadata, token length) rows once per batch.
+    deduplicate: bool = True
+    #: Seconds the last call of this node took (read by ``score`` for per-component latency).
+    last_latency_s: float = math.nan
+
+    def set_policy(self, on_error: str = "raise", timeout: float | None = None) -> None:
+        """Validate and set this node's error policy and timeout (called by subclasses' ``__init__``)."""
+        if on_error not in ON_ERROR:
+            raise ValueError(f"{type(self).__name__}: on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"{type(self).__name__}: timeout must be > 0 seconds or None, got {timeout!r}")
+        self.on_error, self.timeout = on_error, timeout
+
     def __call__(self, samples: Samples) -> RewardOutput:
-        out = self.forward(samples)
-        if out.rewards.shape != (len(samples),):
-            raise ValueError(
-                f"reward component {type(self).__name__} returned shape {tuple(out.rewards.shape)}, "
-                f"expected ({len(samples)},)"
-            )
+        """Score ``samples``: dedup (leaves), timeout and error policy, shape checks, latency."""
+        start = time.perf_counter()
+        try:
+            if self.deduplicate and not self.children() and len(samples) > 1:
+                unique, inverse = dedup_index(samples)
+                if len(unique) < len(samples):
+                    out = self._guarded(samples.select(unique))
+                    return RewardOutput(out.rewards[inverse], {k: v[inverse] for k, v in out.metrics.items()})
+            return self._guarded(samples)
+        finally:
+            self.last_latency_s = time.perf_counter() - start
+
+    def call_child(self, name: str, child: "Reward", samples: Samples) -> RewardOutput:
+        """Call ``child``; an error it raises is re-raised with ``name`` prepended to its path."""
+        try:
+            return child(samples)
+        except RewardError as err:
+            raise err.prefixed(name) from err.__cause__
+
+    def _guarded(self, samples: Samples) -> RewardOutput:
+        n = len(samples)
+        try:
+            out = self._forward_with_timeout(samples)
+            check_output(out, n, type(self).__name__)
+        except Exception as err:  # noqa: BLE001 - the policy decides; never silent
+            if self.on_error == "nan":
+                log.warning("reward component %s failed, scoring NaN: %s: %s", type(self).__name__, type(err).__name__, err)
+                return RewardOutput(torch.full((n,), math.nan), {"failed": torch.ones(n)})
+            if isinstance(err, RewardError):
+                raise
+            raise RewardError((), type(self).__name__, f"{type(err).__name__}: {err}") from err
+        if self.on_error == "nan":
+            out.metrics.setdefault("failed", torch.zeros(n))
         return out
+
+    def _forward_with_timeout(self, samples: Samples) -> RewardOutput:
+        if self.timeout is None:
+            return self.forward(samples)
+        # The worker thread cannot be killed: on timeout its result is abandoned (documented).
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reward-{type(self).__name__}")
+        try:
+            return pool.submit(self.forward, samples).result(timeout=self.timeout)
+        except FutureTimeout:
+            raise TimeoutError(f"timed out after {self.timeout:g} s") from None
+        finally:
+            pool.shutdown(wait=False)
 
     def children(self) -> Mapping[str, "Reward"]:
         """Named child rewards (empty for leaves)."""
@@ -59,6 +137,35 @@ class Reward:
         for name, child in self.children().items():
             if name in state:
                 child.load_state_dict(state[name])
+
+
+def check_output(out: RewardOutput, n: int, component: str) -> None:
+    """Raise if ``out`` is not (N,) rewards with (N,) metrics."""
+    if not isinstance(out, RewardOutput):
+        raise TypeError(f"reward component {component} returned {type(out).__name__}, expected RewardOutput")
+    if out.rewards.shape != (n,):
+        raise ValueError(f"reward component {component} returned shape {tuple(out.rewards.shape)}, expected ({n},)")
+    for key, value in out.metrics.items():
+        if value.shape != (n,):
+            raise ValueError(f"reward component {component} metric {key!r} has shape {tuple(value.shape)}, expected ({n},)")
+
+
+def dedup_index(samples: Samples) -> tuple[list[int], Tensor]:
+    """First index of each distinct row and, for every row, the position of its row in that list.
+
+    A row is (prompt, completion, metadata, token length); ``samples[unique][inverse] == samples``.
+    """
+    lengths = samples.lengths().tolist() if samples.completion_mask is not None else [None] * len(samples)
+    first: dict[tuple[Any, ...], int] = {}
+    unique: list[int] = []
+    inverse: list[int] = []
+    for i, (p, c, m, ln) in enumerate(zip(samples.prompts, samples.completions, samples.metadata, lengths)):
+        key = (p, c, json.dumps(m, sort_keys=True, default=repr), ln)
+        if key not in first:
+            first[key] = len(unique)
+            unique.append(i)
+        inverse.append(first[key])
+    return unique, torch.tensor(inverse, dtype=torch.long)
 
 
 def as_reward_tensor(values: Tensor | list[float | None], n: int, component: str) -> Tensor:
@@ -96,12 +203,21 @@ class FunctionReward(Reward):
     (``None`` = does not apply, becomes NaN) or an (N,) tensor.
     """
 
-    def __init__(self, fn: str, kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        fn: str,
+        kwargs: dict[str, Any] | None = None,
+        on_error: str = "raise",
+        timeout: float | None = None,
+    ) -> None:
         """
         Args:
             fn: import path of the function, e.g. ``my_pkg.rewards.brevity``.
             kwargs: extra keyword arguments passed on every call.
+            on_error: ``"raise"`` or ``"nan"`` (NaN + ``failed`` metric), see :class:`Reward`.
+            timeout: seconds per call, None = no limit.
         """
+        self.set_policy(on_error, timeout)
         self.fn_path = fn
         self.fn: Callable[..., Any] = import_object(fn, "FunctionReward fn")
         if not callable(self.fn):
@@ -122,3 +238,23 @@ class FunctionReward(Reward):
         if not self._accepts_var_kw:
             call = {k: v for k, v in call.items() if k in self._names}
         return self.fn(**call)
+
+
+MISSING: Any = object()
+
+
+def metadata_value(samples: Samples, i: int, key: str, component: str, missing: str = "raise") -> Any:
+    """``samples.metadata[i][key]``; if absent, raise naming component, key and row (``missing="raise"``)
+    or return :data:`MISSING` (``missing="nan"``: the caller scores NaN, "does not apply")."""
+    row = samples.metadata[i]
+    if key in row and row[key] is not None:
+        return row[key]
+    if missing == "nan":
+        return MISSING
+    raise KeyError(f"{component}: metadata row {i} has no {key!r} (row keys: {sorted(row)})")
+
+
+def check_missing(owner: str, missing: str) -> str:
+    if missing not in ("raise", "nan"):
+        raise ValueError(f"{owner}: missing must be 'raise' or 'nan', got {missing!r}")
+    return missing

@@ -1,5 +1,6 @@
 """One thin LightningModule per algorithm over the shared RLModule."""
 from lightning_trepo.modules.base import RLModule, RolloutConfig, UpdateConfig
 from lightning_trepo.modules.grpo import GRPO
+from lightning_trepo.modules.trepo import TRePO
 
-__all__ = ["RLModule", "RolloutConfig", "UpdateConfig", "GRPO"]
+__all__ = ["RLModule", "RolloutConfig", "UpdateConfig", "GRPO", "TRePO"]

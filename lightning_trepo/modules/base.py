@@ -228,6 +228,7 @@ class RLModule(LightningModule):
     def make_rollout(self, batch: dict[str, Any]) -> tuple[Rollout, dict[str, Tensor]]:
         """plan -> generate -> score -> behaviour/ref log-probs -> advantages."""
         plan = self.rollout_plan()
+        calls_before = self.engine.generate_calls
         rollout = self.engine.rollout(self.policy, plan, batch["prompts"], batch["prompt_ids"], batch["metadata"], self.device)
         t0 = time.perf_counter()
         rewards, components = self.score(rollout)
@@ -248,6 +249,7 @@ class RLModule(LightningModule):
         metrics.update({"time/generate": torch.tensor(rollout.extras["time_generate"]),
                         "time/score": torch.tensor(t_score), "time/logprobs": torch.tensor(t_logprob)})
         gen_t = rollout.extras["time_generate"]
+        metrics["rollout/generate_calls"] = torch.tensor(float(self.engine.generate_calls - calls_before))
         metrics["perf/tokens_per_s"] = torch.tensor(float(rollout.completion_mask.sum()) / max(gen_t, 1e-9))
         if self._writer is not None and self.global_rank == 0:
             self._writer.write(self.global_step, rollout, rewards, components)

@@ -5,3 +5,8 @@ def length_reward(completions, **_):
     """Mean character code of the completion: differs between almost any two random completions, so every
     group has non-zero variance and the policy gradient is non-zero."""
     return [sum(map(ord, c)) / max(len(c), 1) / 100.0 for c in completions]
+
+
+def starts_with_one(completions, **_):
+    """1.0 iff the completion's first character is '1': fixed by the first token alone."""
+    return [1.0 if c.startswith("1") else 0.0 for c in completions]

@@ -1,0 +1,213 @@
+"""Advantage estimators: pure tensor functions, no state.
+
+Shapes follow :mod:`lightning_trepo.types`: ``N = B * G`` samples, the G samples of one prompt are
+contiguous (sample ``n`` belongs to group ``n // G``), ``L`` padded completion tokens, ``mask`` is
+1 on real completion tokens (EOS included) and right padded.
+
+Group statistics are computed on deviations from the group's first reward (``d_i = r_i - r_0``),
+which is the same maths but makes a constant group give *exact* zeros in floating point
+(``(0.1 + 0.1 + 0.1) / 3 != 0.1`` would otherwise leak ±1e-17 advantages).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+PAPER = "https://arxiv.org/abs/2506.02553"
+GRPO_SCALES = ("group", "batch", "none")
+
+
+def _check_rewards(rewards: Tensor, name: str = "rewards") -> None:
+    if not isinstance(rewards, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(rewards).__name__}")
+    if rewards.dim() != 1:
+        raise ValueError(f"{name} must have shape (N,), got {tuple(rewards.shape)}")
+    if not rewards.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor, got {rewards.dtype}")
+
+
+def _grouped(rewards: Tensor, group_size: int, min_size: int = 1) -> Tensor:
+    """(N,) -> (B, G) after validating that N is a multiple of ``group_size``."""
+    _check_rewards(rewards)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < min_size:
+        raise ValueError(f"group_size must be an int >= {min_size}, got {group_size!r}")
+    if rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"number of samples N={rewards.numel()} is not divisible by group_size={group_size}; "
+            "the G samples of each prompt must be contiguous"
+        )
+    return rewards.view(-1, group_size)
+
+
+def _deviations(groups: Tensor) -> Tensor:
+    """d_i = r_i - r_0 per group (exact zeros for a constant group)."""
+    return groups - groups[:, :1]
+
+
+def reinforce_advantages(rewards: Tensor) -> Tensor:
+    """REINFORCE with the response reward as the return: A_i = r_i.
+
+    Unbiased for the token-level policy gradient (Trajectory Policy Gradient Theorem, Theorem 1 of
+    https://arxiv.org/abs/2506.02553). Returns a copy, (N,) -> (N,).
+    """
+    _check_rewards(rewards)
+    return rewards.clone()
+
+
+def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
+    """RLOO: A_i = r_i - 1/(G-1) Σ_{j≠i} r_j within the sample's group (= G/(G-1) (r_i - mean)).
+
+    The baseline excludes the sample itself, so the estimator stays unbiased.
+    Ahmadian et al. 2024, https://arxiv.org/abs/2402.14740. Needs ``group_size >= 2``.
+    """
+    d = _deviations(_grouped(rewards, group_size, min_size=2))
+    others = (d.sum(dim=1, keepdim=True) - d) / (group_size - 1)
+    return (d - others).reshape(-1)
+
+
+def leave_one_out_mean(rewards: Tensor, group_size: int) -> Tensor:
+    """Û_i = 1/(G-1) Σ_{j≠i} r_j, the RLOO baseline; TRePO's default Û(0) (design.md §5).
+
+    https://arxiv.org/abs/2402.14740. Equals ``rewards - rloo_advantages(rewards, group_size)``.
+    """
+    return rewards - rloo_advantages(rewards, group_size)
+
+
+def grpo_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-6) -> Tensor:
+    """GRPO: A_i = (r_i - mean_group(r)) / (std + eps); Shao et al. 2024, https://arxiv.org/abs/2402.03300.
+
+    ``scale``: ``"group"`` divides by the std of the sample's group, ``"batch"`` by the std of all N
+    rewards (Dr. GRPO / TRL ``scale_rewards="batch"``), ``"none"`` does not divide (Dr. GRPO,
+    https://arxiv.org/abs/2503.20783).
+
+    The std is the **sample** std (Bessel, divisor G-1), i.e. ``torch.std`` as in TRL, OpenRLHF and
+    verl. Chosen deliberately: with a fixed G the two choices differ by the constant factor
+    sqrt((G-1)/G), which changes no gradient direction but does change the effective step size and the
+    meaning of ``eps`` and of clip ranges, so matching those libraries keeps their tuned
+    hyper-parameters transferable. A constant group gives exact zeros (0 / (0 + eps)).
+
+    Note: the mean includes r_i itself, so with ``scale="none"`` the expected gradient is exactly
+    (G-1)/G times the true one (see ``lightning_trepo.theory``); with a std division it is biased.
+    """
+    if scale not in GRPO_SCALES:
+        raise ValueError(f"unknown GRPO scale {scale!r}; valid: {', '.join(GRPO_SCALES)}")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    d = _deviations(_grouped(rewards, group_size, min_size=2))
+    centred = d - d.mean(dim=1, keepdim=True)
+    if scale == "none":
+        return centred.reshape(-1)
+    if scale == "group":
+        std = d.std(dim=1, keepdim=True)
+    else:
+        std = (rewards - rewards[0]).std()
+    return (centred / (std + eps)).reshape(-1)
+
+
+def remax_advantages(rewards: Tensor, baseline_rewards: Tensor, group_size: int | None = None) -> Tensor:
+    """ReMax: A_i = r_i - r(greedy response of sample i's prompt); Li et al. 2023, https://arxiv.org/abs/2310.10505.
+
+    ``baseline_rewards`` is either (N,), already one per sample, or (B,), one greedy reward per prompt,
+    which is repeated G times (``group_size``; inferred as N // B when omitted). The greedy response
+    does not depend on the sampled ones, so the baseline keeps the gradient unbiased.
+    """
+    _check_rewards(rewards)
+    _check_rewards(baseline_rewards, "baseline_rewards")
+    n, b = rewards.numel(), baseline_rewards.numel()
+    if group_size is not None:
+        num_prompts = _grouped(rewards, group_size).shape[0]
+        if b not in (n, num_prompts):
+            raise ValueError(f"baseline_rewards has {b} entries; expected N={n} or B={num_prompts} (group_size={group_size})")
+    elif b == 0 or n % b != 0:
+        raise ValueError(f"baseline_rewards has {b} entries; expected N={n} (one per sample) or B dividing N")
+    if b == n:
+        return rewards - baseline_rewards
+    return rewards - baseline_rewards.repeat_interleave(n // b)
+
+
+def _check_token_tensors(mask: Tensor, **tensors: Tensor) -> None:
+    if mask.dim() != 2:
+        raise ValueError(f"mask must have shape (N, L), got {tuple(mask.shape)}")
+    for name, t in tensors.items():
+        if t.shape != mask.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but mask has shape {tuple(mask.shape)}")
+
+
+def gae(
+    token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """GAE: δ_t = r_t + γ V_{t+1} - V_t, A_t = Σ_k (γλ)^k δ_{t+k}; returns R_t = A_t + V_t.
+
+    Schulman et al. 2015, https://arxiv.org/abs/1506.02438. (N, L) inputs, right-padded ``mask``;
+    the value after the last real token is 0 (the episode ends at EOS or truncation); advantages and
+    returns are 0 on padding, and padded rewards/values are ignored. γ = 1 keeps the gradient of an
+    undiscounted response reward unbiased (https://arxiv.org/abs/2506.02553).
+    """
+    _check_token_tensors(mask, token_rewards=token_rewards, values=values)
+    if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
+        raise ValueError(f"gamma and lam must lie in [0, 1], got gamma={gamma}, lam={lam}")
+    m = mask.to(values.dtype)
+    r = torch.where(mask.bool(), token_rewards, torch.zeros_like(token_rewards))
+    v = torch.where(mask.bool(), values, torch.zeros_like(values))
+    adv = torch.zeros_like(v)
+    next_adv = torch.zeros_like(v[:, 0])
+    next_value = torch.zeros_like(v[:, 0])
+    for t in reversed(range(v.shape[1])):
+        delta = r[:, t] + gamma * next_value - v[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * m[:, t]
+        adv[:, t] = next_adv
+        next_value = v[:, t]
+    return adv, (adv + v) * m
+
+
+def segment_advantages(anchor_values: Tensor, anchor_positions: Tensor, mask: Tensor) -> Tensor:
+    """TRePO: token t (1-based) with s_{j-1} < t <= s_j gets A_t = Û(s_j) - Û(s_{j-1}); 0 on padding.
+
+    Theorem 2 of https://arxiv.org/abs/2506.02553 with U estimated at anchors only. ``anchor_positions``
+    (N, M+2) integer, non-decreasing, first column 0, last column T_i = ``mask[i].sum()`` (padding
+    anchors repeat T_i; empty segments are skipped); ``anchor_values`` (N, M+2) holds Û at those
+    positions. Unbiased when the anchors are stopping times; with anchors 0, 1, ..., T it is exactly
+    A_t = U(W_{0,t}) - U(W_{0,t-1}). Vectorised with ``searchsorted``. Returns (N, L).
+    """
+    _check_token_tensors(mask)
+    if anchor_positions.dim() != 2 or anchor_positions.shape[1] < 2:
+        raise ValueError(f"anchor_positions must have shape (N, M+2) with M >= 0, got {tuple(anchor_positions.shape)}")
+    if anchor_values.shape != anchor_positions.shape:
+        raise ValueError(f"anchor_values {tuple(anchor_values.shape)} and anchor_positions {tuple(anchor_positions.shape)} differ")
+    if anchor_positions.shape[0] != mask.shape[0]:
+        raise ValueError(f"anchor_positions has {anchor_positions.shape[0]} rows, mask has {mask.shape[0]}")
+    if anchor_positions.is_floating_point():
+        raise TypeError("anchor_positions must be an integer tensor")
+    pos = anchor_positions.long().contiguous()
+    if (pos[:, 0] != 0).any():
+        raise ValueError("anchor_positions[:, 0] must be 0 (the empty prefix)")
+    if (pos[:, 1:] < pos[:, :-1]).any():
+        raise ValueError("anchor_positions must be non-decreasing along each row")
+    lengths = mask.sum(-1).long()
+    if (pos[:, -1] != lengths).any():
+        raise ValueError("anchor_positions[:, -1] must equal each response length T_i = mask.sum(-1)")
+    n, length = mask.shape
+    t = torch.arange(1, length + 1, device=pos.device).expand(n, length).contiguous()
+    j = torch.searchsorted(pos, t).clamp(max=pos.shape[1] - 1)  # first anchor with s_j >= t
+    diffs = anchor_values.gather(1, j) - anchor_values.gather(1, j - 1)
+    return torch.where(mask.bool(), diffs, torch.zeros_like(diffs))
+
+
+def token_level_rewards(rewards: Tensor, mask: Tensor, kl: Tensor | None = None, kl_coef: float = 0.0) -> Tensor:
+    """r_t = -β·kl_t + RM(W)·[t = T]: the response reward on the last real token (PPO-RLHF convention).
+
+    Ouyang et al. 2022 (https://arxiv.org/abs/2203.02155), per-token KL penalty β = ``kl_coef``;
+    (N,) rewards, (N, L) mask and optional kl -> (N, L), 0 on padding.
+    """
+    _check_rewards(rewards)
+    _check_token_tensors(mask, **({} if kl is None else {"kl": kl}))
+    if rewards.shape[0] != mask.shape[0]:
+        raise ValueError(f"rewards has {rewards.shape[0]} entries, mask has {mask.shape[0]} rows")
+    lengths = mask.sum(-1).long()
+    out = torch.zeros(mask.shape, dtype=rewards.dtype, device=rewards.device)
+    has_tokens = lengths > 0
+    rows = torch.nonzero(has_tokens).squeeze(-1)
+    out[rows, lengths[rows] - 1] = rewards[rows]
+    if kl is not None and kl_coef != 0.0:
+        out = out - kl_coef * torch.where(mask.bool(), kl, torch.zeros_like(kl))
+    return out

@@ -1,0 +1,137 @@
+"""TRePO: Token-Reinforced Policy Optimization (He et al. 2025, arXiv 2506.02553), as in design.md §5.
+
+Theorem 2 advantages A_t = U(W_{0,t}) − U(W_{0,t−1}) with U estimated by Monte Carlo only at M
+anchor positions per response (stopping times), every token of a segment (s_{j−1}, s_j] getting
+Û(s_j) − Û(s_{j−1}). Û(T) = RM(W) exactly; Û(0) is the group's leave-one-out mean or K fresh
+samples; Û(s) is the mean reward of K continuations of W_{0,s}. No critic: memory is GRPO's.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+
+from lightning_trepo.algorithms.advantages import leave_one_out_mean, segment_advantages
+from lightning_trepo.algorithms.anchors import (anchor_positions_from_offsets, boundary_anchor_positions,
+                                                build_anchor_values, fixed_anchor_offsets)
+from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
+from lightning_trepo.rollout.continuations import BoundaryMarker, Continuations, request_pairs, sample_continuations
+from lightning_trepo.rollout.engine import RolloutPlan
+from lightning_trepo.rollout.policy import PolicyConfig
+from lightning_trepo.types import Rollout
+from reward_models import Reward, Samples
+
+ANCHOR_MODES = ("uniform", "every", "boundary")
+START_VALUES = ("loo", "fresh")
+
+
+class TRePO(RLModule):
+    """Token-Reinforced Policy Optimization: critic-free per-token advantages from MC continuations."""
+
+    def __init__(
+        self,
+        reward: Reward,
+        policy: PolicyConfig = PolicyConfig(),
+        rollout: RolloutConfig = RolloutConfig(),
+        update: UpdateConfig = UpdateConfig(),
+        optimizer: OptimizerFactory = default_optimizer,
+        num_anchors: int = 2,
+        num_continuations: int = 2,
+        anchor_mode: str = "uniform",
+        anchor_every: int = 8,
+        boundary_pattern: str = r"\n",
+        start_value: str = "loo",
+    ) -> None:
+        """
+        Args:
+            num_anchors: M interior anchors per response.
+            num_continuations: K continuations sampled from each anchor's prefix.
+            anchor_mode: uniform (M offsets drawn uniformly before generation), every (offsets k, 2k, ...),
+                boundary (right after the first M tokens matching ``boundary_pattern``). All are stopping
+                times; anchors derived from the final length would bias the gradient and are not offered.
+            anchor_every: k for ``anchor_mode=every``.
+            boundary_pattern: regex on a token's text for ``anchor_mode=boundary`` (e.g. a newline).
+            start_value: Û(0): loo (leave-one-out mean of the group's rewards, no extra tokens; needs G >= 2)
+                or fresh (mean reward of K fresh samples from the prompt).
+        """
+        super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
+        if anchor_mode not in ANCHOR_MODES:
+            raise ValueError(f"model.init_args.anchor_mode {anchor_mode!r} is not one of {ANCHOR_MODES}")
+        if start_value not in START_VALUES:
+            raise ValueError(f"model.init_args.start_value {start_value!r} is not one of {START_VALUES}")
+        if start_value == "loo" and rollout.group_size < 2:
+            raise ValueError("start_value='loo' needs rollout.group_size >= 2 (or use start_value='fresh')")
+        if num_anchors < 0 or num_continuations < 1:
+            raise ValueError("num_anchors must be >= 0 and num_continuations >= 1")
+        if anchor_mode == "uniform" and num_anchors > rollout.sampling.max_new_tokens - 1:
+            raise ValueError(f"num_anchors={num_anchors} exceeds the {rollout.sampling.max_new_tokens - 1} interior "
+                             "positions of rollout.sampling.max_new_tokens")
+        self.num_anchors, self.num_continuations = num_anchors, num_continuations
+        self.anchor_mode, self.anchor_every, self.start_value = anchor_mode, anchor_every, start_value
+        self._marker = BoundaryMarker(self.tokenizer, boundary_pattern) if anchor_mode == "boundary" else None
+        self._offsets: Tensor | None = None
+
+    def rollout_plan(self) -> RolloutPlan:
+        """G samples per prompt; fixed anchor offsets are drawn here, BEFORE generation (stopping times)."""
+        if self.anchor_mode != "boundary":
+            self._offsets = fixed_anchor_offsets(self.num_anchors, self.rollout_cfg.sampling.max_new_tokens,
+                                                 mode=self.anchor_mode, every=self.anchor_every)
+        return super().rollout_plan()
+
+    def anchors(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
+        """(anchor_positions, valid), each (N, M+2)."""
+        mask = rollout.completion_mask
+        if self._marker is not None:
+            return boundary_anchor_positions(self._marker(rollout.completion_ids), mask, self.num_anchors)
+        return anchor_positions_from_offsets(self._offsets.to(mask.device), rollout.lengths)
+
+    def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> Rollout:
+        """Sample and score K continuations at every valid anchor (one batched pass), build Û."""
+        t0 = time.perf_counter()
+        positions, valid = self.anchors(rollout)
+        rows, cols = request_pairs(valid, fresh_start=self.start_value == "fresh")
+        cont = sample_continuations(self.engine, self.policy, rollout, positions, rows, cols, self.num_continuations,
+                                    self.rollout_cfg.sampling)
+        means = self._continuation_means(rollout, cont, positions.shape)
+        final = torch.nan_to_num(rewards, nan=0.0)
+        u0 = means[:, 0] if self.start_value == "fresh" else leave_one_out_mean(final, rollout.group_size)
+        values = build_anchor_values(u0, means[:, 1:-1], final, positions)
+        rollout.extras.update(anchor_positions=positions, anchor_values=values)
+        rollout.extras["trepo"] = {
+            "continuation_tokens": float(cont.generated_tokens), "continuation_calls": float(cont.num_calls),
+            "anchors_valid_frac": float(valid[:, 1:-1].float().mean()) if self.num_anchors else 0.0,
+            "time_continuations": time.perf_counter() - t0,
+        }
+        return rollout
+
+    def _continuation_means(self, rollout: Rollout, cont: Continuations, shape: torch.Size) -> Tensor:
+        """(N, M+2) mean reward of the K continuations per anchor (NaN where none were sampled)."""
+        means = torch.full(shape, float("nan"), device=self.device)
+        if cont.sample_index.numel() == 0:
+            return means
+        idx = cont.sample_index.tolist()
+        samples = Samples(prompts=[rollout.prompts[i] for i in idx], completions=cont.completions,
+                          completion_ids=cont.completion_ids.cpu(), completion_mask=cont.completion_mask.cpu(),
+                          group_index=rollout.group_index[cont.sample_index].cpu(),
+                          metadata=[rollout.metadata[i] for i in idx])
+        scores = torch.nan_to_num(self.reward(samples).rewards.to(self.device), nan=0.0)
+        flat = cont.sample_index.to(self.device) * shape[1] + cont.anchor_column.to(self.device)
+        sums = torch.zeros(shape[0] * shape[1], device=self.device).index_add_(0, flat, scores)
+        counts = torch.zeros_like(sums).index_add_(0, flat, torch.ones_like(scores))
+        filled = counts > 0
+        means.view(-1)[filled] = sums[filled] / counts[filled]
+        return means
+
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Tensor:
+        return segment_advantages(rollout.extras["anchor_values"], rollout.extras["anchor_positions"],
+                                  rollout.completion_mask)
+
+    def make_rollout(self, batch: dict) -> tuple[Rollout, dict[str, Tensor]]:
+        rollout, metrics = super().make_rollout(batch)
+        stats = rollout.extras["trepo"]
+        t_cont = stats["time_continuations"]
+        total = float(metrics["time/generate"] + metrics["time/score"] + metrics["time/logprobs"]) + t_cont
+        metrics.update({f"trepo/{k}": torch.tensor(v) for k, v in stats.items() if k != "time_continuations"})
+        metrics["trepo/continuation_time_frac"] = torch.tensor(t_cont / max(total, 1e-9))
+        return rollout, metrics

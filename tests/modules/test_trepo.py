@@ -1,0 +1,141 @@
+"""TRePO: anchors, continuations, anchor values and per-token advantages, batching, memory."""
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lightning_trepo import GRPO, TRePO, UpdateConfig
+from lightning_trepo.rollout.continuations import BoundaryMarker
+from reward_models import FunctionReward
+from tests.helpers import TINY, datamodule, rollout_cfg, trainer
+
+PROMPTS = ["12+7=", "3+45="]
+
+
+def make(group_size: int = 4, max_new_tokens: int = 6, reward: str = "tests.modules.rewards.length_reward",
+         **kw) -> TRePO:
+    module = TRePO(reward=FunctionReward(reward), policy=TINY,
+                   rollout=rollout_cfg(group_size=group_size, max_new_tokens=max_new_tokens), **kw)
+    module.configure_model()
+    return module
+
+
+def batch(module: TRePO) -> dict:
+    ids = [module.tokenizer(p, add_special_tokens=False).input_ids for p in PROMPTS]
+    return {"prompts": PROMPTS, "prompt_ids": ids, "metadata": [{"answer": "19"}, {"answer": "48"}],
+            "rollout_step": 0}
+
+
+def test_segment_differences_telescope_to_reward_minus_start_value():
+    # Every token of segment (s_{j-1}, s_j] carries the whole difference Û(s_j) − Û(s_{j-1}), so reading A
+    # at the last token of each non-empty segment and summing telescopes: Û(T) − Û(0) = RM(W) − LOO mean.
+    torch.manual_seed(0)
+    module = make(num_anchors=3, num_continuations=2)
+    rollout, _ = module.make_rollout(batch(module))
+    rewards = rollout.extras["rewards"]
+    g = rewards.reshape(-1, 4)
+    loo = ((g.sum(1, keepdim=True) - g) / 3).reshape(-1)
+    adv, positions = rollout.extras["advantages"], rollout.extras["anchor_positions"]
+    for n in range(rollout.num_samples):
+        ends = sorted(set(positions[n, 1:].tolist()))  # distinct segment ends s_j (1-based)
+        total = sum(float(adv[n, s - 1]) for s in ends)
+        assert abs(total - float(rewards[n] - loo[n])) < 1e-5
+        for a, b in zip([0] + ends[:-1], ends):  # constant within each segment
+            assert torch.allclose(adv[n, a:b], adv[n, b - 1].expand(b - a))
+    values = rollout.extras["anchor_values"]
+    torch.testing.assert_close(values[:, -1], rewards)  # Û(T) = RM(W) exactly
+    torch.testing.assert_close(values[:, 0], loo)
+    assert (positions[:, -1] == rollout.lengths).all() and (positions[:, 0] == 0).all()
+    assert (adv[rollout.completion_mask == 0] == 0).all()
+
+
+def test_reward_fixed_by_first_token_puts_all_credit_on_the_first_segment():
+    # RM = 1 iff the completion starts with "1". Every anchor s >= 1 keeps the first token, so each of its
+    # K continuations scores RM(W) exactly: Û(s_j) = RM(W) for j >= 1. Hence tokens 1..s_1 get
+    # RM(W) − Û(0) and every later token gets exactly 0.
+    torch.manual_seed(1)
+    module = make(num_anchors=2, num_continuations=3, reward="tests.modules.rewards.starts_with_one")
+    rollout, _ = module.make_rollout(batch(module))
+    positions, adv, r = rollout.extras["anchor_positions"], rollout.extras["advantages"], rollout.extras["rewards"]
+    u0 = rollout.extras["anchor_values"][:, 0]
+    for n in range(rollout.num_samples):
+        s1 = int(positions[n, 1])
+        torch.testing.assert_close(adv[n, :s1], (r[n] - u0[n]).expand(s1))
+        assert (adv[n, s1:] == 0).all()
+
+
+def test_continuations_extend_the_prefix_within_the_same_length_budget():
+    torch.manual_seed(2)
+    module = make(num_anchors=2, num_continuations=2, max_new_tokens=6)
+    from lightning_trepo.rollout.continuations import request_pairs, sample_continuations
+
+    rollout, _ = module.make_rollout(batch(module))
+    positions, valid = module.anchors(rollout)
+    rows, cols = request_pairs(valid, fresh_start=False)
+    cont = sample_continuations(module.engine, module.policy, rollout, positions, rows, cols, 2,
+                                module.rollout_cfg.sampling)
+    assert cont.completion_ids.shape[0] == 2 * rows.numel()
+    lengths = cont.completion_mask.sum(-1)
+    assert (lengths <= 6).all()  # never longer than an original response may be
+    for i in range(cont.completion_ids.shape[0]):
+        n, s = int(cont.sample_index[i]), int(positions[cont.sample_index[i], cont.anchor_column[i]])
+        assert torch.equal(cont.completion_ids[i, :s], rollout.completion_ids[n, :s])
+        assert lengths[i] > s  # at least one new token
+
+
+@pytest.mark.parametrize("start_value", ["loo", "fresh"])
+def test_all_continuations_of_a_step_share_one_generate_call(start_value):
+    module = make(num_anchors=2, num_continuations=2, start_value=start_value)
+    _, metrics = module.make_rollout(batch(module))
+    # one call for the G samples of every prompt, one for all continuations (and fresh starts)
+    assert float(metrics["rollout/generate_calls"]) == 2.0
+    assert float(metrics["trepo/continuation_calls"]) == 1.0
+    assert float(metrics["trepo/continuation_tokens"]) > 0
+    assert 0.0 < float(metrics["trepo/continuation_time_frac"]) < 1.0
+
+
+def test_fresh_start_value_is_the_mean_of_fresh_samples():
+    torch.manual_seed(3)
+    module = make(num_anchors=0, num_continuations=4, start_value="fresh")
+    rollout, _ = module.make_rollout(batch(module))
+    # with M = 0 the only segment is the whole response: A_t = RM(W) − Û(0) for every token
+    u0 = rollout.extras["anchor_values"][:, 0]
+    adv, mask, r = rollout.extras["advantages"], rollout.completion_mask, rollout.extras["rewards"]
+    torch.testing.assert_close(adv, (r - u0)[:, None] * mask)
+    # Û(0) is a mean of K=4 rewards, so it lies on the grid {k/4 · step}: check it is within the reward range
+    assert (u0 >= r.min() - 1) .all() and torch.isfinite(u0).all()
+
+
+def test_memory_is_grpo_memory():
+    trepo, grpo = make(), GRPO(reward=FunctionReward("tests.modules.rewards.length_reward"), policy=TINY)
+    grpo.configure_model()
+    assert trepo.ref_model is None
+    assert sum(p.numel() for p in trepo.parameters()) == sum(p.numel() for p in grpo.parameters())
+
+
+def test_boundary_anchors_follow_the_marker():
+    module = make()
+    marker = BoundaryMarker(module.tokenizer, r"\n")
+    ids = torch.tensor([module.tokenizer("a\nbc\nd", add_special_tokens=False).input_ids])
+    assert marker(ids).tolist() == [[False, True, False, False, True, False]]
+
+
+def test_bad_settings_name_the_key():
+    with pytest.raises(ValueError, match="anchor_mode"):
+        make(anchor_mode="half_length")
+    with pytest.raises(ValueError, match="group_size"):
+        make(group_size=1)
+    with pytest.raises(ValueError, match="num_anchors"):
+        make(num_anchors=9, max_new_tokens=6)
+
+
+def test_trains_with_ppo_epochs(tmp_path):
+    pl.seed_everything(0)
+    module = TRePO(reward=FunctionReward("tests.modules.rewards.length_reward"), policy=TINY,
+                   rollout=rollout_cfg(group_size=2), update=UpdateConfig(epochs=2, num_minibatches=2),
+                   num_anchors=1, num_continuations=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    t = trainer(tmp_path, max_steps=4)
+    t.fit(module, datamodule=datamodule(batch_size=2))
+    assert t.global_step == 4
+    assert "clip_frac" in "".join(t.callback_metrics)

@@ -1,0 +1,123 @@
+"""Sandboxed code execution. Limits are small (1 s CPU, 3 s wall) so each test stays fast."""
+import os
+import time
+
+import pytest
+
+from reward_models.code import CodeExecution, extract_code, normalize_output, parse_tests
+from reward_models.sandbox import SandboxLimits, run_sandboxed
+from rm_helpers import assert_close, nan, samples
+
+FAST = SandboxLimits(cpu_time=1, wall_time=3, memory_mb=256, max_output_bytes=10_000)
+
+
+def fenced(code: str) -> str:
+    return f"Here is my solution:\n```python\n{code}\n```\nDone."
+
+
+def test_extract_code():
+    assert extract_code(fenced("x = 1")) == "x = 1"
+    two = "```\nold\n```\n```python\nnew\n```"
+    assert extract_code(two) == "new"  # a python-tagged block wins, the last one
+    assert extract_code("```js\nx\n```") == ""  # another language: no program
+    assert extract_code("print(1)") == "print(1)"  # auto: unfenced text is the program
+    assert extract_code("print(1)", "fenced") == ""
+    assert extract_code("") == ""
+
+
+def test_parse_tests_and_output_normalisation():
+    assert parse_tests("assert f()", 0, "tests") == ("assert", ["assert f()"])
+    assert parse_tests({"inputs": ["1"], "outputs": ["2"]}, 0, "t") == ("io", [("1", "2")])
+    with pytest.raises(ValueError, match="row 3 'tests'"):
+        parse_tests(5, 3, "tests")
+    assert normalize_output("1 \n2\n\n") == normalize_output("1\n2")
+
+
+def test_assert_tests_fraction_and_all():
+    code = fenced("def add(a, b):\n    return a + b")
+    tests = ["assert add(1, 2) == 3", "assert add(0, 0) == 1", "assert add(-1, 1) == 0"]
+    s = samples([code, "no code here ```js\nx\n```", ""], [{"tests": tests}] * 3)
+    out = CodeExecution(cpu_time=1, wall_time=3)(s)
+    # 2 of 3 asserts pass -> 2/3; no python program -> 0; empty completion -> 0
+    assert_close(out.rewards, [2 / 3, 0, 0])
+    assert_close(out.metrics["no_code"], [0, 1, 1])
+    assert_close(CodeExecution(mode="all")(s.select([0])).rewards, [0])
+
+
+def test_io_tests_and_missing():
+    prog = fenced("a, b = map(int, input().split())\nprint(a * b)")
+    tests = [{"input": "2 3\n", "output": "6\n"}, {"input": "4 5", "output": "20"}, {"input": "1 1", "output": "2"}]
+    s = samples([prog, prog], [{"tests": tests}, {}])
+    # products 6 and 20 match, 1 != 2 -> 2/3; the row without tests does not apply
+    assert_close(CodeExecution(missing="nan")(s).rewards, [2 / 3, nan])
+    with pytest.raises(Exception, match="row 1 has no 'tests'"):
+        CodeExecution()(s)
+
+
+def test_infinite_loop_is_stopped_by_cpu_limit():
+    start = time.perf_counter()
+    res = run_sandboxed("while True:\n    pass", ["assert True"], limits=FAST)
+    assert res.timed_out and res.tests == [False]
+    assert time.perf_counter() - start < 2.9  # RLIMIT_CPU (1 s), before the 3 s wall clock
+
+
+def test_sleep_is_stopped_by_wall_limit():
+    res = run_sandboxed("import time\ntime.sleep(30)", ["assert True"],
+                        limits=SandboxLimits(cpu_time=1, wall_time=1))
+    assert res.timed_out and res.wall_s < 3
+
+
+def test_memory_bomb_is_contained():
+    res = run_sandboxed("x = []\nwhile True:\n    x.append(bytearray(10**7))", ["assert True"], limits=FAST)
+    assert res.load_error == "MemoryError" and res.tests == [False]
+
+
+def test_fork_loop_is_contained():
+    res = run_sandboxed("import os\nwhile True:\n    os.fork()", ["assert True"], limits=FAST)
+    if not res.isolation.get("no_fork"):
+        pytest.skip("seccomp unavailable here: fork containment falls back to RLIMIT_NPROC")
+    assert res.load_error == "PermissionError" and not res.timed_out
+    res = run_sandboxed("import subprocess\nsubprocess.run(['true'])", ["assert True"], limits=FAST)
+    assert res.load_error == "PermissionError"
+    # threads are still allowed
+    res = run_sandboxed("import threading\nt = threading.Thread(target=print)\nt.start()\nt.join()", ["assert True"],
+                        limits=FAST)
+    assert res.load_error is None and res.tests == [True]
+
+
+def test_huge_output_is_capped():
+    res = run_sandboxed("import sys\nwhile True:\n    sys.stdout.write('x' * 4096)", None, limits=FAST)
+    assert len(res.stdout) <= FAST.max_output_bytes and not res.timed_out  # RLIMIT_FSIZE stops the writes
+
+
+def test_network_call_fails():
+    prog = "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)"
+    res = run_sandboxed(prog, ["assert True"], limits=FAST)
+    if not res.isolation.get("network"):
+        pytest.skip("no network namespace on this machine")
+    # even loopback is gone: a new network namespace has only a down 'lo'
+    assert res.load_error == "OSError"
+
+
+def test_filesystem_outside_cwd_is_read_only_and_env_minimal(tmp_path):
+    target = tmp_path / "pwned"
+    prog = f"import os\nopen('scratch.txt', 'w').write('ok')\nENV = dict(os.environ)\nCWD = os.getcwd()"
+    res = run_sandboxed(prog + f"\nopen({str(target)!r}, 'w').write('x')", ["assert True"], limits=FAST)
+    if res.isolation.get("filesystem"):
+        assert res.load_error in ("OSError", "PermissionError") and not target.exists()
+    res = run_sandboxed(prog, ["assert open('scratch.txt').read() == 'ok'", "assert 'HOME' in ENV and "
+                               "not any(k.startswith(('AWS', 'HF_', 'GITHUB')) for k in ENV)",
+                               "import os\nassert os.listdir('.') == ['scratch.txt']"], limits=FAST)
+    assert res.tests == [True, True, True]
+
+
+def test_forged_sys_exit_fails_tests():
+    res = run_sandboxed("import sys\nsys.exit(0)", ["assert True"], limits=FAST)
+    assert res.tests == [False] and res.load_error == "SystemExit"
+
+
+def test_isolation_is_reported_honestly():
+    res = run_sandboxed("x = 1", ["assert x == 1"], limits=FAST)
+    assert set(res.isolation) == {"network", "filesystem", "no_fork"}
+    if os.uname().sysname == "Linux" and os.path.exists("/proc/self/ns/user"):
+        assert isinstance(res.isolation["network"], bool)

@@ -1,0 +1,148 @@
+"""Each line of ``verify-estimators`` holds: exact bias / scale / variance claims on the toy MDP."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lightning_trepo.algorithms.advantages import grpo_advantages, rloo_advantages, segment_advantages
+from lightning_trepo.theory import estimators as est
+from lightning_trepo.theory.mdp import ExactSolution, make_toy_mdp, solve
+from lightning_trepo.theory.verify import Config, Row, evaluate, main, variance_checks
+
+UNBIASED = ["reinforce", "remax", "rloo", "thm2", "trepo", "trepo_mc", "trepo_boundary", "trepo_loo"]
+BIASED = ["reinforce_len", "discounted", "grpo_group", "trepo_half", "trepo_interp"]
+CONFIGS = [Config(seed=0), Config(seed=1, group_size=2, num_anchors=2), Config(seed=2, max_len=5, group_size=2, num_anchors=2)]
+
+
+@pytest.fixture(scope="module", params=CONFIGS, ids=lambda c: f"seed{c.seed}-L{c.max_len}-G{c.group_size}-M{c.num_anchors}")
+def table(request: pytest.FixtureRequest) -> tuple[Config, dict[str, Row]]:
+    _, rows = evaluate(request.param)
+    return request.param, {r.key: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def exact() -> ExactSolution:
+    return solve(make_toy_mdp(seed=0))
+
+
+def test_every_row_is_claimed(table) -> None:
+    _, rows = table
+    assert set(rows) == set(UNBIASED) | set(BIASED) | {"grpo_none"}
+    assert all(r.ok for r in rows.values())
+
+
+@pytest.mark.parametrize("key", UNBIASED)
+def test_unbiased_estimators(table, key: str) -> None:
+    # Thm 1 (REINFORCE), baselines independent of the sample (ReMax greedy, RLOO), Thm 2, and TRePO with
+    # stopping-time anchors (fixed offsets, first-M markers), exact or K-sample Û, Û(0) exact/MC/LOO
+    assert table[1][key].rel_bias < 1e-10
+
+
+@pytest.mark.parametrize("key", BIASED)
+def test_biased_estimators(table, key: str) -> None:
+    # 1/T length normalisation, γ^(T-t) discounting of an undiscounted reward, GRPO's std division,
+    # an anchor chosen from the final length (T // 2), and linear interpolation of U between anchors
+    assert table[1][key].rel_bias > 1e-2
+
+
+def test_grpo_mean_including_self_scales_the_gradient_by_g_minus_one_over_g(table) -> None:
+    # A_i = r_i - mean(r) = (G-1)/G · (r_i - mean_{j≠i} r_j), and the RLOO term is unbiased
+    cfg, rows = table
+    g = cfg.group_size
+    assert abs(rows["grpo_none"].scale - (g - 1) / g) < 1e-10
+    assert rows["grpo_none"].residual < 1e-10
+    assert abs(rows["grpo_none"].rel_bias - 1 / g) < 1e-10
+
+
+def test_variance_ordering(table) -> None:
+    _, rows = table
+    v = {k: r.variance for k, r in rows.items()}
+    assert v["thm2"] < v["trepo"] < v["reinforce"]  # Theorem 2 < TRePO (M anchors) < response-level REINFORCE
+    assert v["trepo"] < v["trepo_mc"]  # Monte Carlo continuations add variance, never bias
+    assert v["remax"] < v["reinforce"]  # a baseline helps here
+    assert all(holds for _, holds in variance_checks(list(rows.values())))
+
+
+def test_grpo_ratio_for_g2_and_rloo_g2(exact: ExactSolution) -> None:
+    none = est.moments(exact, est.group_estimator(exact, 2, lambda r, g: grpo_advantages(r, g, "none")))
+    rloo = est.moments(exact, est.group_estimator(exact, 2, rloo_advantages))
+    assert float((none.mean - 0.5 * exact.grad).norm()) < 1e-10 * float(exact.grad.norm())
+    assert float((rloo.mean - exact.grad).norm()) < 1e-10 * float(exact.grad.norm())
+    # with G = 2 and no std, GRPO is RLOO halved: variance exactly a quarter
+    assert abs(none.variance - rloo.variance / 4) < 1e-12
+
+
+def test_theorem2_draws_are_per_token_u_differences(exact: ExactSolution) -> None:
+    adv = est.theorem2(exact).advantages[:, 0]
+    u = exact.prefix_values
+    expected = (u[:, 1:] - u[:, :-1]) * exact.mask
+    torch.testing.assert_close(adv, expected, rtol=0, atol=1e-15)
+
+
+def test_draw_gradient_of_reinforce_is_reward_times_summed_score(exact: ExactSolution) -> None:
+    # the coefficients read off policy_gradient_loss(seq_mean_token_sum) by autograd are exactly A_t
+    grads = est.draw_gradients(exact, torch.arange(31)[:, None], exact.reward[:, None], "seq_mean_token_sum")
+    torch.testing.assert_close(grads, exact.reward[:, None] * exact.scores.sum(1), rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="does not decompose"):
+        est.draw_gradients(exact, torch.arange(31)[:, None], exact.reward[:, None], "token_mean")
+
+
+def _enumerated_k1_continuations(exact: ExactSolution) -> est.Draws:
+    """TRePO M=1, K=1 with every continuation enumerated explicitly (no variance shortcut).
+
+    Draw = (response W, offset s, continuation W' ~ π(· | W_{0,s}) if s < T, fresh W'' ~ π for Û(0)).
+    """
+    w = exact.prob.shape[0]
+    probs, index, advs = [], [], []
+    for s in range(1, exact.mask.shape[1]):
+        for n in range(w):
+            big_t = int(exact.lengths[n])
+            if s < big_t:  # continuations: responses that extend the non-terminal prefix W_{0,s}
+                ext = (exact.tokens[:, :s] == exact.tokens[n, :s]).all(1) & (exact.lengths > s)
+                conts = ext.nonzero().squeeze(1)
+                cond = exact.prob[conts] / exact.prob[conts].sum()
+            else:  # the anchor collapsed onto T: Û(T) = RM(W), nothing sampled
+                conts, cond = torch.tensor([n]), torch.ones(1, dtype=torch.float64)
+            u_s = exact.reward[conts].repeat_interleave(w)
+            u_0 = exact.reward.repeat(conts.numel())
+            prob = exact.prob[n] / 3 * cond.repeat_interleave(w) * exact.prob.repeat(conts.numel())
+            pos = torch.tensor([[0, min(s, big_t), big_t]]).expand(u_s.numel(), 3)
+            values = torch.stack([u_0, u_s, exact.reward[n].expand_as(u_s)], 1)
+            advs.append(segment_advantages(values, pos, exact.mask[n].expand(u_s.numel(), -1)))
+            probs.append(prob)
+            index.append(torch.full((u_s.numel(), 1), n))
+    return est.Draws(torch.cat(probs), torch.cat(index), torch.cat(advs).unsqueeze(1))
+
+
+def test_continuation_noise_shortcut_matches_full_enumeration(exact: ExactSolution) -> None:
+    # the analytic Var(ε_s) = Var(RM | W_{0,s}) / K term equals enumerating every continuation (K = 1)
+    full = est.moments(exact, _enumerated_k1_continuations(exact))
+    shortcut = est.moments(exact, est.fixed_anchors(exact, 1, continuations=1))
+    assert float((full.mean - exact.grad).norm()) < 1e-10 * float(exact.grad.norm())
+    assert abs(full.variance - shortcut.variance) < 1e-10 * full.variance
+    # and the MC part of the variance falls as 1/K
+    base = est.moments(exact, est.fixed_anchors(exact, 1)).variance
+    k4 = est.moments(exact, est.fixed_anchors(exact, 1, continuations=4)).variance
+    assert abs((k4 - base) - (shortcut.variance - base) / 4) < 1e-12
+
+
+def test_verify_main_prints_the_table_fast(capsys: pytest.CaptureFixture[str]) -> None:
+    start = time.perf_counter()
+    assert main([]) == 0
+    elapsed = time.perf_counter() - start
+    out = capsys.readouterr().out
+    assert "REINFORCE, A = RM(W) (Thm 1)" in out and "TRePO anchor s = T // 2" in out
+    assert "✗" not in out and out.count("✓") == 14 + 2
+    assert elapsed < 5.0
+    with pytest.raises(SystemExit):
+        main(["--max-len", "3"])
+
+
+def test_python_dash_m_entry_point() -> None:
+    proc = subprocess.run([sys.executable, "-m", "lightning_trepo.theory", "--seed", "1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "GRPO scale=none" in proc.stdout and "scaled 0.666667" in proc.stdout
