@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Callable
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -48,10 +49,18 @@ def _tool_commands() -> dict[str, Callable[[list[str]], int | None]]:
     return {"verify-estimators": verify, "score": score, "serve-reward": serve}
 
 
+def quiet_known_warnings() -> None:
+    """Silence warnings that are expected by design (prompt batches come from a sized IterableDataset)."""
+    for pattern in (r".*IterableDataset.*has `__len__` defined.*", r".*Total length of .* across ranks is zero.*",
+                    r".*isinstance\(treespec, LeafSpec\).*", r".*does not have many workers.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``lightning-trepo`` and ``python -m lightning_trepo``."""
     args = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_known_warnings()
     tools = _tool_commands()
     if args and args[0] in tools:
         sys.exit(tools[args[0]](args[1:]) or 0)

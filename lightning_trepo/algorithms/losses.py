@@ -116,20 +116,26 @@ def clipped_surrogate_loss(
         dual_active = (adv < 0) & (per_token > -dual_clip * adv)
         per_token = torch.where(dual_active, -dual_clip * adv, per_token)
     loss = aggregate(per_token, mask, aggregation)
+    return LossOutput(loss=loss, metrics=_clip_metrics(ratio, log_ratio, adv, mask, clip_low, clip_high, dual_active))
+
+
+@torch.no_grad()
+def _clip_metrics(
+    ratio: Tensor, log_ratio: Tensor, adv: Tensor, mask: Tensor, clip_low: float, clip_high: float, dual_active: Tensor
+) -> dict[str, Tensor]:
+    """Token shares where each clip is active, k3 KL(π_old‖π) = E[ρ - 1 - log ρ], ratio statistics."""
     real = mask.bool()
     low = (ratio < 1.0 - clip_low) & (adv < 0) & real
     high = (ratio > 1.0 + clip_high) & (adv > 0) & real
-    with torch.no_grad():
-        metrics = {
-            "clip_frac_low": masked_mean(low.float(), mask),
-            "clip_frac_high": masked_mean(high.float(), mask),
-            "clip_frac": masked_mean((low | high).float(), mask),
-            "dual_clip_frac": masked_mean((dual_active & real).float(), mask),
-            "approx_kl": masked_mean(ratio - 1.0 - log_ratio, mask),
-            "ratio_mean": masked_mean(ratio, mask),
-            "ratio_max": _zero_padding(ratio, mask).max() if mask.any() else ratio.new_zeros(()),
-        }
-    return LossOutput(loss=loss, metrics=metrics)
+    return {
+        "clip_frac_low": masked_mean(low.float(), mask),
+        "clip_frac_high": masked_mean(high.float(), mask),
+        "clip_frac": masked_mean((low | high).float(), mask),
+        "dual_clip_frac": masked_mean((dual_active & real).float(), mask),
+        "approx_kl": masked_mean(ratio - 1.0 - log_ratio, mask),
+        "ratio_mean": masked_mean(ratio, mask),
+        "ratio_max": _zero_padding(ratio, mask).max() if real.any() else ratio.new_zeros(()),
+    }
 
 
 def value_loss(

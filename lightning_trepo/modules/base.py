@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
@@ -172,8 +173,11 @@ class RLModule(LightningModule):
         return bool(stage) or name in {"ModelParallelStrategy", "FSDPStrategy"}
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        return self.optimizer_factory(params)
+        return self.optimizer_factory(self.param_groups())
+
+    def param_groups(self) -> list[Any]:
+        """What the optimizer factory receives: trainable parameters, or parameter-group dicts (PPO's value lr)."""
+        return [p for p in self.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ algorithm hooks
     def rollout_plan(self) -> RolloutPlan:
@@ -187,16 +191,25 @@ class RLModule(LightningModule):
 
     def compute_loss(self, batch: Rollout) -> LossOutput:
         """PPO-clipped surrogate against the behaviour policy (+ optional KL to the reference)."""
-        u = self.update_cfg
         logprobs, entropy = self.policy_logprobs(batch, with_entropy=True)
+        return self.policy_loss(batch, logprobs, entropy)
+
+    def kl_in_loss(self) -> bool:
+        """Whether ``kl_coef`` weighs a KL term in the loss (default) or the algorithm folds it into the reward."""
+        return True
+
+    def policy_loss(self, batch: Rollout, logprobs: Tensor, entropy: Tensor | None) -> LossOutput:
+        """The clipped surrogate (+ KL when :meth:`kl_in_loss`) from already computed log-probs (N, L)."""
+        u = self.update_cfg
         out = clipped_surrogate_loss(logprobs, batch.old_logprobs, batch.extras["advantages"], batch.completion_mask,
                                      clip_low=u.clip_low, clip_high=u.clip_high, aggregation=u.aggregation)
         loss, metrics = out.loss, dict(out.metrics)
-        if batch.ref_logprobs is not None and u.kl_coef != 0.0:
+        if batch.ref_logprobs is not None and u.kl_coef != 0.0 and self.kl_in_loss():
             kl = aggregate(kl_estimate(logprobs, batch.ref_logprobs, u.kl_estimator), batch.completion_mask, u.aggregation)
             loss = loss + u.kl_coef * kl
             metrics["kl"] = kl
-        metrics["entropy"] = masked_mean(entropy, batch.completion_mask)
+        if entropy is not None:
+            metrics["entropy"] = masked_mean(entropy, batch.completion_mask)
         return LossOutput(loss=loss, metrics=metrics)
 
     # ------------------------------------------------------------------ shared steps
@@ -219,11 +232,28 @@ class RLModule(LightningModule):
 
     def score(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
         """Run the reward tree; the logged total and the trained total are the same tensor."""
-        samples = Samples(prompts=rollout.prompts, completions=rollout.completions,
-                          completion_ids=rollout.completion_ids.cpu(), completion_mask=rollout.completion_mask.cpu(),
-                          group_index=rollout.group_index.cpu(), metadata=rollout.metadata)
+        return self.score_many([rollout])[0]
+
+    def score_many(self, rollouts: list[Rollout]) -> list[tuple[Tensor, dict[str, Tensor]]]:
+        """Score several rollouts (samples + ReMax's greedy baseline) in ONE reward-tree call, so batch-level
+        reward state (normalisation, judge batching) sees them together; split rewards and metrics back."""
+        width = max(r.completion_ids.shape[1] for r in rollouts)
+
+        def cat(name: str, value: int) -> Tensor:
+            parts = [getattr(r, name) for r in rollouts]
+            return torch.cat([F.pad(t.cpu(), (0, width - t.shape[1]), value=value) for t in parts])
+
+        samples = Samples(prompts=[p for r in rollouts for p in r.prompts],
+                          completions=[c for r in rollouts for c in r.completions],
+                          completion_ids=cat("completion_ids", self.engine.pad_id), completion_mask=cat("completion_mask", 0),
+                          group_index=torch.cat([r.group_index.cpu() for r in rollouts]),
+                          metadata=[m for r in rollouts for m in r.metadata])
         out = self.reward(samples)
-        return out.rewards.to(self.device), {k: v for k, v in out.metrics.items()}
+        sizes = [r.num_samples for r in rollouts]
+        rewards = out.rewards.to(self.device).split(sizes)
+        metrics = {k: v.split(sizes) if v.dim() and v.shape[0] == len(samples) else [v] * len(sizes)
+                   for k, v in out.metrics.items()}
+        return [(rewards[i], {k: v[i] for k, v in metrics.items()}) for i in range(len(sizes))]
 
     def make_rollout(self, batch: dict[str, Any]) -> tuple[Rollout, dict[str, Tensor]]:
         """plan -> generate -> score -> behaviour/ref log-probs -> advantages."""
@@ -231,14 +261,15 @@ class RLModule(LightningModule):
         calls_before = self.engine.generate_calls
         rollout = self.engine.rollout(self.policy, plan, batch["prompts"], batch["prompt_ids"], batch["metadata"], self.device)
         t0 = time.perf_counter()
-        rewards, components = self.score(rollout)
         baseline = rollout.extras.get("baseline")
+        scored = self.score_many([rollout] if baseline is None else [rollout, baseline])
+        rewards, components = scored[0]
         if baseline is not None:
-            rollout.extras["baseline_rewards"], _ = self.score(baseline)
+            rollout.extras["baseline_rewards"] = scored[1][0]
         t_score = time.perf_counter() - t0
         rollout = self.extend_rollout(rollout, rewards)
         t1 = time.perf_counter()
-        rollout.old_logprobs = self.frozen_logprobs(self.policy, rollout)
+        rollout.old_logprobs = self.behaviour_logprobs(rollout)
         if plan.need_ref_logprobs and self.ref_model is not None:
             rollout.ref_logprobs = self.frozen_logprobs(self.ref_model, rollout)
         rewards_used = torch.nan_to_num(rewards, nan=0.0)
@@ -251,9 +282,14 @@ class RLModule(LightningModule):
         gen_t = rollout.extras["time_generate"]
         metrics["rollout/generate_calls"] = torch.tensor(float(self.engine.generate_calls - calls_before))
         metrics["perf/tokens_per_s"] = torch.tensor(float(rollout.completion_mask.sum()) / max(gen_t, 1e-9))
+        metrics.update(rollout.extras.pop("metrics", {}))  # scalars an algorithm's compute_advantages left there
         if self._writer is not None and self.global_rank == 0:
             self._writer.write(self.global_step, rollout, rewards, components)
         return rollout, metrics
+
+    def behaviour_logprobs(self, rollout: Rollout) -> Tensor:
+        """π_old log-probs (N, L), once per rollout; PPO overrides it to fill ``rollout.values`` in the same pass."""
+        return self.frozen_logprobs(self.policy, rollout)
 
     def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> Rollout:
         """Hook for plans that need more than samples (e.g. TRePO continuations). Default: none."""
@@ -273,18 +309,18 @@ class RLModule(LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         step = int(batch.get("rollout_step", 0))
-        t_start = time.perf_counter()
         if step == 0 or self._rollout is None:
             self._rollout, metrics = self.make_rollout(batch)
             self.log_metrics(metrics, prog_bar_keys=("reward/total",))
+        self._t_loss = time.perf_counter()
         out = self.compute_loss(self.minibatch(self._rollout, step))
         self.log_metrics({**out.metrics, "loss/policy": out.loss.detach()}, prog_bar_keys=("loss/policy",))
-        self._t_loss = t_start
         return out.loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._t_loss is not None:
-            self.log("time/step", time.perf_counter() - self._t_loss, on_step=True, on_epoch=False)
+            # forward + backward + optimizer step of this minibatch (the rollout phases are logged apart)
+            self.log("time/update", time.perf_counter() - self._t_loss, on_step=True, on_epoch=False, batch_size=1)
 
     def log_metrics(self, metrics: dict[str, Tensor], prog_bar_keys: tuple[str, ...] = ()) -> None:
         sync = self._trainer is not None and self.trainer.world_size > 1

@@ -92,3 +92,37 @@ def test_checkpoint_written_by_fit_reloads(tmp_path):
 def test_unknown_aggregation_is_rejected_at_construction():
     with pytest.raises(ValueError, match="token_mean"):
         make_grpo(aggregation="mean_of_everything")
+
+
+def _pad(rollout, left: int, right: int):
+    """The same rollout with `left` extra prompt pads and `right` extra completion pad columns."""
+    import dataclasses
+
+    n = rollout.num_samples
+    z = lambda k: torch.zeros(n, k, dtype=torch.long)  # noqa: E731
+    return dataclasses.replace(
+        rollout,
+        prompt_ids=torch.cat([z(left), rollout.prompt_ids], 1), prompt_mask=torch.cat([z(left), rollout.prompt_mask], 1),
+        completion_ids=torch.cat([rollout.completion_ids, z(right)], 1),
+        completion_mask=torch.cat([rollout.completion_mask, z(right)], 1),
+        old_logprobs=torch.cat([rollout.old_logprobs, torch.zeros(n, right)], 1),
+        extras={**rollout.extras, "advantages": rollout.extras["advantages"]},
+    )
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"])
+def test_prompt_and_completion_padding_do_not_change_the_loss(mode):
+    torch.manual_seed(0)
+    module = GRPO(reward=FunctionReward("tests.modules.rewards.length_reward"), policy=TINY,
+                  rollout=rollout_cfg(group_size=4), update=UpdateConfig(aggregation=mode))
+    module.configure_model()
+    tok = module.tokenizer
+    prompts = ["1+2=", "30+4="]
+    rollout, _ = module.make_rollout({"prompts": prompts, "metadata": [{}, {}],
+                                      "prompt_ids": [tok(p, add_special_tokens=False).input_ids for p in prompts]})
+    with torch.no_grad():
+        module.policy.lm_head.weight.add_(0.05 * torch.randn_like(module.policy.lm_head.weight))  # ratio != 1
+    base = module.compute_loss(rollout)
+    padded = module.compute_loss(_pad(rollout, left=3, right=5))
+    torch.testing.assert_close(padded.loss, base.loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(padded.metrics["entropy"], base.metrics["entropy"], atol=1e-6, rtol=1e-6)

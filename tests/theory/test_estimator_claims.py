@@ -142,6 +142,7 @@ def test_verify_main_prints_the_table_fast(capsys: pytest.CaptureFixture[str]) -
         main(["--max-len", "3"])
 
 
+@pytest.mark.slow  # a fresh interpreter imports the whole package (lightning, transformers): seconds of startup
 def test_python_dash_m_entry_point() -> None:
     proc = subprocess.run([sys.executable, "-m", "lightning_trepo.theory", "--seed", "1"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
