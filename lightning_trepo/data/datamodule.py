@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
@@ -189,7 +190,8 @@ class PromptDataModule(LightningDataModule):
         )
         if dataset.batches_per_epoch == 0:
             raise ValueError(f"{data.source} has {len(data)} rows, fewer than world_size={self.world_size}")
-        return DataLoader(dataset, batch_size=None, collate_fn=keep_batch, num_workers=0)
+        return DataLoader(dataset, batch_size=None, collate_fn=keep_batch, num_workers=0,
+                          generator=torch.Generator().manual_seed(0))
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:

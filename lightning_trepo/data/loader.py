@@ -171,7 +171,10 @@ class PromptDataLoader(DataLoader):
     """
 
     def __init__(self, dataset: PromptBatches) -> None:
-        super().__init__(dataset, batch_size=None, collate_fn=keep_batch, num_workers=0)
+        # A private generator: creating an iterator would otherwise draw from the global torch RNG (the
+        # sampling RNG), so a resumed run would sample different rollouts than an uninterrupted one.
+        super().__init__(dataset, batch_size=None, collate_fn=keep_batch, num_workers=0,
+                         generator=torch.Generator().manual_seed(0))
 
     def state_dict(self) -> dict[str, int]:
         return self.dataset.cursor.state_dict()

@@ -10,9 +10,9 @@ they need to, :meth:`compute_loss`.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -26,7 +26,9 @@ from lightning_trepo.algorithms.losses import aggregate, clipped_surrogate_loss
 from lightning_trepo.ops import masked_mean
 from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan, SamplingConfig
 from lightning_trepo.rollout.logging import RolloutWriter, rollout_metrics, reward_metrics
-from lightning_trepo.rollout.policy import PolicyConfig, TinyModelConfig, load_policy, load_tokenizer, sequence_logprobs
+from lightning_trepo.modules.sharding import (build_policy, build_reference, fully_shard_model, gathered_for_generation,
+                                              on_device, params_sharded, place_frozen, visiting)
+from lightning_trepo.rollout.policy import AdapterDisabled, PolicyConfig, TinyModelConfig, load_tokenizer, sequence_logprobs
 from lightning_trepo.types import LossOutput, Rollout
 from reward_models import Reward, Samples
 
@@ -54,6 +56,11 @@ class RolloutConfig:
     """Validation: sampled responses per held-out prompt for pass@n (0 = greedy only)."""
     val_success_threshold: float = 1.0
     """Validation: a response with reward >= this counts as solved (accuracy, pass@n)."""
+    gather_params: bool = True
+    """ZeRO-3 / FSDP2: gather the full policy once per rollout for generation (fast; needs the whole model to fit
+    on one GPU next to the KV cache). False: generate with per-layer all-gathers every token (synced_gpus)."""
+    offload_reward: bool = False
+    """Keep reward models (learned RMs) on the CPU between scoring calls."""
 
 
 @dataclass
@@ -115,6 +122,7 @@ class RLModule(LightningModule):
         self.policy: torch.nn.Module | None = None
         self._frozen: dict[str, torch.nn.Module] = {}  # reference model: deliberately not a submodule
         self._rollout: Rollout | None = None
+        self._rollout_id: int | None = None
         self._engine: RolloutEngine | None = None
         self._writer = RolloutWriter(rollout.log_path) if rollout.log_path else None
         self._t_loss: float | None = None
@@ -128,14 +136,24 @@ class RLModule(LightningModule):
 
     # ------------------------------------------------------------------ model lifecycle
     def configure_model(self) -> None:
-        """Build the policy (and a frozen reference only when ``kl_coef != 0``) once."""
+        """Build the policy (and a frozen reference only when ``kl_coef != 0``) once, inside the strategy's init
+        context (ZeRO-3 partitions at construction); under ModelParallelStrategy, shard them with FSDP2."""
         if self.policy is not None:
             return
-        self.policy, self.tokenizer = load_policy(self.policy_cfg)
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        self.policy, self.tokenizer = build_policy(strategy, self.policy_cfg)
         if self.update_cfg.kl_coef != 0.0 or self.needs_reference():
-            ref = copy.deepcopy(self.policy).eval()
-            ref.requires_grad_(False)
-            self._frozen["ref"] = ref
+            self._frozen["ref"] = build_reference(strategy, self.policy, self.policy_cfg)
+        if self.device_mesh is not None:
+            self.apply_fsdp2(self.device_mesh)
+
+    def apply_fsdp2(self, mesh: Any) -> None:
+        """ModelParallelStrategy: FSDP2-shard the policy and the frozen reference (each transformer block, then the
+        root) over ``mesh``. Override to add tensor parallelism."""
+        fully_shard_model(self.policy, mesh)
+        ref = self._frozen.get("ref")
+        if ref is not None and not isinstance(ref, AdapterDisabled):
+            fully_shard_model(ref, mesh, offload=self.policy_cfg.offload_reference)
 
     def needs_reference(self) -> bool:
         """Subclasses that need a reference for reasons other than the KL loss override this."""
@@ -146,7 +164,8 @@ class RLModule(LightningModule):
         return self._frozen.get("ref")
 
     def setup(self, stage: str) -> None:
-        self.configure_model()
+        # the models are built by Lightning's configure_model call right after this hook, inside the strategy's
+        # init contexts (ZeRO-3 zero.Init, FSDP2 mesh); the tokenizer is already loaded
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "connect"):
             dm.connect(self.tokenizer, steps_per_rollout=self.update_cfg.steps_per_rollout,
@@ -154,9 +173,11 @@ class RLModule(LightningModule):
                        rank=self.global_rank, world_size=self.trainer.world_size)
 
     def on_fit_start(self) -> None:
-        for model in self._frozen.values():
-            model.to(self.device)
-        self.reward.to(self.device)
+        strategy = self.trainer.strategy
+        for name, model in list(self._frozen.items()):
+            offload = self.policy_cfg.offload_reference and name == "ref"
+            self._frozen[name] = place_frozen(strategy, model, self.device, offload=offload)
+        self.reward.to("cpu" if self.rollout_cfg.offload_reward else self.device)
 
     @property
     def engine(self) -> RolloutEngine:
@@ -168,9 +189,17 @@ class RLModule(LightningModule):
     def _params_sharded(self) -> bool:
         """ZeRO-3 / FSDP shard parameters: every rank must keep stepping generate (synced_gpus)."""
         strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
-        name = type(strategy).__name__ if strategy is not None else ""
-        stage = getattr(strategy, "zero_stage_3", False)
-        return bool(stage) or name in {"ModelParallelStrategy", "FSDPStrategy"}
+        return params_sharded(strategy, self.policy)
+
+    @contextmanager
+    def generation_context(self):
+        """Around a whole rollout (generation, continuations, log-probs): the sharded policy is gathered once
+        (``rollout.gather_params``), else generation runs with ``synced_gpus`` so ranks that stop early keep
+        joining the per-layer all-gathers."""
+        strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
+        with gathered_for_generation(strategy, self.policy, self.rollout_cfg.gather_params) as gathered:
+            self.engine.synced_gpus = self._params_sharded() and not gathered
+            yield gathered
 
     def configure_optimizers(self) -> Any:
         return self.optimizer_factory(self.param_groups())
@@ -222,12 +251,13 @@ class RLModule(LightningModule):
         """Behaviour or reference log-probs, computed once per rollout in chunks."""
         parts = []
         size = self.rollout_cfg.max_generate_batch
-        for start in range(0, rollout.num_samples, size):
-            idx = torch.arange(start, min(start + size, rollout.num_samples), device=rollout.completion_ids.device)
-            mb = rollout.select(idx)
-            lp, _ = sequence_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask,
-                                      self.rollout_cfg.sampling.temperature)
-            parts.append(lp)
+        with on_device(model, self.device):  # an offloaded reference visits the device once per rollout
+            for start in range(0, rollout.num_samples, size):
+                idx = torch.arange(start, min(start + size, rollout.num_samples), device=rollout.completion_ids.device)
+                mb = rollout.select(idx)
+                lp, _ = sequence_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask,
+                                          self.rollout_cfg.sampling.temperature)
+                parts.append(lp)
         return torch.cat(parts)
 
     def score(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
@@ -248,7 +278,8 @@ class RLModule(LightningModule):
                           completion_ids=cat("completion_ids", self.engine.pad_id), completion_mask=cat("completion_mask", 0),
                           group_index=torch.cat([r.group_index.cpu() for r in rollouts]),
                           metadata=[m for r in rollouts for m in r.metadata])
-        out = self.reward(samples)
+        with visiting(self.reward, self.device, self.rollout_cfg.offload_reward):
+            out = self.reward(samples)
         sizes = [r.num_samples for r in rollouts]
         rewards = out.rewards.to(self.device).split(sizes)
         metrics = {k: v.split(sizes) if v.dim() and v.shape[0] == len(samples) else [v] * len(sizes)
@@ -309,8 +340,11 @@ class RLModule(LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         step = int(batch.get("rollout_step", 0))
-        if step == 0 or self._rollout is None:
-            self._rollout, metrics = self.make_rollout(batch)
+        rollout_id = batch.get("rollout_id")
+        if step == 0 or self._rollout is None or rollout_id != self._rollout_id:  # a resume may start mid-rollout
+            self._rollout_id = rollout_id
+            with self.generation_context():
+                self._rollout, metrics = self.make_rollout(batch)
             self.log_metrics(metrics, prog_bar_keys=("reward/total",))
         self._t_loss = time.perf_counter()
         out = self.compute_loss(self.minibatch(self._rollout, step))
@@ -337,8 +371,9 @@ class RLModule(LightningModule):
         cfg = self.rollout_cfg
         plan = RolloutPlan(group_size=max(cfg.val_num_samples, 1), sampling=cfg.sampling,
                            greedy_baseline=True)
-        rollout = self.engine.rollout(self.policy, plan, batch["prompts"], batch["prompt_ids"], batch["metadata"],
-                                      self.device)
+        with self.generation_context():
+            rollout = self.engine.rollout(self.policy, plan, batch["prompts"], batch["prompt_ids"], batch["metadata"],
+                                          self.device)
         greedy, _ = self.score(rollout.extras["baseline"])
         solved = (torch.nan_to_num(greedy, nan=-math.inf) >= cfg.val_success_threshold).float()
         metrics = {"val/reward": greedy.nanmean(), "val/accuracy": solved.mean(),
@@ -356,7 +391,16 @@ class RLModule(LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["reward_state"] = self.reward.state_dict()
+        # sampling RNG, so a resumed run draws the same rollouts as an uninterrupted one
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.reward.load_state_dict(checkpoint.get("reward_state", {}))
+        rng = checkpoint.get("rng_state")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
