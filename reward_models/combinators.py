@@ -3,7 +3,7 @@
 Metric keys are hierarchical and relative to the node: a child named ``c`` contributes its
 rewards under ``"c"`` and each of its own metrics ``k`` under ``"c/k"``. Children are named by the
 ``components`` mapping keys (WeightedSum, Product, Min, Max), ``"gate"`` / ``"inner"`` (Gate) or
-``"inner"`` (single-child wrappers Clip, Affine, Normalize). :class:`Guard` is transparent: it adds
+``"inner"`` (single-child wrappers Clip, Affine, FillNaN, Normalize). :class:`Guard` is transparent: it adds
 no level. A node's own total is the ``rewards`` its parent records under the node's name; the root's
 total is ``RewardOutput.rewards`` itself.
 
@@ -227,6 +227,18 @@ class Affine(_Wrapper):
 
     def transform(self, r: Tensor, samples: Samples) -> Tensor:
         return self.scale * r + self.shift
+
+
+class FillNaN(_Wrapper):
+    """``r = inner`` where it applies, ``value`` where it is NaN (e.g. at the root, so the trainer
+    gets NaN-free rewards). The NaN rate stays visible in the ``inner`` metric."""
+
+    def __init__(self, inner: Reward, value: float = 0.0) -> None:
+        super().__init__(inner)
+        self.value = float(value)
+
+    def transform(self, r: Tensor, samples: Samples) -> Tensor:
+        return torch.where(torch.isnan(r), self.value, r)
 
 
 class Normalize(_Wrapper):

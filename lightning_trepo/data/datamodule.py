@@ -6,6 +6,7 @@ each rollout is reused for, and the rank layout. Train batches are dicts::
 
     {
         "prompts": list[str],            # B prompt texts as the policy sees them (chat template applied)
+        "raw_prompts": list[str],        # B prompts before the chat template (what rewards and judges read)
         "prompt_ids": list[list[int]],   # B token id lists (unpadded, after truncation)
         "metadata": list[dict],          # B dicts: every other column of the row (e.g. "answer")
         "row": list[int],                # B source row indices

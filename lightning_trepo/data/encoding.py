@@ -131,4 +131,13 @@ def encode_rows(
             ids[i] = row_ids
     _limit(ids, texts, tokenizer, max_prompt_length, overlong_prompt, source)
     metadata = [{k: v for k, v in row.items() if k not in (prompt_column, messages_column)} for row in rows]
-    return EncodedPrompts(prompts=texts, prompt_ids=ids, metadata=metadata, source=source)
+    raw = [_raw_prompt(row, prompt_column, messages_column) for row in rows]
+    return EncodedPrompts(prompts=texts, prompt_ids=ids, metadata=metadata, source=source, raw_prompts=raw)
+
+
+def _raw_prompt(row: dict[str, Any], prompt_column: str, messages_column: str) -> str:
+    """The prompt as the dataset states it, before any chat template: what rewards and judges read."""
+    if prompt_column in row:
+        return str(row[prompt_column])
+    users = [m.get("content", "") for m in row[messages_column] if m.get("role") == "user"]
+    return str(users[-1]) if users else ""

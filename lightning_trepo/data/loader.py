@@ -24,6 +24,7 @@ class EncodedPrompts:
     prompt_ids: list[list[int]]  # token ids of ``prompts`` (after truncation)
     metadata: list[dict[str, Any]]  # every other column of the row
     source: str = ""  # repr of the source, for error messages
+    raw_prompts: list[str] | None = None  # prompt text before the chat template (what rewards read)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -150,6 +151,7 @@ class PromptBatches(IterableDataset):
     def _batch(self, rows: list[int], rollout_step: int, rollout_id: int) -> dict[str, Any]:
         return {
             "prompts": [self.data.prompts[i] for i in rows],
+            "raw_prompts": [(self.data.raw_prompts or self.data.prompts)[i] for i in rows],
             "prompt_ids": [list(self.data.prompt_ids[i]) for i in rows],
             "metadata": [dict(self.data.metadata[i]) for i in rows],
             "row": list(rows),

@@ -120,6 +120,7 @@ class RolloutEngine:
         chunks: list[Tensor] = []
         calls = 0
         was_training = model.training
+        missing = self._missing_calls(-(-ids.shape[0] // self.max_batch_size), ids.device)
         model.eval()
         try:
             for start in range(0, ids.shape[0], self.max_batch_size):
@@ -127,6 +128,9 @@ class RolloutEngine:
                                              mask[start:start + self.max_batch_size], sampling)
                 chunks.extend(chunk.unbind(0))
                 calls += 1
+            for _ in range(missing):  # keep joining the other ranks' collectives; the output is discarded
+                one = torch.full((1, 1), self.pad_id, dtype=torch.long, device=ids.device)
+                self._generate_chunk(model, one, torch.ones_like(one), sampling)
         finally:
             model.train(was_training)
         completion_ids = right_pad(chunks, self.pad_id)
@@ -135,6 +139,16 @@ class RolloutEngine:
         self.generate_calls += calls
         self.generated_tokens += int(completion_mask.sum())
         return Generated(completion_ids, completion_mask, truncated, calls)
+
+    def _missing_calls(self, local_calls: int, device: torch.device) -> int:
+        """Under ``synced_gpus`` every rank must make as many generate calls as the busiest one (a rank with fewer
+        rows, e.g. fewer TRePO continuations, would otherwise leave the others waiting in an all-gather)."""
+        dist = torch.distributed
+        if not (self.synced_gpus and dist.is_available() and dist.is_initialized()):
+            return 0
+        most = torch.tensor([local_calls], dtype=torch.long, device=device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        return int(most.item()) - local_calls
 
     def _generate_chunk(self, model: nn.Module, ids: Tensor, mask: Tensor, sampling: SamplingConfig | None) -> Tensor:
         from transformers import GenerationConfig

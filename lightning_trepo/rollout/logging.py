@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from lightning_trepo.types import Rollout
+from reward_models.rollouts import samples_to_rows
+from reward_models.types import RewardOutput, Samples
 
 
 def group_zero_std_fraction(rewards: Tensor, group_size: int) -> Tensor:
@@ -54,24 +55,23 @@ def reward_metrics(rewards: Tensor, components: dict[str, Tensor]) -> dict[str, 
 
 
 class RolloutWriter:
-    """Appends one JSON object per sample: step, prompt, completion, metadata, reward, components."""
+    """Appends one JSON row per sample in the reward layer's rollout format (re-scorable with
+    ``lightning-trepo score``): prompt, completion, metadata, completion_ids, group_index (unique across
+    steps), reward and per-node metrics, plus the training step."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._groups_written = 0
 
     def write(self, step: int, rollout: Rollout, rewards: Tensor, components: dict[str, Tensor]) -> None:
+        group_index = rollout.group_index.cpu() + self._groups_written
+        self._groups_written += int(rollout.group_index.max()) + 1 if rollout.num_samples else 0
+        samples = Samples(prompts=rollout.prompts, completions=rollout.completions,
+                          completion_ids=rollout.completion_ids.cpu(), completion_mask=rollout.completion_mask.cpu(),
+                          group_index=group_index, metadata=rollout.metadata)
+        output = RewardOutput(rewards=rewards.detach().cpu(), metrics={k: v.detach().cpu() for k, v in components.items()
+                                                                       if v.dim() and v.shape[0] == len(samples)})
         with open(self.path, "a", encoding="utf-8") as fh:
-            for i in range(rollout.num_samples):
-                row: dict[str, Any] = {
-                    "step": int(step), "prompt": rollout.prompts[i], "completion": rollout.completions[i],
-                    "metadata": rollout.metadata[i], "reward": _num(rewards[i]),
-                    "components": {k: _num(v[i]) for k, v in components.items()},
-                }
-                fh.write(json.dumps(row, default=str) + "\n")
-
-
-def _num(x: Tensor) -> float | None:
-    v = float(x)
-    return None if math.isnan(v) else v
+            for row in samples_to_rows(samples, output):
+                fh.write(json.dumps({"step": int(step), **row}, default=str) + "\n")

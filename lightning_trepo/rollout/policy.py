@@ -40,6 +40,30 @@ class TinyModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters through ``peft`` (``pip install lightning-trepo[lora]``): only the adapters train, and the
+    frozen reference is the same model with its adapters switched off (no second copy)."""
+
+    r: int = 16
+    """Rank of each adapter."""
+    alpha: float = 32.0
+    """Scale numerator: the adapter output is multiplied by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter input (0 keeps behaviour and training log-probs identical)."""
+    target_modules: list[str] | str | None = None
+    """Module names to adapt (e.g. [q_proj, v_proj]), ``all-linear``, or None for peft's default for the architecture."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"policy.lora.r must be >= 1 (got {self.r})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"policy.lora.dropout must be in [0, 1) (got {self.dropout})")
+
+
+torch.serialization.add_safe_globals([LoraConfig])  # saved inside PolicyConfig hyper-parameters
+
+
+@dataclass
 class PolicyConfig:
     """Which policy to train and how to load it."""
 
@@ -56,7 +80,12 @@ class PolicyConfig:
     disable_dropout: bool = True
     """Set every dropout to 0 so behaviour and training log-probs agree (standard in RLHF)."""
     gradient_checkpointing: bool = False
-    """Trade compute for activation memory."""
+    """Trade compute for activation memory (non-reentrant checkpointing of every transformer block)."""
+    lora: LoraConfig | None = None
+    """Train LoRA adapters instead of every weight; the reference is the adapter-disabled policy. None = full fine-tuning."""
+    offload_reference: bool = False
+    """Keep the frozen reference on the CPU between uses (moved to the device for its log-probs once per rollout;
+    CPU-offloaded shards under FSDP2, ``offload_param`` under ZeRO-3)."""
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the built-in model when ``model_path`` is None."""
 
@@ -108,8 +137,9 @@ def resolve_model_path(path: str) -> str:
     return path  # a hub id, for machines that can download
 
 
-def load_policy(cfg: PolicyConfig):
-    """Return ``(model, tokenizer)``: left-padding tokenizer with a pad token, model in train mode."""
+def load_policy(cfg: PolicyConfig, lora: bool = True):
+    """Return ``(model, tokenizer)``: left-padding tokenizer with a pad token, model in train mode
+    (wrapped with ``cfg.lora`` adapters unless ``lora=False``)."""
     if cfg.torch_dtype not in _DTYPES:
         raise ValueError(f"policy.torch_dtype {cfg.torch_dtype!r} is not one of {sorted(_DTYPES)}")
     dtype = _DTYPES[cfg.torch_dtype]
@@ -123,10 +153,54 @@ def load_policy(cfg: PolicyConfig):
             if isinstance(module, nn.Dropout):
                 module.p = 0.0
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+        # non-reentrant: gradients reach LoRA adapters even though the (frozen) embeddings need none
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False  # training forwards; generate() still uses its KV cache (eval mode)
+    if lora and cfg.lora is not None:
+        model = apply_lora(model, cfg.lora)
     model.train()
     return model, tokenizer
+
+
+def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
+    """Wrap ``model`` with LoRA adapters (``peft``); only the adapters require grad."""
+    try:
+        import peft
+    except ImportError as err:
+        raise ImportError("policy.lora needs the `peft` package: pip install 'lightning-trepo[lora]'") from err
+    config = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                             target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    return peft.get_peft_model(model, config)
+
+
+def is_lora(model: nn.Module) -> bool:
+    """Whether ``model`` is a peft model whose adapters can be switched off."""
+    return callable(getattr(model, "disable_adapter", None)) and hasattr(model, "peft_config")
+
+
+class AdapterDisabled(nn.Module):
+    """The frozen reference of a LoRA policy: the policy itself with its adapters switched off.
+
+    Holds no parameters of its own (the policy is not a submodule), so it adds no memory, is never
+    moved, sharded or optimised, and always follows the policy's base weights.
+    """
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self._policy = [policy]  # a list: nn.Module does not register it as a child
+
+    @property
+    def policy(self) -> nn.Module:
+        return self._policy[0]
+
+    def forward(self, *args, **kwargs):
+        with torch.no_grad(), self.policy.disable_adapter():
+            return self.policy(*args, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, *args, **kwargs):
+        with self.policy.disable_adapter():
+            return self.policy.generate(*args, **kwargs)
 
 
 def load_tokenizer(cfg: PolicyConfig):

@@ -121,3 +121,11 @@ def test_isolation_is_reported_honestly():
     assert set(res.isolation) == {"network", "filesystem", "no_fork"}
     if os.uname().sysname == "Linux" and os.path.exists("/proc/self/ns/user"):
         assert isinstance(res.isolation["network"], bool)
+
+
+def test_code_reward_reports_timeouts():
+    s = samples([fenced("def f():\n    return 1"), fenced("while True:\n    pass")], [{"tests": ["assert f() == 1"]}] * 2)
+    out = CodeExecution(cpu_time=1, wall_time=3)(s)
+    # the looping program never finishes loading: 0 of 1 test; RLIMIT_CPU marks it a timeout
+    assert_close(out.rewards, [1, 0])
+    assert_close(out.metrics["timeout"], [0, 1])

@@ -155,3 +155,11 @@ def test_child_error_names_path():
         tree(indexed(1))
     assert info.value.path == ("a", "inner")
     assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_fill_nan():
+    from reward_models import FillNaN
+
+    out = FillNaN(Const([1, nan, -2]), value=-1)(indexed(3))
+    assert_close(out.rewards, [1, -1, -2])
+    assert_close(out.metrics["inner"], [1, nan, -2])  # the NaN stays visible one level down

@@ -1,0 +1,118 @@
+"""``lightning-trepo serve-reward`` and ``lightning-trepo score`` (wired by lightning_trepo.cli).
+
+Both take a reward YAML: a ``class_path``/``init_args`` tree (or a training config holding one under
+``model.init_args.reward``), built with jsonargparse as LightningCLI would.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+import torch
+
+from reward_models.base import Reward
+from reward_models.config import build_reward
+from reward_models.remote import group_chunks, serve
+from reward_models.rollouts import read_rollouts
+from reward_models.types import RewardOutput
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """``serve-reward --config <reward yaml> [--host 127.0.0.1] [--port 8000] [--device cpu]``."""
+    parser = argparse.ArgumentParser(prog="lightning-trepo serve-reward", description="Serve a reward tree over HTTP.")
+    parser.add_argument("--config", required=True, help="reward YAML (class_path/init_args tree)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 = all; no auth: trusted networks only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
+    parser.add_argument("--device", default=None, help="device for model-backed rewards, e.g. cuda:0")
+    args = parser.parse_args(argv)
+    reward = _build_or_exit(parser, args.config)
+    if args.device:
+        reward.to(args.device)
+    serve(reward, args.host, args.port)
+    return 0
+
+
+def node_paths(reward: Reward, prefix: str = "") -> dict[str, Reward]:
+    """Every node of the tree by its metric key (the root is ``"total"``)."""
+    nodes = {prefix or "total": reward}
+    for name, child in reward.children().items():
+        nodes.update(node_paths(child, f"{prefix}/{name}" if prefix else name))
+    return nodes
+
+
+def summarize(out: RewardOutput, latency: dict[str, float]) -> list[dict[str, Any]]:
+    """Per key: mean and population std over non-NaN values, NaN rate, summed latency (nodes only)."""
+    rows = []
+    for key, values in {"total": out.rewards, **out.metrics}.items():
+        values = values.double()
+        finite = values[~torch.isnan(values)]
+        mean = finite.mean().item() if finite.numel() else math.nan
+        std = ((finite - mean) ** 2).mean().sqrt().item() if finite.numel() else math.nan
+        nan_rate = 1 - finite.numel() / values.numel() if values.numel() else 0.0
+        rows.append({"component": key, "mean": mean, "std": std, "nan_rate": nan_rate, "latency_s": latency.get(key)})
+    return rows
+
+
+def _concat(parts: list[tuple[torch.Tensor, RewardOutput]], n: int) -> RewardOutput:
+    rewards = torch.full((n,), math.nan)
+    metrics: dict[str, torch.Tensor] = {}
+    for index, out in parts:
+        rewards[index] = out.rewards
+        for key, value in out.metrics.items():
+            metrics.setdefault(key, torch.full((n,), math.nan))[index] = value.float()
+    return RewardOutput(rewards, metrics)
+
+
+def score_main(argv: list[str] | None = None) -> int:
+    """``score --rollouts <jsonl> --reward <yaml> [--batch-size 512] [--json]``: re-score stored
+    completions and print per-component mean, std, NaN rate and latency."""
+    parser = argparse.ArgumentParser(prog="lightning-trepo score", description="Re-score rollouts under a reward tree.")
+    parser.add_argument("--rollouts", required=True, help="JSONL of {prompt, completion, metadata} rows")
+    parser.add_argument("--reward", required=True, help="reward YAML (class_path/init_args tree)")
+    parser.add_argument("--batch-size", type=int, default=512, help="rows per reward call (groups kept whole)")
+    parser.add_argument("--device", default=None, help="device for model-backed rewards")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    try:
+        samples = read_rollouts(args.rollouts)
+    except (OSError, ValueError) as err:
+        parser.exit(2, f"error: {err}\n")
+    reward = _build_or_exit(parser, args.reward)
+    if args.device:
+        reward.to(args.device)
+    nodes, latency, parts = node_paths(reward), {}, []
+    groups = samples.group_index.tolist() if samples.group_index is not None else list(range(len(samples)))
+    for rows in group_chunks(groups, max(1, args.batch_size)):
+        parts.append((torch.tensor(rows, dtype=torch.long), reward(samples.select(rows))))
+        for key, node in nodes.items():
+            latency[key] = latency.get(key, 0.0) + node.last_latency_s
+    table = summarize(_concat(parts, len(samples)), latency)
+    print(json.dumps(table, indent=1) if args.json else format_table(table, len(samples), args.rollouts))
+    return 0
+
+
+def format_table(table: list[dict[str, Any]], n: int, source: str) -> str:
+    width = max([len("component")] + [len(r["component"]) for r in table])
+    lines = [f"{n} rollouts from {source}", f"{'component':<{width}}  {'mean':>10} {'std':>10} {'nan%':>7} {'latency_s':>10}"]
+    for r in table:
+        lat = "" if r["latency_s"] is None else f"{r['latency_s']:.4f}"
+        lines.append(f"{r['component']:<{width}}  {r['mean']:>10.4f} {r['std']:>10.4f} {100 * r['nan_rate']:>6.1f}% {lat:>10}")
+    return "\n".join(lines)
+
+
+def _build_or_exit(parser: argparse.ArgumentParser, path: str) -> Reward:
+    try:
+        return build_reward(path)
+    except (OSError, ValueError) as err:
+        parser.exit(2, f"error: {err}\n")
+        raise  # unreachable; parser.exit raises SystemExit
+
+
+if __name__ == "__main__":  # python -m reward_models.cli {serve-reward,score} ...
+    commands = {"serve-reward": serve_main, "score": score_main}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit(f"usage: python -m reward_models.cli {{{','.join(commands)}}} ...")
+    sys.exit(commands[sys.argv[1]](sys.argv[2:]))

@@ -1,0 +1,165 @@
+"""Samples <-> JSON: rollout JSONL files (``score``) and the columnar payload of the HTTP reward server.
+
+A rollout row is ``{"prompt": str, "completion": str, "metadata": {...}}`` plus optional
+``"group_index": int`` and ``"completion_ids": [int, ...]`` (the generated tokens, padding removed).
+Any other top-level column is metadata too (flat rows, TRL style); ``"reward"`` and ``"metrics"``
+(written by :func:`write_rollouts`), ``"step"`` and ``"components"`` (written by training) are
+ignored when reading.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from reward_models.types import RewardOutput, Samples
+
+# written outputs of a training run (lightning_trepo's RolloutWriter: step, reward, components), not inputs
+RESERVED = {"prompt", "completion", "metadata", "group_index", "completion_ids", "reward", "metrics", "step", "components"}
+
+
+def _finite_or_none(values: Iterable[float]) -> list[float | None]:
+    return [None if math.isnan(v) else float(v) for v in values]
+
+
+def _ids_lists(samples: Samples) -> list[list[int]] | None:
+    if samples.completion_ids is None:
+        return None
+    mask = samples.completion_mask if samples.completion_mask is not None else torch.ones_like(samples.completion_ids)
+    return [row[m.bool()].tolist() for row, m in zip(samples.completion_ids, mask)]
+
+
+def _padded(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max((len(r) for r in ids), default=0)
+    out = torch.zeros(len(ids), width, dtype=torch.long)
+    mask = torch.zeros(len(ids), width, dtype=torch.long)
+    for i, row in enumerate(ids):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return out, mask
+
+
+def samples_to_rows(samples: Samples, output: RewardOutput | None = None) -> list[dict[str, Any]]:
+    """One JSON-ready dict per sample (with ``reward`` and ``metrics`` when ``output`` is given)."""
+    ids = _ids_lists(samples)
+    groups = samples.group_index.tolist() if samples.group_index is not None else list(range(len(samples)))
+    rows = []
+    for i in range(len(samples)):
+        row: dict[str, Any] = {"prompt": samples.prompts[i], "completion": samples.completions[i],
+                               "metadata": samples.metadata[i], "group_index": int(groups[i])}
+        if ids is not None:
+            row["completion_ids"] = ids[i]
+        if output is not None:
+            row["reward"] = _finite_or_none([output.rewards[i].item()])[0]
+            row["metrics"] = {k: _finite_or_none([v[i].item()])[0] for k, v in output.metrics.items()}
+        rows.append(row)
+    return rows
+
+
+def write_rollouts(path: str | Path, samples: Samples, output: RewardOutput | None = None) -> None:
+    """Append the samples (and their rewards) to a JSONL file that ``score`` can read back."""
+    with open(path, "a", encoding="utf-8") as f:
+        for row in samples_to_rows(samples, output):
+            f.write(json.dumps(row, default=str) + "\n")
+
+
+def _check_row(row: Any, where: str) -> None:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: a rollout row must be a JSON object, got {type(row).__name__}")
+    for key in ("prompt", "completion"):
+        if not isinstance(row.get(key), str):
+            raise ValueError(f"{where}: {key!r} must be a string (row keys: {sorted(row)})")
+    if not isinstance(row.get("metadata", {}), dict):
+        raise ValueError(f"{where}: 'metadata' must be an object")
+    ids = row.get("completion_ids")
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(t, int) for t in ids)):
+        raise ValueError(f"{where}: 'completion_ids' must be a list of ints")
+
+
+def samples_from_rows(rows: list[dict[str, Any]], where: list[str] | None = None) -> Samples:
+    """Samples from rollout rows; ``where[i]`` names row i in errors (e.g. ``"file.jsonl:12"``).
+
+    Rows without ``group_index`` are grouped by identical (``step``, prompt), in order of appearance.
+    """
+    where = where or [f"row {i}" for i in range(len(rows))]
+    by_prompt: dict[tuple[Any, str], int] = {}
+    groups, metadata = [], []
+    for row, loc in zip(rows, where):
+        _check_row(row, loc)
+        meta = dict(row.get("metadata") or {})
+        meta.update({k: v for k, v in row.items() if k not in RESERVED})
+        metadata.append(meta)
+        g = row.get("group_index")
+        groups.append(int(g) if g is not None else by_prompt.setdefault((row.get("step"), row["prompt"]), len(by_prompt)))
+    has_ids = [r.get("completion_ids") is not None for r in rows]
+    if any(has_ids) and not all(has_ids):
+        first = where[has_ids.index(not has_ids[0])]
+        raise ValueError(f"{first}: 'completion_ids' must be present in every row or in none")
+    ids, mask = _padded([r["completion_ids"] for r in rows]) if rows and all(has_ids) else (None, None)
+    return Samples(prompts=[r["prompt"] for r in rows], completions=[r["completion"] for r in rows],
+                   completion_ids=ids, completion_mask=mask, group_index=torch.tensor(groups, dtype=torch.long),
+                   metadata=metadata)
+
+
+def read_rollouts(path: str | Path) -> Samples:
+    """Read a rollout JSONL file; errors name the file and line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"rollouts file {path} does not exist")
+    rows, where = [], []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: invalid JSON: {err}") from err
+            where.append(f"{path}:{lineno}")
+    return samples_from_rows(rows, where)
+
+
+def samples_to_payload(samples: Samples) -> dict[str, Any]:
+    """Columnar JSON body of a ``POST /score`` request."""
+    return {"prompts": samples.prompts, "completions": samples.completions, "metadata": samples.metadata,
+            "group_index": samples.group_index.tolist() if samples.group_index is not None else None,
+            "completion_ids": _ids_lists(samples)}
+
+
+def samples_from_payload(payload: dict[str, Any]) -> Samples:
+    """Inverse of :func:`samples_to_payload`; raises ValueError naming the bad field."""
+    for key in ("prompts", "completions"):
+        if not isinstance(payload.get(key), list):
+            raise ValueError(f"payload field {key!r} must be a list")
+    n = len(payload["completions"])
+    rows = [{"prompt": payload["prompts"][i] if i < len(payload["prompts"]) else None,
+             "completion": payload["completions"][i]} for i in range(n)]
+    for field in ("metadata", "group_index", "completion_ids"):
+        values = payload.get(field)
+        if values is not None:
+            if not isinstance(values, list) or len(values) != n:
+                raise ValueError(f"payload field {field!r} must be a list of {n} items")
+            for row, value in zip(rows, values):
+                row[field] = value
+    if len(payload["prompts"]) != n:
+        raise ValueError(f"payload has {len(payload['prompts'])} prompts but {n} completions")
+    return samples_from_rows(rows, [f"item {i}" for i in range(n)])
+
+
+def output_to_payload(out: RewardOutput) -> dict[str, Any]:
+    """``{"rewards": [...], "metrics": {key: [...]}}`` with NaN as null."""
+    return {"rewards": _finite_or_none(out.rewards.tolist()),
+            "metrics": {k: _finite_or_none(v.float().tolist()) for k, v in out.metrics.items()}}
+
+
+def output_from_payload(payload: dict[str, Any], n: int) -> RewardOutput:
+    def tensor(values: Any, what: str) -> torch.Tensor:
+        if not isinstance(values, list) or len(values) != n:
+            raise ValueError(f"response field {what!r} must be a list of {n} numbers or nulls")
+        return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
+
+    metrics = payload.get("metrics") or {}
+    return RewardOutput(tensor(payload.get("rewards"), "rewards"), {k: tensor(v, f"metrics.{k}") for k, v in metrics.items()})
