@@ -1,0 +1,80 @@
+"""REINFORCE (Williams 1992) with the response reward as the return, optionally minus a running-mean baseline.
+
+The paper's Trajectory Policy Gradient Theorem (arXiv 2506.02553, Theorem 1) shows that the response
+reward RM(W) is an unbiased sample of every token's U(W_{0,t}), so this is already an unbiased
+token-level policy gradient. A baseline that does not depend on the current samples keeps it unbiased
+and lowers the variance.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_trepo.algorithms.advantages import reinforce_advantages
+from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
+from lightning_trepo.rollout.policy import PolicyConfig
+from lightning_trepo.types import Rollout
+from reward_models import Reward
+
+BASELINES = ("none", "running_mean")
+
+
+class REINFORCE(RLModule):
+    """REINFORCE: A_i = r_i − b, the same for every token of response i.
+
+    ``baseline="running_mean"``: b is a bias-corrected exponential moving average of the mean reward of
+    the PREVIOUS rollouts, b_k = m·b_{k−1} + (1−m)·mean(r_{k−1}) divided by (1 − m^k), b = 0 before the
+    first rollout. It is module state (buffers ``baseline_mean`` / ``baseline_updates``), so it is saved
+    in checkpoints and resumed with them.
+    """
+
+    def __init__(
+        self,
+        reward: Reward,
+        policy: PolicyConfig = PolicyConfig(),
+        rollout: RolloutConfig = RolloutConfig(),
+        update: UpdateConfig = UpdateConfig(),
+        optimizer: OptimizerFactory = default_optimizer,
+        baseline: str = "none",
+        baseline_momentum: float = 0.9,
+    ) -> None:
+        """
+        Args:
+            baseline: none (A = r) | running_mean (A = r − moving average of past rollouts' mean reward).
+            baseline_momentum: m in [0, 1) of the moving average (0 = the previous rollout's mean only).
+        """
+        super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
+        if baseline not in BASELINES:
+            raise ValueError(f"model.init_args.baseline {baseline!r} is not one of {BASELINES}")
+        if not 0.0 <= baseline_momentum < 1.0:
+            raise ValueError(f"model.init_args.baseline_momentum must be in [0, 1), got {baseline_momentum}")
+        self.baseline = baseline
+        self.baseline_momentum = baseline_momentum
+        if baseline == "running_mean":
+            self.register_buffer("baseline_mean", torch.zeros(()))
+            self.register_buffer("baseline_updates", torch.zeros((), dtype=torch.long))
+
+    def current_baseline(self) -> Tensor:
+        """b from the rollouts seen so far (0 before the first one), bias-corrected like Adam's moments."""
+        if self.baseline != "running_mean" or int(self.baseline_updates) == 0:
+            return torch.zeros((), device=self.device)
+        return self.baseline_mean / (1.0 - self.baseline_momentum ** int(self.baseline_updates))
+
+    @torch.no_grad()
+    def update_baseline(self, rewards: Tensor) -> None:
+        """Fold this rollout's mean reward (averaged over ranks) into the moving average."""
+        batch_mean = rewards.float().mean()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            batch_mean = self.trainer.strategy.reduce(batch_mean, reduce_op="mean")
+        m = self.baseline_momentum
+        self.baseline_mean.mul_(m).add_((1.0 - m) * batch_mean.to(self.baseline_mean))
+        self.baseline_updates.add_(1)
+
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Tensor:
+        advantages = reinforce_advantages(rewards)
+        if self.baseline == "running_mean":
+            b = self.current_baseline()  # from past rollouts only: independent of these samples, so unbiased
+            advantages = advantages - b.to(advantages)
+            self.update_baseline(rewards)
+            rollout.extras["metrics"] = {"reward/baseline": b.detach().float().cpu()}
+        return advantages
