@@ -27,7 +27,8 @@ from lightning_trepo.ops import masked_mean
 from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan, SamplingConfig
 from lightning_trepo.rollout.logging import RolloutWriter, rollout_metrics, reward_metrics
 from lightning_trepo.modules.sharding import (build_policy, build_reference, fully_shard_model, gathered_for_generation,
-                                              on_device, params_sharded, place_frozen, visiting)
+                                              on_device, params_sharded, place_frozen, shard_trainable_children,
+                                              unsharded_trainable, visiting)
 from lightning_trepo.rollout.policy import AdapterDisabled, PolicyConfig, TinyModelConfig, load_tokenizer, sequence_logprobs
 from lightning_trepo.types import LossOutput, Rollout
 from reward_models import Reward, Samples
@@ -91,6 +92,11 @@ class UpdateConfig:
 torch.serialization.add_safe_globals([PolicyConfig, TinyModelConfig, SamplingConfig, RolloutConfig, UpdateConfig])
 
 
+def reward_prompts(batch: dict[str, Any]) -> list[str]:
+    """Prompt texts the reward tree reads: before the chat template when the data module provides them."""
+    return batch.get("raw_prompts") or batch["prompts"]
+
+
 class RLModule(LightningModule):
     """Shared base of REINFORCE, RLOO, ReMax, GRPO, PPO and TRePO."""
 
@@ -140,20 +146,26 @@ class RLModule(LightningModule):
         context (ZeRO-3 partitions at construction); under ModelParallelStrategy, shard them with FSDP2."""
         if self.policy is not None:
             return
+        self.build_models()
+        if self.device_mesh is not None:
+            self.apply_fsdp2(self.device_mesh)
+
+    def build_models(self) -> None:
+        """Build the policy and the frozen reference; subclasses with more models (a critic) extend this, so that
+        :meth:`apply_fsdp2` sees them before the optimizer is made."""
         strategy = self._trainer.strategy if self._trainer is not None else None
         self.policy, self.tokenizer = build_policy(strategy, self.policy_cfg)
         if self.update_cfg.kl_coef != 0.0 or self.needs_reference():
             self._frozen["ref"] = build_reference(strategy, self.policy, self.policy_cfg)
-        if self.device_mesh is not None:
-            self.apply_fsdp2(self.device_mesh)
 
     def apply_fsdp2(self, mesh: Any) -> None:
-        """ModelParallelStrategy: FSDP2-shard the policy and the frozen reference (each transformer block, then the
-        root) over ``mesh``. Override to add tensor parallelism."""
+        """ModelParallelStrategy: FSDP2-shard the policy, the frozen reference (each transformer block, then the
+        root) and any other child with trainable parameters over ``mesh``. Override to add tensor parallelism."""
         fully_shard_model(self.policy, mesh)
         ref = self._frozen.get("ref")
         if ref is not None and not isinstance(ref, AdapterDisabled):
-            fully_shard_model(ref, mesh, offload=self.policy_cfg.offload_reference)
+            fully_shard_model(ref, mesh, offload=self.policy_cfg.offload_reference, frozen=True)
+        shard_trainable_children(self, mesh, skip=(self.policy,))
 
     def needs_reference(self) -> bool:
         """Subclasses that need a reference for reasons other than the KL loss override this."""
@@ -174,6 +186,10 @@ class RLModule(LightningModule):
 
     def on_fit_start(self) -> None:
         strategy = self.trainer.strategy
+        plain = unsharded_trainable(self) if self.device_mesh is not None and self.trainer.world_size > 1 else []
+        if plain:  # FSDP2 syncs only DTensor gradients: these would silently diverge across ranks
+            raise RuntimeError(f"ModelParallelStrategy: trainable parameters {plain[:5]} were not FSDP2-sharded; "
+                               "build every trainable module in build_models() so apply_fsdp2() shards it")
         for name, model in list(self._frozen.items()):
             offload = self.policy_cfg.offload_reference and name == "ref"
             self._frozen[name] = place_frozen(strategy, model, self.device, offload=offload)
@@ -290,7 +306,7 @@ class RLModule(LightningModule):
         """plan -> generate -> score -> behaviour/ref log-probs -> advantages."""
         plan = self.rollout_plan()
         calls_before = self.engine.generate_calls
-        rollout = self.engine.rollout(self.policy, plan, batch["prompts"], batch["prompt_ids"], batch["metadata"], self.device)
+        rollout = self.engine.rollout(self.policy, plan, reward_prompts(batch), batch["prompt_ids"], batch["metadata"], self.device)
         t0 = time.perf_counter()
         baseline = rollout.extras.get("baseline")
         scored = self.score_many([rollout] if baseline is None else [rollout, baseline])
@@ -360,10 +376,11 @@ class RLModule(LightningModule):
         sync = self._trainer is not None and self.trainer.world_size > 1
         for key, value in metrics.items():
             value = torch.as_tensor(value, dtype=torch.float32, device=self.device)
-            if value.numel() != 1 or not torch.isfinite(value):
-                continue
+            if value.numel() != 1 or (not sync and not torch.isfinite(value)):
+                continue  # with sync_dist each log is a collective: every rank must log the same keys, NaN or not
+            reduce = "max" if key.endswith("_max") else "min" if key.endswith("_min") else "mean"
             self.log(key, value, on_step=True, on_epoch=False, prog_bar=key in prog_bar_keys, sync_dist=sync,
-                     batch_size=1)
+                     batch_size=1, reduce_fx=reduce)
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -372,7 +389,7 @@ class RLModule(LightningModule):
         plan = RolloutPlan(group_size=max(cfg.val_num_samples, 1), sampling=cfg.sampling,
                            greedy_baseline=True)
         with self.generation_context():
-            rollout = self.engine.rollout(self.policy, plan, batch["prompts"], batch["prompt_ids"], batch["metadata"],
+            rollout = self.engine.rollout(self.policy, plan, reward_prompts(batch), batch["prompt_ids"], batch["metadata"],
                                           self.device)
         greedy, _ = self.score(rollout.extras["baseline"])
         solved = (torch.nan_to_num(greedy, nan=-math.inf) >= cfg.val_success_threshold).float()
