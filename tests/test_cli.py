@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from jsonargparse import ArgumentParser
 
 from lightning_trepo.cli import TrepoCLI
 from lightning_trepo.data import PromptDataModule
@@ -41,11 +40,10 @@ def test_algorithm_config_parses_and_instantiates(path):
 
 
 @pytest.mark.parametrize("path", REWARD_CONFIGS, ids=lambda p: p.name)
-def test_reward_tree_yaml_parses(path):
-    parser = ArgumentParser()
-    parser.add_argument("--reward", type=Reward)
-    cfg = parser.parse_args(["--reward", str(path)])
-    assert cfg.reward.class_path
+def test_reward_tree_yaml_loads_from_its_own_file(path):
+    # what users type: --model.init_args.reward <tree.yaml> replaces the whole tree
+    cfg = cli_parse_only(["--config", str(ROOT / "configs" / "grpo.yaml"), "--model.init_args.reward", str(path)])
+    assert cfg.model.init_args.reward.class_path == yaml.safe_load(path.read_text())["class_path"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
