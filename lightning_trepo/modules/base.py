@@ -31,7 +31,7 @@ from lightning_trepo.modules.sharding import (build_policy, build_reference, ful
                                               unsharded_trainable, visiting)
 from lightning_trepo.rollout.policy import AdapterDisabled, PolicyConfig, TinyModelConfig, load_tokenizer, sequence_logprobs
 from lightning_trepo.types import LossOutput, Rollout
-from reward_models import Reward, Samples
+from reward_models import Reward, RewardOutput, Samples
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -280,6 +280,11 @@ class RLModule(LightningModule):
         """Run the reward tree; the logged total and the trained total are the same tensor."""
         return self.score_many([rollout])[0]
 
+    def score_samples(self, samples: Samples) -> RewardOutput:
+        """The one place the reward tree runs (samples, baselines, continuations, validation)."""
+        with visiting(self.reward, self.device, self.rollout_cfg.offload_reward):
+            return self.reward(samples)
+
     def score_many(self, rollouts: list[Rollout]) -> list[tuple[Tensor, dict[str, Tensor]]]:
         """Score several rollouts (samples + ReMax's greedy baseline) in ONE reward-tree call, so batch-level
         reward state (normalisation, judge batching) sees them together; split rewards and metrics back."""
@@ -294,8 +299,7 @@ class RLModule(LightningModule):
                           completion_ids=cat("completion_ids", self.engine.pad_id), completion_mask=cat("completion_mask", 0),
                           group_index=torch.cat([r.group_index.cpu() for r in rollouts]),
                           metadata=[m for r in rollouts for m in r.metadata])
-        with visiting(self.reward, self.device, self.rollout_cfg.offload_reward):
-            out = self.reward(samples)
+        out = self.score_samples(samples)
         sizes = [r.num_samples for r in rollouts]
         rewards = out.rewards.to(self.device).split(sizes)
         metrics = {k: v.split(sizes) if v.dim() and v.shape[0] == len(samples) else [v] * len(sizes)

@@ -115,7 +115,7 @@ class TRePO(RLModule):
                           completion_ids=cont.completion_ids.cpu(), completion_mask=cont.completion_mask.cpu(),
                           group_index=rollout.group_index[cont.sample_index].cpu(),
                           metadata=[rollout.metadata[i] for i in idx])
-        scores = torch.nan_to_num(self.reward(samples).rewards.to(self.device), nan=0.0)
+        scores = torch.nan_to_num(self.score_samples(samples).rewards.to(self.device), nan=0.0)
         flat = cont.sample_index.to(self.device) * shape[1] + cont.anchor_column.to(self.device)
         sums = torch.zeros(shape[0] * shape[1], device=self.device).index_add_(0, flat, scores)
         counts = torch.zeros_like(sums).index_add_(0, flat, torch.ones_like(scores))
