@@ -388,26 +388,36 @@ class RLModule(LightningModule):
 
     @torch.no_grad()
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Held-out prompts: greedy reward and accuracy, and pass@n over ``val_num_samples`` samples."""
+        """Held-out prompts: greedy reward and accuracy, and pass@n over ``val_num_samples`` samples.
+
+        Validation leaves training untouched: it samples under a forked RNG (a run with validation draws
+        the same training rollouts as one without) and restores any reward state it updated.
+        """
         cfg = self.rollout_cfg
-        plan = RolloutPlan(group_size=max(cfg.val_num_samples, 1), sampling=cfg.sampling,
-                           greedy_baseline=True)
-        with self.generation_context():
-            rollout = self.engine.rollout(self.policy, plan, reward_prompts(batch), batch["prompt_ids"], batch["metadata"],
-                                          self.device)
-        greedy, _ = self.score(rollout.extras["baseline"])
-        solved = (torch.nan_to_num(greedy, nan=-math.inf) >= cfg.val_success_threshold).float()
-        metrics = {"val/reward": greedy.nanmean(), "val/accuracy": solved.mean(),
-                   "val/length": rollout.extras["baseline"].lengths.float().mean()}
+        plans = [RolloutPlan(group_size=1, sampling=None)]
         if cfg.val_num_samples > 0:
-            sampled, _ = self.score(rollout)
-            ok = (torch.nan_to_num(sampled, nan=-math.inf) >= cfg.val_success_threshold).reshape(-1, plan.group_size)
-            metrics[f"val/pass@{plan.group_size}"] = ok.any(dim=1).float().mean()
-            metrics["val/reward_sampled"] = sampled.nanmean()
-        n = len(batch["prompts"])
+            plans.append(RolloutPlan(group_size=cfg.val_num_samples, sampling=cfg.sampling))
+        reward_state = self.reward.state_dict()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
+                self.generation_context():
+            rollouts = [self.engine.rollout(self.policy, plan, reward_prompts(batch), batch["prompt_ids"],
+                                            batch["metadata"], self.device) for plan in plans]
+        scored = self.score_many(rollouts)
+        self.reward.load_state_dict(reward_state)
+        self.log_validation(rollouts, [rewards for rewards, _ in scored], len(batch["prompt_ids"]))
+
+    def log_validation(self, rollouts: list[Rollout], rewards: list[Tensor], num_prompts: int) -> None:
+        threshold = self.rollout_cfg.val_success_threshold
+        solved = [(torch.nan_to_num(r, nan=-math.inf) >= threshold).float() for r in rewards]
+        metrics = {"val/reward": rewards[0].nanmean(), "val/accuracy": solved[0].mean(),
+                   "val/length": rollouts[0].lengths.float().mean()}
+        if len(rollouts) > 1:
+            g = rollouts[1].group_size
+            metrics[f"val/pass@{g}"] = solved[1].reshape(-1, g).amax(dim=1).mean()
+            metrics["val/reward_sampled"] = rewards[1].nanmean()
         for key, value in metrics.items():
-            self.log(key, value.float(), on_step=False, on_epoch=True, batch_size=n, prog_bar=key == "val/accuracy",
-                     sync_dist=self.trainer.world_size > 1)
+            self.log(key, value.float(), on_step=False, on_epoch=True, batch_size=num_prompts,
+                     prog_bar=key == "val/accuracy", sync_dist=self.trainer.world_size > 1)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -46,7 +46,8 @@ class RolloutPlan:
 
     group_size: int = 1
     """G samples per prompt."""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingConfig | None = field(default_factory=SamplingConfig)
+    """Sampling settings; None = greedy decoding."""
     greedy_baseline: bool = False
     """Also produce one greedy response per prompt (ReMax); scored with the samples in one call."""
     need_ref_logprobs: bool = False
