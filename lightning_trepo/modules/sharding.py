@@ -49,12 +49,19 @@ def _is_fsdp1(strategy: Any) -> bool:
     return isinstance(strategy, FSDPStrategy)
 
 
+def _dtensor() -> type:
+    try:
+        from torch.distributed.tensor import DTensor  # torch >= 2.5
+    except ImportError:  # pragma: no cover
+        from torch.distributed._tensor import DTensor
+    return DTensor
+
+
 def has_sharded_params(model: nn.Module | None) -> bool:
     """Any parameter that is a ZeRO-3 partition (``ds_id``) or an FSDP2 DTensor shard."""
     if model is None:
         return False
-    from torch.distributed.tensor import DTensor
-
+    DTensor = _dtensor()
     return any(hasattr(p, "ds_id") or isinstance(p, DTensor) for p in model.parameters())
 
 
@@ -182,14 +189,15 @@ def shard_trainable_children(module: nn.Module, mesh: Any, skip: tuple[nn.Module
 
 def unsharded_trainable(module: nn.Module) -> list[str]:
     """Names of trainable parameters that are plain tensors (not FSDP2 DTensor shards)."""
-    from torch.distributed.tensor import DTensor
-
+    DTensor = _dtensor()
     return [n for n, p in module.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
 
 
 def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
-    from torch.distributed.fsdp import FSDPModule
-
+    try:
+        from torch.distributed.fsdp import FSDPModule  # torch >= 2.6
+    except ImportError:  # pragma: no cover
+        return []
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
@@ -247,8 +255,12 @@ def gathered_for_generation(strategy: Any, policy: nn.Module, enabled: bool = Tr
     """Within the block the policy's full weights sit on every rank and a forward runs no collective,
     so generation needs no ``synced_gpus``. Yields whether it gathered (False: unsharded strategy,
     ``enabled=False``, or nothing to gather), in which case sharded generation stays per layer."""
-    if not enabled or not params_sharded(strategy, policy):
+    if not params_sharded(strategy, policy):
         yield False
+    elif not enabled:
+        yield False
+        for m in _fsdp_modules(policy):  # FSDP2 keeps its root unsharded after forward: free it after the rollout
+            m.reshard()
     elif is_deepspeed_zero3(strategy):
         with _zero3_gathered(strategy.model) as gathered:
             yield gathered
@@ -299,10 +311,14 @@ def place_frozen(strategy: Any, model: nn.Module, device: torch.device, offload:
     layer (``offload_param`` to the CPU with ``offload``). Otherwise the full model on ``device``, or
     on the CPU between uses with ``offload``.
     """
-    if isinstance(model, (AdapterDisabled, Offloaded)) or has_sharded_params(model) and not is_deepspeed_zero3(strategy):
-        return model
+    if isinstance(model, (AdapterDisabled, Offloaded)):
+        return model  # the policy itself, or placed already
     if is_deepspeed_zero3(strategy):
-        return _zero3_inference_engine(strategy, model, offload)
+        from deepspeed import DeepSpeedEngine
+
+        return model if isinstance(model, DeepSpeedEngine) else _zero3_inference_engine(strategy, model, offload)
+    if has_sharded_params(model):  # FSDP2-sharded in configure_model
+        return model
     return Offloaded(model) if offload else model.to(device)
 
 

