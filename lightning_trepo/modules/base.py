@@ -26,9 +26,9 @@ from lightning_trepo.algorithms.losses import aggregate, clipped_surrogate_loss
 from lightning_trepo.ops import masked_mean
 from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan, SamplingConfig
 from lightning_trepo.rollout.logging import RolloutWriter, rollout_metrics, reward_metrics
-from lightning_trepo.modules.sharding import (build_policy, build_reference, fully_shard_model, gathered_for_generation,
-                                              on_device, params_sharded, place_frozen, shard_trainable_children,
-                                              unsharded_trainable, visiting)
+from lightning_trepo.modules.sharding import (build_policy, build_reference, decorrelate_rank_rng,
+                                              fully_shard_model, gathered_for_generation, on_device, params_sharded,
+                                              place_frozen, shard_trainable_children, unsharded_trainable, visiting)
 from lightning_trepo.rollout.policy import AdapterDisabled, PolicyConfig, TinyModelConfig, load_tokenizer, sequence_logprobs
 from lightning_trepo.types import LossOutput, Rollout
 from reward_models import Reward, RewardOutput, Samples
@@ -194,6 +194,7 @@ class RLModule(LightningModule):
             offload = self.policy_cfg.offload_reference and name == "ref"
             self._frozen[name] = place_frozen(strategy, model, self.device, offload=offload)
         self.reward.to("cpu" if self.rollout_cfg.offload_reward else self.device)
+        decorrelate_rank_rng(self.global_rank, self.trainer.world_size)
 
     @property
     def engine(self) -> RolloutEngine:

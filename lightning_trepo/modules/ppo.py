@@ -8,7 +8,7 @@ loss); the policy and the critic are trained by the same optimizer (parameter gr
 """
 from __future__ import annotations
 
-import copy
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,6 +19,7 @@ from lightning_trepo.algorithms.advantages import gae, token_level_rewards
 from lightning_trepo.algorithms.kl import kl_estimate
 from lightning_trepo.algorithms.losses import explained_variance, value_loss
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
+from lightning_trepo.modules.sharding import build_policy
 from lightning_trepo.ops import masked_mean, masked_whiten
 from lightning_trepo.rollout.policy import PolicyConfig, completion_logits, sequence_logprobs
 from lightning_trepo.types import LossOutput, Rollout
@@ -76,15 +77,16 @@ class PPO(RLModule):
         self.critic: nn.Module | None = None  # the separate value trunk
 
     # ------------------------------------------------------------------ model
-    def configure_model(self) -> None:
+    def build_models(self) -> None:
         """Policy (and reference) from the base, then the critic: a zero-initialised scalar head, so V = 0
-        at the start and the first advantages are the plain KL-penalised returns."""
-        super().configure_model()
-        if self.value_head is not None:
-            return
+        at the start and the first advantages are the plain KL-penalised returns. Built here, before
+        ``apply_fsdp2``, so FSDP2 shards the critic with the policy."""
+        super().build_models()
         device = next(self.policy.parameters()).device
         if self.value_model_kind == "separate":
-            self.critic = copy.deepcopy(self.policy.base_model)
+            # a fresh load rather than a deepcopy: under ZeRO-3 the policy's weights are partitioned
+            strategy = self._trainer.strategy if self._trainer is not None else None
+            self.critic = build_policy(strategy, replace(self.policy_cfg, lora=None))[0].base_model
         head = nn.Linear(self.policy.config.hidden_size, 1, device=device)
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)

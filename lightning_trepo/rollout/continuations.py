@@ -51,10 +51,9 @@ def sample_continuations(engine: RolloutEngine, model: nn.Module, rollout: Rollo
         prompt = rollout.prompt_ids[n][rollout.prompt_mask[n].bool()].tolist()
         prefixes.append(prompt + rollout.completion_ids[n, :s].tolist())
     budget = sampling.max_new_tokens - starts  # same total length limit as the original response
-    if len(prefixes) == 0:
-        empty = torch.zeros((0, 1), dtype=torch.long, device=device)
-        return Continuations(rows, cols, empty, empty, [], 0, 0)
-    longest = int(budget.max())
+    # A rank with no valid anchor still calls the engine: under sharded generation it must keep joining
+    # the other ranks' collectives (the engine pads its calls to the busiest rank's count).
+    longest = int(budget.max()) if budget.numel() else sampling.max_new_tokens
     gen, _, _ = engine.continue_from(model, prefixes, k, _with_budget(sampling, longest))
     rep_starts = starts.repeat_interleave(k).tolist()
     rep_budget = budget.repeat_interleave(k)
@@ -64,7 +63,7 @@ def sample_continuations(engine: RolloutEngine, model: nn.Module, rollout: Rollo
         cont = gen.completion_ids[i][: int(rep_budget[i])]
         cont = cont[gen.completion_mask[i][: int(rep_budget[i])].bool()]
         pieces.append(torch.cat([rollout.completion_ids[n, :s], cont.to(device)]))
-    ids = right_pad(pieces, engine.pad_id)
+    ids = right_pad(pieces, engine.pad_id).to(device)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(pieces):
         mask[i, : p.numel()] = 1

@@ -139,3 +139,19 @@ def test_trains_with_ppo_epochs(tmp_path):
     t.fit(module, datamodule=datamodule(batch_size=2))
     assert t.global_step == 4
     assert "clip_frac" in "".join(t.callback_metrics)
+
+
+def test_no_valid_anchor_still_goes_through_the_engine():
+    # every response ends before the only anchor offset: no continuation is needed, but the engine is still
+    # called (a sharded rank must keep joining collectives) and the advantages reduce to RM(W) − Û(0)
+    module = make(num_anchors=1, num_continuations=2, anchor_mode="every", anchor_every=5, max_new_tokens=6)
+    from lightning_trepo.rollout.continuations import sample_continuations
+
+    rollout, _ = module.make_rollout(batch(module))
+    positions = torch.zeros(rollout.num_samples, 3, dtype=torch.long)
+    empty = torch.zeros(0, dtype=torch.long)
+    calls = module.engine.generate_calls
+    cont = sample_continuations(module.engine, module.policy, rollout, positions, empty, empty, 2,
+                                module.rollout_cfg.sampling)
+    assert cont.completion_ids.shape[0] == 0 and cont.completions == [] and cont.generated_tokens == 0
+    assert module.engine.generate_calls == calls  # zero rows: no local call (the engine pads only when synced)
