@@ -13,8 +13,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,78 +22,41 @@ from torch import Tensor
 
 from lightning_trepo.algorithms.kl import kl_estimate
 from lightning_trepo.algorithms.losses import aggregate, clipped_surrogate_loss
+from lightning_trepo.modules.config import (
+    OptimizerFactory,
+    RolloutConfig,
+    UpdateConfig,
+    default_optimizer,
+    reward_prompts,
+)
+from lightning_trepo.modules.sharding import (
+    build_policy,
+    build_reference,
+    decorrelate_rank_rng,
+    fully_shard_model,
+    gathered_for_generation,
+    on_device,
+    params_sharded,
+    place_frozen,
+    shard_trainable_children,
+    unsharded_trainable,
+    visiting,
+)
 from lightning_trepo.ops import masked_mean
-from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan, SamplingConfig
-from lightning_trepo.rollout.logging import RolloutWriter, rollout_metrics, reward_metrics
-from lightning_trepo.modules.sharding import (build_policy, build_reference, decorrelate_rank_rng,
-                                              fully_shard_model, gathered_for_generation, on_device, params_sharded,
-                                              place_frozen, shard_trainable_children, unsharded_trainable, visiting)
-from lightning_trepo.rollout.policy import AdapterDisabled, PolicyConfig, TinyModelConfig, load_tokenizer, sequence_logprobs
+from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan
+from lightning_trepo.rollout.logging import (
+    RolloutWriter,
+    reward_metrics,
+    rollout_metrics,
+)
+from lightning_trepo.rollout.policy import (
+    AdapterDisabled,
+    PolicyConfig,
+    load_tokenizer,
+    sequence_logprobs,
+)
 from lightning_trepo.types import LossOutput, Rollout
 from reward_models import Reward, RewardOutput, Samples
-
-OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
-
-
-def default_optimizer(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """AdamW(lr=1e-5, weight_decay=0), the usual RLHF default."""
-    return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
-
-
-@dataclass
-class RolloutConfig:
-    """How each batch of prompts becomes a rollout."""
-
-    group_size: int = 4
-    """G: samples per prompt."""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """Sampling settings of the behaviour policy."""
-    max_generate_batch: int = 256
-    """Most sequences per generate call (memory bound); more become extra calls."""
-    log_path: str | None = None
-    """Append every rollout (prompt, completion, metadata, reward) to this JSONL file; off when None."""
-    val_num_samples: int = 4
-    """Validation: sampled responses per held-out prompt for pass@n (0 = greedy only)."""
-    val_success_threshold: float = 1.0
-    """Validation: a response with reward >= this counts as solved (accuracy, pass@n)."""
-    gather_params: bool = True
-    """ZeRO-3 / FSDP2: gather the full policy once per rollout for generation (fast; needs the whole model to fit
-    on one GPU next to the KV cache). False: generate with per-layer all-gathers every token (synced_gpus)."""
-    offload_reward: bool = False
-    """Keep reward models (learned RMs) on the CPU between scoring calls."""
-
-
-@dataclass
-class UpdateConfig:
-    """How a rollout becomes gradient steps."""
-
-    epochs: int = 1
-    """μ: policy epochs over each rollout."""
-    num_minibatches: int = 1
-    """Minibatches per epoch (each one optimizer micro-step)."""
-    clip_low: float = 0.2
-    """PPO ratio clip below 1 (ratio >= 1 - clip_low)."""
-    clip_high: float = 0.2
-    """PPO ratio clip above 1 (ratio <= 1 + clip_high); DAPO's clip-higher uses ~0.28."""
-    aggregation: str = "token_mean"
-    """token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_mean_token_sum_norm."""
-    kl_coef: float = 0.0
-    """Weight of the KL to the reference policy; 0 means no reference model is loaded."""
-    kl_estimator: str = "k3"
-    """k1 | k2 | k3 (per-token estimator of KL(π || π_ref))."""
-
-    @property
-    def steps_per_rollout(self) -> int:
-        return self.epochs * self.num_minibatches
-
-
-# Checkpoints store these configs as hyper-parameters; allow them under torch.load(weights_only=True).
-torch.serialization.add_safe_globals([PolicyConfig, TinyModelConfig, SamplingConfig, RolloutConfig, UpdateConfig])
-
-
-def reward_prompts(batch: dict[str, Any]) -> list[str]:
-    """Prompt texts the reward tree reads: before the chat template when the data module provides them."""
-    return batch.get("raw_prompts") or batch["prompts"]
 
 
 class RLModule(LightningModule):
@@ -123,7 +85,6 @@ class RLModule(LightningModule):
         self.reward = reward
         self.policy_cfg, self.rollout_cfg, self.update_cfg = policy, rollout, update
         self.optimizer_factory = optimizer
-        self._validate_update(update)
         self.tokenizer = load_tokenizer(policy)
         self.policy: torch.nn.Module | None = None
         self._frozen: dict[str, torch.nn.Module] = {}  # reference model: deliberately not a submodule
@@ -132,13 +93,6 @@ class RLModule(LightningModule):
         self._engine: RolloutEngine | None = None
         self._writer = RolloutWriter(rollout.log_path) if rollout.log_path else None
         self._t_loss: float | None = None
-
-    @staticmethod
-    def _validate_update(update: UpdateConfig) -> None:
-        if update.epochs < 1 or update.num_minibatches < 1:
-            raise ValueError("update.epochs and update.num_minibatches must be >= 1")
-        aggregate(torch.zeros(1, 1), torch.ones(1, 1), update.aggregation)  # raises naming the valid modes
-        kl_estimate(torch.zeros(1), torch.zeros(1), update.kl_estimator)
 
     # ------------------------------------------------------------------ model lifecycle
     def configure_model(self) -> None:

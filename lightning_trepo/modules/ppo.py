@@ -18,10 +18,20 @@ from torch import Tensor, nn
 from lightning_trepo.algorithms.advantages import gae, token_level_rewards
 from lightning_trepo.algorithms.kl import kl_estimate
 from lightning_trepo.algorithms.losses import explained_variance, value_loss
-from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
+from lightning_trepo.modules.base import (
+    OptimizerFactory,
+    RLModule,
+    RolloutConfig,
+    UpdateConfig,
+    default_optimizer,
+)
 from lightning_trepo.modules.sharding import build_policy
 from lightning_trepo.ops import masked_mean, masked_whiten
-from lightning_trepo.rollout.policy import PolicyConfig, completion_logits, sequence_logprobs
+from lightning_trepo.rollout.policy import (
+    PolicyConfig,
+    completion_logits,
+    sequence_logprobs,
+)
 from lightning_trepo.types import LossOutput, Rollout
 from reward_models import Reward
 

@@ -13,10 +13,25 @@ import torch
 from torch import Tensor
 
 from lightning_trepo.algorithms.advantages import leave_one_out_mean, segment_advantages
-from lightning_trepo.algorithms.anchors import (anchor_positions_from_offsets, boundary_anchor_positions,
-                                                build_anchor_values, fixed_anchor_offsets)
-from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
-from lightning_trepo.rollout.continuations import BoundaryMarker, Continuations, request_pairs, sample_continuations
+from lightning_trepo.algorithms.anchors import (
+    anchor_positions_from_offsets,
+    boundary_anchor_positions,
+    build_anchor_values,
+    fixed_anchor_offsets,
+)
+from lightning_trepo.modules.base import (
+    OptimizerFactory,
+    RLModule,
+    RolloutConfig,
+    UpdateConfig,
+    default_optimizer,
+)
+from lightning_trepo.rollout.continuations import (
+    BoundaryMarker,
+    Continuations,
+    request_pairs,
+    sample_continuations,
+)
 from lightning_trepo.rollout.engine import RolloutPlan
 from lightning_trepo.rollout.policy import PolicyConfig
 from lightning_trepo.types import Rollout

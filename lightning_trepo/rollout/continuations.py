@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_trepo.rollout.engine import RolloutEngine, SamplingConfig, completion_mask_from_eos, right_pad
+from lightning_trepo.rollout.engine import RolloutEngine, SamplingConfig, right_pad
 from lightning_trepo.types import Rollout
 
 

@@ -101,7 +101,7 @@ def test_network_call_fails():
 
 def test_filesystem_outside_cwd_is_read_only_and_env_minimal(tmp_path):
     target = tmp_path / "pwned"
-    prog = f"import os\nopen('scratch.txt', 'w').write('ok')\nENV = dict(os.environ)\nCWD = os.getcwd()"
+    prog = "import os\nopen('scratch.txt', 'w').write('ok')\nENV = dict(os.environ)\nCWD = os.getcwd()"
     res = run_sandboxed(prog + f"\nopen({str(target)!r}, 'w').write('x')", ["assert True"], limits=FAST)
     if res.isolation.get("filesystem"):
         assert res.load_error in ("OSError", "PermissionError") and not target.exists()

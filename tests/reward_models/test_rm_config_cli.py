@@ -1,12 +1,11 @@
 """YAML trees (jsonargparse), user plugins, rollout JSONL and the score / serve-reward entry points."""
 import json
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-from reward_models import Gate, Normalize, Reward, WeightedSum
+from reward_models import Normalize, Reward, WeightedSum
 from reward_models.cli import score_main, summarize
 from reward_models.config import build_reward
 from reward_models.rollouts import read_rollouts, samples_to_rows, write_rollouts

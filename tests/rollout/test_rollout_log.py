@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 
 from lightning_trepo import GRPO
-from lightning_trepo.rollout.logging import RolloutWriter
 from reward_models import FunctionReward
 from reward_models.rollouts import read_rollouts
 from tests.helpers import TINY, rollout_cfg
