@@ -90,6 +90,12 @@ class PolicyConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     """Shape of the built-in model when ``model_path`` is None."""
 
+    def __post_init__(self) -> None:
+        # `--model.init_args.policy.model_path null` on the command line arrives as the string "None"
+        for name in ("model_path", "tokenizer_path", "gguf_file"):
+            if getattr(self, name) in ("", "null", "None"):
+                setattr(self, name, None)
+
 
 def build_char_tokenizer():
     """A fast HF tokenizer with one token per character: <pad>=0, <eos>=1, <unk>=2, then ASCII."""
