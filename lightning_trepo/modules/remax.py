@@ -7,11 +7,9 @@ import torch
 from torch import Tensor
 
 from lightning_trepo.algorithms.advantages import remax_advantages
-from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
+from lightning_trepo.modules.base import RLModule
 from lightning_trepo.rollout.engine import RolloutPlan
-from lightning_trepo.rollout.policy import PolicyConfig
 from lightning_trepo.types import Rollout
-from reward_models import Reward
 
 
 class ReMax(RLModule):
@@ -22,16 +20,6 @@ class ReMax(RLModule):
     treat them alike). The greedy response does not depend on the samples, so the gradient is unbiased.
     Works with ``group_size = 1``. Cost: one extra (greedy) response per prompt.
     """
-
-    def __init__(
-        self,
-        reward: Reward,
-        policy: PolicyConfig = PolicyConfig(),
-        rollout: RolloutConfig = RolloutConfig(),
-        update: UpdateConfig = UpdateConfig(),
-        optimizer: OptimizerFactory = default_optimizer,
-    ) -> None:
-        super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
 
     def rollout_plan(self) -> RolloutPlan:
         return replace(super().rollout_plan(), greedy_baseline=True)
