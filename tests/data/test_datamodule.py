@@ -28,7 +28,8 @@ def test_default_is_the_builtin_addition_task(char_tokenizer) -> None:
     dm = PromptDataModule()
     dm.connect(char_tokenizer)
     first = next(iter(dm.train_dataloader()))
-    assert set(first) == {"prompts", "prompt_ids", "metadata", "row", "rollout_step", "rollout_id"}
+    assert set(first) == {"prompts", "raw_prompts", "prompt_ids", "metadata", "row", "rollout_step", "rollout_id"}
+    assert first["raw_prompts"] == first["prompts"]  # no chat template: what rewards read is what the policy sees
     assert len(first["prompts"]) == 8 and first["rollout_step"] == 0 and first["rollout_id"] == 0
     for text, ids, meta in zip(first["prompts"], first["prompt_ids"], first["metadata"]):
         a, b = re.fullmatch(r"(\d+)\+(\d+)=", text).groups()
@@ -93,6 +94,7 @@ def test_chat_template_for_messages_rows_and_auto_for_plain_rows(chat_tokenizer,
     assert batch["prompts"] == ["<system>be brief\n<user>2+2=\n<assistant>", "<user>1+1=\n<assistant>"]
     assert batch["prompt_ids"][0] == chat_tokenizer(batch["prompts"][0], add_special_tokens=False)["input_ids"]
     assert batch["metadata"] == [{"answer": "4"}, {"answer": "2"}]
+    assert batch["raw_prompts"] == ["2+2=", "1+1="]  # rewards and judges read the prompt before the template
     dm = make(rows, chat_tokenizer, connect={"use_chat_template": False}, batch_size=2, shuffle=False)
     assert batches(dm)[0]["prompts"][1] == "1+1="  # plain rows stay plain, chat rows still use the template
     with pytest.raises(ValueError, match=r"row 0 of ListSource.* chat \('messages' column\).* no chat_template"):
