@@ -107,10 +107,9 @@ class RLModule(LightningModule):
     def build_models(self) -> None:
         """Build the policy and the frozen reference; subclasses with more models (a critic) extend this, so that
         :meth:`apply_fsdp2` sees them before the optimizer is made."""
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        self.policy, self.tokenizer = build_policy(strategy, self.policy_cfg)
+        self.policy, self.tokenizer = build_policy(self._strategy, self.policy_cfg)
         if self.update_cfg.kl_coef != 0.0 or self.needs_reference():
-            self._frozen["ref"] = build_reference(strategy, self.policy, self.policy_cfg)
+            self._frozen["ref"] = build_reference(self._strategy, self.policy, self.policy_cfg)
 
     def apply_fsdp2(self, mesh: Any) -> None:
         """ModelParallelStrategy: FSDP2-shard the policy, the frozen reference (each transformer block, then the
@@ -157,18 +156,21 @@ class RLModule(LightningModule):
                                          synced_gpus=self._params_sharded())
         return self._engine
 
+    @property
+    def _strategy(self) -> Any:
+        """The trainer's strategy, or None outside a Trainer (modules also work standalone)."""
+        return self._trainer.strategy if self._trainer is not None else None
+
     def _params_sharded(self) -> bool:
         """ZeRO-3 / FSDP shard parameters: every rank must keep stepping generate (synced_gpus)."""
-        strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
-        return params_sharded(strategy, self.policy)
+        return params_sharded(self._strategy, self.policy)
 
     @contextmanager
     def generation_context(self):
         """Around a whole rollout (generation, continuations, log-probs): the sharded policy is gathered once
         (``rollout.gather_params``), else generation runs with ``synced_gpus`` so ranks that stop early keep
         joining the per-layer all-gathers."""
-        strategy = getattr(self._trainer, "strategy", None) if self._trainer is not None else None
-        with gathered_for_generation(strategy, self.policy, self.rollout_cfg.gather_params) as gathered:
+        with gathered_for_generation(self._strategy, self.policy, self.rollout_cfg.gather_params) as gathered:
             self.engine.synced_gpus = self._params_sharded() and not gathered
             yield gathered
 

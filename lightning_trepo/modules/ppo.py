@@ -95,8 +95,7 @@ class PPO(RLModule):
         device = next(self.policy.parameters()).device
         if self.value_model_kind == "separate":
             # a fresh load rather than a deepcopy: under ZeRO-3 the policy's weights are partitioned
-            strategy = self._trainer.strategy if self._trainer is not None else None
-            self.critic = build_policy(strategy, replace(self.policy_cfg, lora=None))[0].base_model
+            self.critic = build_policy(self._strategy, replace(self.policy_cfg, lora=None))[0].base_model
         head = nn.Linear(self.policy.config.hidden_size, 1, device=device)
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
