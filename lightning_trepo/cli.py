@@ -64,10 +64,15 @@ def main(argv: list[str] | None = None) -> None:
     tools = _tool_commands()
     if args and args[0] in tools:
         sys.exit(tools[args[0]](args[1:]) or 0)
-    TrepoCLI(
+    build_cli(argv)
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> TrepoCLI:
+    """The ``fit``/``validate`` CLI; ``run=False`` only builds model, data and trainer (used by the demo)."""
+    return TrepoCLI(
         RLModule, PromptDataModule, subclass_mode_model=True, subclass_mode_data=False,
-        trainer_defaults={"callbacks": [StepPrinter()]}, args=argv, save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
+        trainer_defaults={"callbacks": [StepPrinter()]}, args=args, save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False, run=run,
     )
 
 

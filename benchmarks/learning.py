@@ -1,0 +1,184 @@
+"""Learning benchmark: REINFORCE, RLOO, ReMax, GRPO, PPO and TRePO from the same start, same budget.
+
+Every algorithm starts from the same config (``configs/trepo.yaml`` by default: the shipped
+``builtin:tiny-arith`` weights, the built-in addition task, the same reward, prompts in the same
+seeded order, the same sampling, optimizer and learning rate); only ``model.class_path`` and the
+algorithm's own keys change (``ALGORITHMS`` below). Each run stops at the same budget: generated
+tokens (everything the rollout engine sampled for training: responses, ReMax's greedy baselines,
+TRePO's continuations) or training wall-clock seconds. Held-out greedy accuracy is measured every
+``--eval-every`` steps on a fixed held-out set (evaluation time is excluded from the clock and its
+tokens from the budget).
+
+    python benchmarks/learning.py                                # token budget, all six algorithms
+    python benchmarks/learning.py --budget seconds --limit 120 --algorithms GRPO TRePO
+    python benchmarks/learning.py -- --model.init_args.optimizer.init_args.lr 0.001   # CLI overrides
+
+Writes ``<out>/learning.md`` (table), ``<out>/learning.png`` (held-out accuracy vs generated tokens
+and vs wall time) and ``<out>/learning.json`` (every evaluation point).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lightning_trepo.cli import build_cli  # noqa: E402
+from lightning_trepo.demo import eval_rows, quiet_build  # noqa: E402
+from lightning_trepo.evaluation import evaluate_policy  # noqa: E402
+
+ALGORITHMS: dict[str, list[str]] = {
+    "REINFORCE": ["--model.class_path", "lightning_trepo.REINFORCE"],
+    "RLOO": ["--model.class_path", "lightning_trepo.RLOO"],
+    "ReMax": ["--model.class_path", "lightning_trepo.ReMax"],
+    "GRPO": ["--model.class_path", "lightning_trepo.GRPO"],
+    "PPO": ["--model.class_path", "lightning_trepo.PPO", "--model.init_args.value_model", "head"],
+    "TRePO": ["--model.class_path", "lightning_trepo.TRePO"],
+}
+"""Algorithm -> the CLI arguments that differ from the base config (everything else is shared)."""
+
+
+class BudgetTracker(Callback):
+    """Counts training-generated tokens and training wall time, evaluates held-out accuracy, stops at the budget."""
+
+    def __init__(self, rows: list[dict], budget: str, limit: float, eval_every: int) -> None:
+        self.rows, self.budget, self.limit, self.eval_every = rows, budget, limit, eval_every
+        self.points: list[dict[str, float]] = []
+        self.train_seconds, self._t = 0.0, 0.0
+
+    def tokens(self, module: Any) -> int:
+        return module.engine.generated_tokens if module._engine is not None else 0
+
+    def evaluate(self, trainer: Any, module: Any) -> None:
+        res = evaluate_policy(module.policy, module.tokenizer, self.rows, module.reward, num_samples=0,
+                              sampling=module.rollout_cfg.sampling, threshold=module.rollout_cfg.val_success_threshold)
+        self.points.append({"step": trainer.global_step, "tokens": self.tokens(module),
+                            "seconds": round(self.train_seconds, 2), "accuracy": res.greedy_accuracy})
+
+    def on_train_start(self, trainer: Any, module: Any) -> None:
+        self.evaluate(trainer, module)
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.train_seconds += time.perf_counter() - self._t
+        used = self.tokens(module) if self.budget == "tokens" else self.train_seconds
+        done = used >= self.limit
+        step = trainer.global_step
+        if done or step % self.eval_every == 0 or (step < 2 * self.eval_every and step % 2 == 0):
+            self.evaluate(trainer, module)
+        if done:
+            trainer.should_stop = True
+        self._t = time.perf_counter()
+
+
+def run_one(name: str, base: list[str], rows: list[dict], args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(0)
+    cli = quiet_build(build_cli, base + ALGORITHMS[name] + [
+        "--trainer.max_steps", "100000", "--trainer.limit_val_batches", "0", "--trainer.enable_checkpointing", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(args.out / "runs"),
+        "--trainer.logger.init_args.name", name])
+    tracker = BudgetTracker(rows, args.budget, args.limit, args.eval_every)
+    cli.trainer.callbacks.append(tracker)
+    cli.model.configure_model()
+    print(f"[bench] {name}: start", flush=True)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    pts = tracker.points
+    steps = max(cli.trainer.global_step, 1)
+    reach = next((p for p in pts if p["accuracy"] >= args.target), None)
+    return {"algorithm": name, "points": pts, "steps": cli.trainer.global_step, "tokens": pts[-1]["tokens"],
+            "seconds": pts[-1]["seconds"], "start": pts[0]["accuracy"],
+            "final": sum(p["accuracy"] for p in pts[-3:]) / len(pts[-3:]),
+            "best": max(p["accuracy"] for p in pts), "s_per_step": pts[-1]["seconds"] / steps,
+            "tokens_to_target": reach["tokens"] if reach else None, "seconds_to_target": reach["seconds"] if reach else None}
+
+
+def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    unit = "generated tokens" if args.budget == "tokens" else "training seconds"
+    pct = f"{100 * args.target:.0f}%"
+    intro = (f"Budget: {args.limit:g} {unit} per algorithm; held-out greedy accuracy on {args.eval_size} addition "
+             f"prompts (final = mean of the last 3 evaluations). Machine: {machine()}.")
+    lines = [intro, "",
+             f"| algorithm | start | final | best | steps | gen. tokens | train s | s/step | tokens to {pct} | s to {pct} |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        fmt = lambda v: "—" if v is None else f"{v:,.0f}"  # noqa: E731
+        lines.append(f"| {r['algorithm']} | {r['start']:.1%} | {r['final']:.1%} | {r['best']:.1%} | {r['steps']} | "
+                     f"{r['tokens']:,} | {r['seconds']:.0f} | {r['s_per_step']:.2f} | {fmt(r['tokens_to_target'])} | "
+                     f"{fmt(r['seconds_to_target'])} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown CPU"
+    cores = os.cpu_count()
+    return f"{cpu} ({cores} cores), {torch.get_num_threads()} torch threads, torch {torch.__version__}, {platform.system()}"
+
+
+def plot(results: list[dict[str, Any]], path: Path, target: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for r in results:
+        pts = r["points"]
+        for ax, key in zip(axes, ("tokens", "seconds")):
+            ax.plot([p[key] for p in pts], [p["accuracy"] for p in pts], marker=".", label=r["algorithm"])
+    for ax, label in zip(axes, ("generated tokens (training)", "training wall time (s)")):
+        ax.axhline(target, color="grey", ls="--", lw=1)
+        ax.set(xlabel=label, ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out greedy accuracy")
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.suptitle("Same start, same prompts, same reward, same budget")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=ROOT / "configs" / "trepo.yaml")
+    p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
+    p.add_argument("--budget", choices=("tokens", "seconds"), default="tokens")
+    p.add_argument("--limit", type=float, default=40_000, help="generated tokens or seconds per algorithm")
+    p.add_argument("--eval-every", type=int, default=10, help="evaluate every N optimizer steps")
+    p.add_argument("--eval-size", type=int, default=200)
+    p.add_argument("--target", type=float, default=0.9)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args, rest = p.parse_known_args(argv)
+    return args, [a for a in rest if a != "--"]
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args, overrides = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = ["--config", str(args.config), *overrides]
+    probe = quiet_build(build_cli, base)
+    rows = eval_rows(probe.datamodule, args.eval_size)
+    results = [run_one(name, base, rows, args) for name in args.algorithms]
+    text = table(results, args)
+    (args.out / "learning.md").write_text(text + "\n")
+    (args.out / "learning.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, args.out / "learning.png", args.target)
+    print("\n" + text + f"\n\nplot: {args.out / 'learning.png'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

