@@ -1,6 +1,7 @@
 """Callbacks the CLI adds by default."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -18,3 +19,14 @@ class StepPrinter(Callback):
         metrics = trainer.callback_metrics
         parts = [f"{k}={float(metrics[k]):.4f}" for k in self.keys if k in metrics]
         rank_zero_info(f"step {trainer.global_step:>5d} | " + " ".join(parts))
+
+
+class SaveOnTrainEnd(Callback):
+    """Writes ``last.ckpt`` next to the run's checkpoints when fit ends, so a run that stops between two
+    validations (``max_steps`` reached mid-interval) still leaves its final state to resume or reload."""
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        ckpt = trainer.checkpoint_callback
+        if ckpt is None or ckpt.dirpath is None or trainer.global_step == 0:
+            return
+        trainer.save_checkpoint(os.path.join(ckpt.dirpath, "last.ckpt"))

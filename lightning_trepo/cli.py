@@ -14,7 +14,7 @@ from typing import Callable
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_trepo.callbacks import StepPrinter
+from lightning_trepo.callbacks import SaveOnTrainEnd, StepPrinter
 from lightning_trepo.data import PromptDataModule
 from lightning_trepo.modules.base import RLModule
 
@@ -71,7 +71,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> TrepoCLI:
     """The ``fit``/``validate`` CLI; ``run=False`` only builds model, data and trainer (used by the demo)."""
     return TrepoCLI(
         RLModule, PromptDataModule, subclass_mode_model=True, subclass_mode_data=False,
-        trainer_defaults={"callbacks": [StepPrinter()]}, args=args, save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [StepPrinter(), SaveOnTrainEnd()]}, args=args, save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False, run=run,
     )
 

@@ -75,7 +75,13 @@ def test_fit_smoke_through_console_script(tmp_path):
     assert "step     1 | reward/total=" in res.stdout + res.stderr
     metrics = list((tmp_path / "runs").rglob("metrics.csv"))
     assert metrics and "reward/total" in metrics[0].read_text().splitlines()[0]
-    assert list((tmp_path / "runs").rglob("*.ckpt")), "fit leaves a checkpoint"
+    last = list((tmp_path / "runs").rglob("last.ckpt"))
+    assert last, "fit leaves its final state even when it stops between validations"
+    from lightning_trepo import GRPO
+    from reward_models import NumericAnswer
+
+    reloaded = GRPO.load_from_checkpoint(last[0], reward=NumericAnswer())
+    assert reloaded.rollout_cfg.group_size == 2 and reloaded.policy is not None
 
 
 def test_swap_algorithm_keeps_applicable_init_args():
