@@ -51,8 +51,9 @@ ALGORITHMS: dict[str, list[str]] = {
 class BudgetTracker(Callback):
     """Counts training-generated tokens and training wall time, evaluates held-out accuracy, stops at the budget."""
 
-    def __init__(self, rows: list[dict], budget: str, limit: float, eval_every: int) -> None:
-        self.rows, self.budget, self.limit, self.eval_every = rows, budget, limit, eval_every
+    def __init__(self, rows: list[dict], budget: str, limit: float, eval_every: int, dense: int = 20) -> None:
+        """Evaluates after each of the first ``dense`` steps (where most learning happens), then every ``eval_every``."""
+        self.rows, self.budget, self.limit, self.eval_every, self.dense = rows, budget, limit, eval_every, dense
         self.points: list[dict[str, float]] = []
         self.train_seconds, self._t = 0.0, 0.0
 
@@ -74,7 +75,7 @@ class BudgetTracker(Callback):
         used = self.tokens(module) if self.budget == "tokens" else self.train_seconds
         done = used >= self.limit
         step = trainer.global_step
-        if done or step % self.eval_every == 0 or (step < 2 * self.eval_every and step % 2 == 0):
+        if done or step % self.eval_every == 0 or step <= self.dense:
             self.evaluate(trainer, module)
         if done:
             trainer.should_stop = True
@@ -94,27 +95,27 @@ def run_one(name: str, base: list[str], rows: list[dict], args: argparse.Namespa
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     pts = tracker.points
     steps = max(cli.trainer.global_step, 1)
-    reach = next((p for p in pts if p["accuracy"] >= args.target), None)
+    reach = {t: next((p for p in pts if p["accuracy"] >= t), None) for t in args.targets}
     return {"algorithm": name, "points": pts, "steps": cli.trainer.global_step, "tokens": pts[-1]["tokens"],
             "seconds": pts[-1]["seconds"], "start": pts[0]["accuracy"],
             "final": sum(p["accuracy"] for p in pts[-3:]) / len(pts[-3:]),
             "best": max(p["accuracy"] for p in pts), "s_per_step": pts[-1]["seconds"] / steps,
-            "tokens_to_target": reach["tokens"] if reach else None, "seconds_to_target": reach["seconds"] if reach else None}
+            "to_target": {str(t): (p["tokens"], p["seconds"]) if p else None for t, p in reach.items()}}
 
 
 def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     unit = "generated tokens" if args.budget == "tokens" else "training seconds"
-    pct = f"{100 * args.target:.0f}%"
     intro = (f"Budget: {args.limit:g} {unit} per algorithm; held-out greedy accuracy on {args.eval_size} addition "
              f"prompts (final = mean of the last 3 evaluations). Machine: {machine()}.")
     lines = [intro, "",
-             f"| algorithm | start | final | best | steps | gen. tokens | train s | s/step | tokens to {pct} | s to {pct} |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| algorithm | start | final | best | steps | gen. tokens | train s | s/step | "
+             + " | ".join(f"tokens (s) to {100 * t:.0f}%" for t in args.targets) + " |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(args.targets)]
     for r in results:
-        fmt = lambda v: "—" if v is None else f"{v:,.0f}"  # noqa: E731
+        reach = [r["to_target"][str(t)] for t in args.targets]
+        cells = " | ".join("—" if x is None else f"{x[0]:,} ({x[1]:.1f})" for x in reach)
         lines.append(f"| {r['algorithm']} | {r['start']:.1%} | {r['final']:.1%} | {r['best']:.1%} | {r['steps']} | "
-                     f"{r['tokens']:,} | {r['seconds']:.0f} | {r['s_per_step']:.2f} | {fmt(r['tokens_to_target'])} | "
-                     f"{fmt(r['seconds_to_target'])} |")
+                     f"{r['tokens']:,} | {r['seconds']:.0f} | {r['s_per_step']:.2f} | {cells} |")
     return "\n".join(lines)
 
 
@@ -156,10 +157,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "trepo.yaml")
     p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
     p.add_argument("--budget", choices=("tokens", "seconds"), default="tokens")
-    p.add_argument("--limit", type=float, default=40_000, help="generated tokens or seconds per algorithm")
-    p.add_argument("--eval-every", type=int, default=10, help="evaluate every N optimizer steps")
+    p.add_argument("--limit", type=float, default=24_000, help="generated tokens or seconds per algorithm")
+    p.add_argument("--eval-every", type=int, default=5, help="evaluate every N optimizer steps (after the first 20)")
     p.add_argument("--eval-size", type=int, default=200)
-    p.add_argument("--target", type=float, default=0.9)
+    p.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.95])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args, rest = p.parse_known_args(argv)
     return args, [a for a in rest if a != "--"]
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     text = table(results, args)
     (args.out / "learning.md").write_text(text + "\n")
     (args.out / "learning.json").write_text(json.dumps(results, indent=1) + "\n")
-    plot(results, args.out / "learning.png", args.target)
+    plot(results, args.out / "learning.png", args.targets[0])
     print("\n" + text + f"\n\nplot: {args.out / 'learning.png'}")
     return results
 

@@ -97,7 +97,6 @@ def quiet_build(build: Any, cli_args: list[str]) -> Any:
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Fit from the config and write the report; returns the numbers (also in ``demo_results.json``)."""
     from lightning_trepo.cli import build_cli
-    from lightning_trepo.plots import plot_training_curves
 
     args, overrides = parse_args(argv)
     cli_args = ["--config", str(args.config), *overrides]
@@ -118,26 +117,31 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule)
     fit_s = time.perf_counter() - t_fit
     after = evaluate(module, rows, args.num_samples)
-    log_dir = Path(trainer.logger.log_dir)
-    label = f"after {type(module).__name__}, {trainer.global_step} steps"
-    text = table(before, after, label)
-    results = {"config": str(args.config), "steps": trainer.global_step, "fit_seconds": round(fit_s, 1),
-               "total_seconds": round(time.perf_counter() - t_start, 1), "before": before.as_dict(),
-               "after": after.as_dict(), "log_dir": str(log_dir)}
+    results = {"config": str(args.config), "algorithm": type(module).__name__, "steps": trainer.global_step,
+               "fit_seconds": round(fit_s, 1), "total_seconds": round(time.perf_counter() - t_start, 1),
+               "before": before.as_dict(), "after": after.as_dict(), "log_dir": str(trainer.logger.log_dir)}
+    return report(results, before, after, module.rollout_cfg.val_num_samples, args.show)
+
+
+def report(results: dict[str, Any], before: EvalResult, after: EvalResult, val_n: int, show: int) -> dict[str, Any]:
+    """Write table, samples, JSON and plot next to the run's metrics.csv; print them; the plot path last."""
+    from lightning_trepo.plots import plot_training_curves
+
+    log_dir, algo, steps = Path(results["log_dir"]), results["algorithm"], results["steps"]
+    text = table(before, after, f"after {algo}, {steps} steps")
     log_dir.mkdir(parents=True, exist_ok=True)
-    (log_dir / "demo_results.json").write_text(json.dumps(results, indent=2) + "\n")
     (log_dir / "demo_table.md").write_text(text + "\n")
-    write_samples(log_dir / "samples.md", before, after, args.show)
-    plot = plot_training_curves(log_dir / "metrics.csv", log_dir / "demo.png",
-                                title=f"{type(module).__name__} on the held-out split ({label})",
-                                val_keys=[k for k in ("val/accuracy", f"val/pass@{module.rollout_cfg.val_num_samples}")],
-                                extra_points={"before (demo eval)": (0, before.greedy_accuracy),
-                                              "after (demo eval)": (trainer.global_step, after.greedy_accuracy)})
-    results["plot"] = str(plot)
+    write_samples(log_dir / "samples.md", before, after, show)
+    title = f"{algo}: held-out greedy accuracy {before.greedy_accuracy:.0%} -> {after.greedy_accuracy:.0%} in {steps} steps"
+    results["plot"] = str(plot_training_curves(
+        log_dir / "metrics.csv", log_dir / "demo.png", title=title, val_keys=("val/accuracy", f"val/pass@{val_n}"),
+        extra_points={"before (demo eval)": (0, before.greedy_accuracy),
+                      "after (demo eval)": (steps, after.greedy_accuracy)}))
+    (log_dir / "demo_results.json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n" + text)
-    print(f"\nfit: {fit_s:.0f} s for {trainer.global_step} steps; whole demo {results['total_seconds']:.0f} s")
+    print(f"\nfit: {results['fit_seconds']:.0f} s for {steps} steps; whole demo {results['total_seconds']:.0f} s")
     print(f"samples: {log_dir / 'samples.md'}\nmetrics: {log_dir / 'metrics.csv'}")
-    print(f"plot: {plot}")
+    print(f"plot: {results['plot']}")
     return results
 
 

@@ -7,16 +7,19 @@ splits (addition, format, two_step mixed). The teacher is a *sloppy student*: in
 0.6), independently per digit position and freshly drawn each time a row is used (38+47 -> "75"
 instead of "85"; 85+47 -> "22" or "122" or "32" instead of "132"). The model learns that habit:
 it knows how to carry but mostly does not, so its greedy answer is right only on sums without a
-carry (about 30% of 2-digit sums), while sampling gets carried sums right often enough (pass@8
+carry (about a third of 2-digit sums), while sampling gets carried sums right often enough (pass@8
 far above greedy accuracy). That is the deliberate partial accuracy the RL demo starts from: a
 response-level reward (is the number right?) has a clear path to >= 90% by making every carry.
 
     python scripts/pretrain_tiny.py                  # writes lightning_trepo/assets/tiny-arith/
     python scripts/pretrain_tiny.py --out /tmp/x     # somewhere else
 
-Everything is seeded (model init, data order) and the script pins torch to 1 thread, so a rerun on
-the same CPU type reproduces the weights; the held-out accuracy used to stop is recorded in
-``tiny-arith/training.json`` together with the exact arguments.
+Everything is seeded (model init, data order, teacher noise) and torch is pinned to ``--threads``
+(default 2): reruns with the same thread count on the same CPU type give bit-identical weights
+(checked: equal safetensors SHA-256). ``tiny-arith/training.json`` records the arguments, the
+training curve and the held-out numbers of the saved directory; ``README.md`` there summarises them.
+
+    python scripts/pretrain_tiny.py --render-readme   # only rewrite README.md from training.json
 """
 from __future__ import annotations
 
@@ -73,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-size", type=int, default=200, help="held-out addition prompts checked while training")
     p.add_argument("--stop-at", type=float, default=None, help="stop early at this held-out greedy accuracy")
     p.add_argument("--report-size", type=int, default=500, help="held-out prompts for the final report")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--render-readme", action="store_true", help="only rewrite README.md from training.json")
     return p.parse_args(argv)
 
 
@@ -190,7 +194,7 @@ project's character tokenizer (`build_char_tokenizer`). Load it with `policy.mod
 
 **How it was made** (`python scripts/pretrain_tiny.py`, seed {record['args']['seed']}, {record['steps']} steps of
 batch {record['args']['batch_size']}, AdamW lr {record['args']['lr']} with warmup + cosine decay, torch {record['torch']},
-1 thread, {record['train_seconds']:.0f} s on a shared 2-core CPU): supervised next-token loss on the completions of the
+{record['args']['threads']} threads, {record['train_seconds']:.0f} s on a shared 2-core CPU): supervised next-token loss on the completions of the
 built-in tasks' TRAIN splits ({', '.join(f'{k} {v}' for k, v in record['train_mix'].items())} rows). The targets
 come from a *sloppy student*: in every sum each carry is forgotten with probability {record['args']['forget_carry']}
 (independently per digit, redrawn each time a row is used), e.g. `38+47=` -> `75` about 60% of the time.
@@ -214,6 +218,9 @@ Starting accuracy used by the tests (`test_check` in training.json): greedy on t
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.render_readme:
+        (args.out / "README.md").write_text(readme(json.loads((args.out / "training.json").read_text())))
+        return
     torch.set_num_threads(args.threads)
     model, tokenizer, run = train(args)
     args.out.mkdir(parents=True, exist_ok=True)
