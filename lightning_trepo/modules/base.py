@@ -152,8 +152,9 @@ class RLModule(LightningModule):
     @property
     def engine(self) -> RolloutEngine:
         if self._engine is None:
-            self._engine = RolloutEngine(self.tokenizer, self.rollout_cfg.max_generate_batch,
-                                         synced_gpus=self._params_sharded())
+            cfg = self.rollout_cfg
+            self._engine = RolloutEngine(self.tokenizer, cfg.max_generate_batch, synced_gpus=self._params_sharded(),
+                                         decoder=cfg.decoder, bucket_tokens=cfg.bucket_tokens)
         return self._engine
 
     @property
@@ -171,7 +172,9 @@ class RLModule(LightningModule):
         (``rollout.gather_params``), else generation runs with ``synced_gpus`` so ranks that stop early keep
         joining the per-layer all-gathers."""
         with gathered_for_generation(self._strategy, self.policy, self.rollout_cfg.gather_params) as gathered:
-            self.engine.synced_gpus = self._params_sharded() and not gathered
+            sharded = self._params_sharded()
+            self.engine.synced_gpus = sharded and not gathered
+            self.engine.static_allowed = not sharded  # gathered storage moves every rollout: no fixed graph
             yield gathered
 
     def configure_optimizers(self) -> Any:
@@ -351,7 +354,7 @@ class RLModule(LightningModule):
         the same training rollouts as one without) and restores any reward state it updated.
         """
         cfg = self.rollout_cfg
-        plans = [RolloutPlan(group_size=1, sampling=None)]
+        plans = [RolloutPlan(group_size=1, sampling=cfg.sampling, greedy=True)]
         if cfg.val_num_samples > 0:
             plans.append(RolloutPlan(group_size=cfg.val_num_samples, sampling=cfg.sampling))
         reward_state = self.reward.state_dict()

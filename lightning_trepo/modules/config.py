@@ -8,6 +8,7 @@ import torch
 
 from lightning_trepo.algorithms.kl import kl_estimate
 from lightning_trepo.algorithms.losses import aggregate
+from lightning_trepo.rollout.decoding import Decoder
 from lightning_trepo.rollout.engine import SamplingConfig
 from lightning_trepo.rollout.policy import PolicyConfig, TinyModelConfig
 
@@ -29,6 +30,11 @@ class RolloutConfig:
     """Sampling settings of the behaviour policy."""
     max_generate_batch: int = 256
     """Most sequences per generate call (memory bound); more become extra calls."""
+    decoder: Decoder = "auto"
+    """auto: a static KV cache with the decode step compiled into a CUDA graph on CUDA (unsharded parameters),
+    eager ``generate`` elsewhere; eager: always plain ``generate``; static: the static cache everywhere."""
+    bucket_tokens: int = 64
+    """Static decoder: pad prompt + budget to a multiple of this (rows to powers of two) so shapes repeat."""
     log_path: str | None = None
     """Append every rollout (prompt, completion, metadata, reward) to this JSONL file; off when None."""
     val_num_samples: int = 4

@@ -7,12 +7,21 @@ produces it in as few batched ``generate`` calls as memory allows.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from lightning_trepo.rollout.decoding import (
+    DECODERS,
+    Decoder,
+    decode_chunk,
+    generation_config,
+    pad_to_buckets,
+    static_cache_unsupported,
+)
 from lightning_trepo.types import Rollout
 
 
@@ -46,8 +55,10 @@ class RolloutPlan:
 
     group_size: int = 1
     """G samples per prompt."""
-    sampling: SamplingConfig | None = field(default_factory=SamplingConfig)
-    """Sampling settings; None = greedy decoding."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Sampling settings; their length budget and ``stop_at_eos`` also bound greedy decoding."""
+    greedy: bool = False
+    """Decode the samples greedily (argmax) instead of sampling, with the same length budget (validation)."""
     greedy_baseline: bool = False
     """Also produce one greedy response per prompt (ReMax); scored with the samples in one call."""
     need_ref_logprobs: bool = False
@@ -100,10 +111,17 @@ def completion_mask_from_eos(completion_ids: Tensor, eos_ids: Sequence[int]) -> 
 class RolloutEngine:
     """Fulfils rollout plans with Hugging Face ``generate`` (KV cache, left-padded batches)."""
 
-    def __init__(self, tokenizer: Any, max_batch_size: int = 256, synced_gpus: bool = False) -> None:
+    def __init__(self, tokenizer: Any, max_batch_size: int = 256, synced_gpus: bool = False,
+                 decoder: Decoder = "auto", bucket_tokens: int = 64) -> None:
+        if decoder not in DECODERS:
+            raise ValueError(f"rollout.decoder {decoder!r} is not one of {DECODERS}")
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.synced_gpus = synced_gpus
+        self.decoder = decoder
+        self.bucket_tokens = bucket_tokens
+        self.static_allowed = True  # the module turns it off while parameters are sharded or gathered per rollout
+        self.static_failure: str | None = None
         eos = tokenizer.eos_token_id
         self.eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
@@ -113,9 +131,12 @@ class RolloutEngine:
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
-                 sampling: SamplingConfig | None, num_return: int = 1) -> Generated:
-        """Sample ``num_return`` completions per row (``sampling=None`` = greedy), in chunks of
-        ``max_batch_size`` rows. Returns completions in row-major order (row i's samples contiguous)."""
+                 sampling: SamplingConfig | None, num_return: int = 1, greedy: bool = False) -> Generated:
+        """Sample ``num_return`` completions per row, in chunks of ``max_batch_size`` rows; ``greedy`` decodes the
+        argmax instead, within the same ``sampling.max_new_tokens`` budget (``sampling=None``: greedy with the
+        default budget). Returns completions in row-major order (row i's samples contiguous)."""
+        if sampling is None:
+            sampling, greedy = SamplingConfig(), True
         ids = prompt_ids.repeat_interleave(num_return, dim=0)
         mask = prompt_mask.repeat_interleave(num_return, dim=0)
         chunks: list[Tensor] = []
@@ -126,12 +147,12 @@ class RolloutEngine:
         try:
             for start in range(0, ids.shape[0], self.max_batch_size):
                 chunk = self._generate_chunk(model, ids[start:start + self.max_batch_size],
-                                             mask[start:start + self.max_batch_size], sampling)
+                                             mask[start:start + self.max_batch_size], sampling, greedy)
                 chunks.extend(chunk.unbind(0))
                 calls += 1
             for _ in range(missing):  # keep joining the other ranks' collectives; the output is discarded
                 one = torch.full((1, 1), self.pad_id, dtype=torch.long, device=ids.device)
-                self._generate_chunk(model, one, torch.ones_like(one), sampling)
+                self._generate_chunk(model, one, torch.ones_like(one), sampling, greedy)
         finally:
             model.train(was_training)
         completion_ids = right_pad(chunks, self.pad_id)
@@ -151,19 +172,36 @@ class RolloutEngine:
         dist.all_reduce(most, op=dist.ReduceOp.MAX)
         return int(most.item()) - local_calls
 
-    def _generate_chunk(self, model: nn.Module, ids: Tensor, mask: Tensor, sampling: SamplingConfig | None) -> Tensor:
-        from transformers import GenerationConfig
+    def _generate_chunk(self, model: nn.Module, ids: Tensor, mask: Tensor, sampling: SamplingConfig,
+                        greedy: bool) -> Tensor:
+        if self._use_static(model, ids):
+            try:
+                return self._generate_static(model, ids, mask, sampling, greedy)
+            except Exception as err:  # noqa: BLE001 - any failure of the fast path falls back to eager generate
+                if self.decoder == "static":
+                    raise
+                self.static_failure = f"{type(err).__name__}: {err}"
+                warnings.warn(f"rollout.decoder=auto: static-cache decoding failed ({self.static_failure}); "
+                              "decoding eagerly from now on", RuntimeWarning, stacklevel=2)
+        config = generation_config(sampling, greedy, self.pad_id, self.eos_ids)
+        return decode_chunk(model, ids, mask, config, self.synced_gpus)
 
-        s = sampling or SamplingConfig()
-        config = GenerationConfig(
-            do_sample=sampling is not None, temperature=s.temperature if sampling else None,
-            top_p=s.top_p if sampling else None, top_k=s.top_k if sampling else None,
-            max_new_tokens=s.max_new_tokens, min_new_tokens=s.max_new_tokens if not s.stop_at_eos else None,
-            pad_token_id=self.pad_id, eos_token_id=self.eos_ids, use_cache=True,
-        )
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                             synced_gpus=self.synced_gpus)
-        return out[:, ids.shape[1]:]
+    def _use_static(self, model: nn.Module, ids: Tensor) -> bool:
+        """``static``: always (the CPU too, uncompiled). ``auto``: on CUDA, unless parameters are sharded (their
+        gathered storage changes every rollout), the model cannot, or the fast path failed once."""
+        if self.decoder == "eager" or self.synced_gpus or self.static_failure is not None:
+            return False
+        if self.decoder == "static":
+            return True
+        return ids.device.type == "cuda" and self.static_allowed and static_cache_unsupported(model) is None
+
+    def _generate_static(self, model: nn.Module, ids: Tensor, mask: Tensor, sampling: SamplingConfig,
+                         greedy: bool) -> Tensor:
+        rows = ids.shape[0]
+        ids, mask = pad_to_buckets(ids, mask, self.pad_id, sampling.max_new_tokens, self.bucket_tokens)
+        config = generation_config(sampling, greedy, self.pad_id, self.eos_ids, static=True,
+                                   compile=ids.device.type == "cuda")
+        return decode_chunk(model, ids, mask, config)[:rows]
 
     # ------------------------------------------------------------------ plans
     def rollout(self, model: nn.Module, plan: RolloutPlan, prompts: list[str], prompt_ids: list[list[int]],
@@ -174,10 +212,10 @@ class RolloutEngine:
         g = plan.group_size
         p_ids, p_mask = left_pad(prompt_ids, self.pad_id, device)
         t0 = time.perf_counter()
-        gen = self.generate(model, p_ids, p_mask, plan.sampling, num_return=g)
+        gen = self.generate(model, p_ids, p_mask, plan.sampling, num_return=g, greedy=plan.greedy)
         rollout = self._as_rollout(gen, p_ids, p_mask, prompts, metadata, g)
-        if plan.greedy_baseline:
-            greedy = self.generate(model, p_ids, p_mask, None, num_return=1)
+        if plan.greedy_baseline:  # the greedy response within the samples' own length budget
+            greedy = self.generate(model, p_ids, p_mask, plan.sampling, num_return=1, greedy=True)
             rollout.extras["baseline"] = self._as_rollout(greedy, p_ids, p_mask, prompts, metadata, 1)
         rollout.extras["time_generate"] = time.perf_counter() - t0
         return rollout

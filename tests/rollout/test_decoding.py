@@ -1,0 +1,129 @@
+"""Decoders: the static-cache path samples what eager ``generate`` samples; greedy plans keep the rollout's budget."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_trepo.rollout.decoding import pad_to_buckets, row_bucket
+from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan, SamplingConfig, left_pad
+from lightning_trepo.rollout.policy import PolicyConfig, TinyModelConfig, load_policy
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    # random weights: near-uniform next-token distributions, so sampling differences would show at once
+    model, tok = load_policy(PolicyConfig(tiny=TinyModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=96,
+                                                               seed=11)))
+    return model.eval(), tok
+
+
+def _prompts(tok, texts):
+    return left_pad([tok(t, add_special_tokens=False).input_ids for t in texts], tok.pad_token_id)
+
+
+@pytest.mark.parametrize("sampling", [
+    SamplingConfig(max_new_tokens=56),
+    SamplingConfig(max_new_tokens=56, temperature=0.7, top_k=7, top_p=0.9),
+    SamplingConfig(max_new_tokens=56, stop_at_eos=False),
+])
+def test_static_decoder_samples_the_same_tokens_as_eager_generate(tiny, sampling):
+    model, tok = tiny
+    # 8 rows and prompt width 8 + budget 56 = 64: already on a bucket, so the static path pads nothing and
+    # draws from the generator in exactly the same order as eager generate
+    ids, mask = _prompts(tok, ["12+7=", "1234567=", "3+4="])
+    ids, mask = ids[[0, 1, 2, 0]], mask[[0, 1, 2, 0]]
+    out = {}
+    for decoder in ("eager", "static"):
+        engine = RolloutEngine(tok, decoder=decoder, bucket_tokens=64)
+        torch.manual_seed(123)
+        out[decoder] = engine.generate(model, ids, mask, sampling, num_return=2)
+    assert torch.equal(out["static"].completion_ids, out["eager"].completion_ids)
+    assert torch.equal(out["static"].completion_mask, out["eager"].completion_mask)
+    if not sampling.stop_at_eos:
+        assert out["static"].completion_ids.shape == (8, 56) and bool(out["static"].truncated.all())
+
+
+def test_bucket_padding_does_not_change_greedy_completions(tiny):
+    model, tok = tiny
+    ids, mask = _prompts(tok, ["12+7=", "123+45=", "9=", "77+1=", "5+5+5="])  # 5 rows -> 8, width 7 -> 64 - 13
+    greedy = SamplingConfig(max_new_tokens=13)
+    eager = RolloutEngine(tok, decoder="eager").generate(model, ids, mask, greedy, greedy=True)
+    static = RolloutEngine(tok, decoder="static", bucket_tokens=64).generate(model, ids, mask, greedy, greedy=True)
+    assert torch.equal(static.completion_ids, eager.completion_ids)
+
+
+def test_row_buckets_and_token_buckets():
+    assert [row_bucket(n) for n in (1, 2, 3, 5, 8, 9, 64, 65, 130)] == [1, 2, 4, 8, 8, 16, 64, 128, 192]
+    ids = torch.tensor([[0, 5, 6], [7, 8, 9], [0, 0, 4]])
+    mask = (ids != 0).long()
+    # width 3 + 7 new tokens = 10 -> 16: six more left pads; 3 rows -> 4: row 0 appended once
+    pids, pmask = pad_to_buckets(ids, mask, pad_id=0, new_tokens=7, bucket_tokens=16)
+    assert pids.shape == (4, 9) and pmask.shape == (4, 9)
+    assert pids[:3, 6:].tolist() == ids.tolist() and pmask[:3, :6].sum() == 0
+    assert torch.equal(pids[3], pids[0]) and torch.equal(pmask[3], pmask[0])
+
+
+def test_auto_decoder_falls_back_to_eager_once_the_fast_path_fails(tiny, monkeypatch):
+    model, tok = tiny
+    ids, mask = _prompts(tok, ["12+7=", "3+4="])
+    engine = RolloutEngine(tok, decoder="auto")
+    monkeypatch.setattr(engine, "_use_static", lambda m, i: engine.static_failure is None)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("capture failed")
+
+    monkeypatch.setattr(engine, "_generate_static", broken)
+    greedy = SamplingConfig(max_new_tokens=6)
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        out = engine.generate(model, ids, mask, greedy, greedy=True)
+    expected = RolloutEngine(tok, decoder="eager").generate(model, ids, mask, greedy, greedy=True)
+    assert torch.equal(out.completion_ids, expected.completion_ids)
+    assert engine.static_failure == "RuntimeError: capture failed"
+    forced = RolloutEngine(tok, decoder="static")
+    monkeypatch.setattr(forced, "_generate_static", broken)
+    with pytest.raises(RuntimeError, match="capture failed"):  # decoder=static never hides a failure
+        forced.generate(model, ids, mask, greedy, greedy=True)
+
+
+def test_unknown_decoder_is_refused(tiny):
+    with pytest.raises(ValueError, match="rollout.decoder 'fast'"):
+        RolloutEngine(tiny[1], decoder="fast")
+
+
+def test_greedy_baseline_decodes_within_the_rollout_budget(tiny):
+    # the budget (40) exceeds SamplingConfig's default (32): the greedy baseline must run all 40 tokens when EOS does
+    # not stop it, exactly like the samples (before the fix it stopped at 32)
+    model, tok = tiny
+    engine = RolloutEngine(tok, decoder="eager")
+    plan = RolloutPlan(group_size=2, sampling=SamplingConfig(max_new_tokens=40, stop_at_eos=False),
+                       greedy_baseline=True)
+    rollout = engine.rollout(model, plan, ["1+1=", "22+3="], [tok("1+1=").input_ids, tok("22+3=").input_ids],
+                             [{}, {}], torch.device("cpu"))
+    baseline = rollout.extras["baseline"]
+    assert rollout.completion_ids.shape[1] == 40
+    assert baseline.completion_ids.shape == (2, 40) and bool(baseline.truncated.all())
+
+
+def test_validation_greedy_plan_uses_the_rollout_budget(tmp_path):
+    import lightning.pytorch as pl
+
+    from lightning_trepo import GRPO
+    from lightning_trepo.data import BuiltinTaskSource
+    from reward_models import FunctionReward
+    from tests.helpers import datamodule, trainer
+
+    pl.seed_everything(0)
+    cfg = dict(group_size=2, sampling=SamplingConfig(max_new_tokens=40, stop_at_eos=False), val_num_samples=0)
+    from lightning_trepo import RolloutConfig
+
+    # the shared TINY policy holds 64 positions, too few for 40 new tokens after a prompt
+    policy = PolicyConfig(tiny=TinyModelConfig(n_layer=1, n_head=2, n_embd=32, n_positions=96, seed=1))
+    module = GRPO(reward=FunctionReward("tests.modules.rewards.length_reward"), policy=policy,
+                  rollout=RolloutConfig(**cfg))
+    seen = []
+    original = module.log_validation
+    module.log_validation = lambda rollouts, rewards, n: (seen.extend(rollouts), original(rollouts, rewards, n))
+    t = trainer(tmp_path, max_steps=1, val_check_interval=1, check_val_every_n_epoch=None, limit_val_batches=1)
+    t.fit(module, datamodule=datamodule(batch_size=2, val_batch_size=2,
+                                        val_source=BuiltinTaskSource(task="addition", split="test", size=4)))
+    assert seen and all(r.completion_ids.shape[1] == 40 for r in seen)
