@@ -27,6 +27,7 @@ from lightning_trepo.modules.base import (
 )
 from lightning_trepo.modules.sharding import build_policy
 from lightning_trepo.ops import masked_mean, masked_whiten
+from lightning_trepo.rollout.logprobs import fused_head_supported
 from lightning_trepo.rollout.policy import (
     PolicyConfig,
     completion_logits,
@@ -139,7 +140,8 @@ class PPO(RLModule):
         head_mode = self.value_model_kind == "head"
         args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
         logprobs, entropy = sequence_logprobs(policy_forward if head_mode else self.policy, *args,
-                                              self.rollout_cfg.sampling.temperature, with_entropy)
+                                              self.rollout_cfg.sampling.temperature, with_entropy,
+                                              head=fused_head_supported(self.policy))
         length = batch.completion_ids.shape[1]
         # same positions as the logits: the hidden state that predicts completion token t
         hidden = captured["hidden"][:, -length - 1:-1] if head_mode else completion_logits(self._critic_forward, *args)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_trepo.ops import entropy_from_logits, token_logprobs
+from lightning_trepo.rollout.logprobs import fused_head_logprobs, fused_head_supported
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CHAR_SPECIALS = ("<pad>", "<eos>", "<unk>")
@@ -283,9 +284,18 @@ def completion_logits(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
 
 
 def sequence_logprobs(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                      completion_mask: Tensor, temperature: float = 1.0,
-                      with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-    """Per-token log π(w_t | prefix) at the sampling temperature, (N, L), and optionally entropy."""
+                      completion_mask: Tensor, temperature: float = 1.0, with_entropy: bool = False,
+                      head: nn.Module | None = None) -> tuple[Tensor, Tensor | None]:
+    """Per-token log π(w_t | prefix) at the sampling temperature, (N, L), and optionally the (detached) entropy.
+
+    When the model's LM head is a plain linear layer (``head``, found on ``model`` when not given), the log-probs
+    come from the hidden states chunk by chunk (:mod:`lightning_trepo.rollout.logprobs`): no (N, L, V) logits.
+    """
+    head = head if head is not None else fused_head_supported(model)
+    if head is not None:
+        with fused_head_logprobs(head, completion_ids, temperature, with_entropy) as extra:
+            logprobs = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        return logprobs * completion_mask, extra.get("entropy")
     logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     logprobs = token_logprobs(logits, completion_ids, temperature) * completion_mask
     entropy = entropy_from_logits(logits.detach(), temperature) if with_entropy else None

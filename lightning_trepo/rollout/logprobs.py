@@ -1,0 +1,152 @@
+"""Token log-probs straight from the final hidden states and the LM head, chunk by chunk.
+
+The plain way, ``log_softmax(lm_head(h).float())[token]``, holds an (N, L, V) logits tensor, a full fp32
+copy and an fp32 log-softmax kept for backward: with a 49k vocabulary that is most of an RL step's peak
+memory. :class:`LinearTokenLogprob` instead computes, for C positions at a time,
+
+    log π(w_t) = z[w_t] − logsumexp(z),   z = (h_t · Wᵀ + b) / T     (logits in the model's dtype, LSE in fp32)
+
+and keeps only (N, L) results. Backward recomputes each chunk's logits and uses
+∂ log π(w) / ∂z = onehot(w) − softmax(z), so it never holds more than one (C, V) chunk either. Entropy
+H = LSE − Σ softmax(z)·z comes out of the same chunks, detached (it is a metric).
+
+:func:`fused_head_logprobs` routes a causal LM's own forward through this op by standing in for its LM
+head for one call, so every model wrapper (LoRA, FSDP2, DeepSpeed, PPO's hidden-state capture) keeps
+working: the head's hooks still run, only its (N, L, V) output is never made.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CHUNK_BYTES = 1 << 28  # one chunk's fp32 logits: 256 MiB
+# config attributes of models that rescale or cap the head's logits after it (Gemma 2/3, Cohere, Granite)
+POST_HEAD_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def chunk_rows(vocab: int, budget_bytes: int = CHUNK_BYTES) -> int:
+    """Positions per chunk so that one chunk's fp32 (C, V) logits stay within ``budget_bytes``."""
+    return max(1, budget_bytes // (4 * max(vocab, 1)))
+
+
+def _compute_dtype(hidden: Tensor, weight: Tensor) -> torch.dtype:
+    kind = hidden.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return weight.dtype
+
+
+class LinearTokenLogprob(torch.autograd.Function):
+    """(T, H) hidden, (V, H) weight, (V,) bias or None, (T,) targets -> (T,) fp32 log-probs and (T,) fp32 entropy."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, temperature: float,
+                chunk: int, with_entropy: bool) -> tuple[Tensor, Tensor]:
+        dtype = _compute_dtype(hidden, weight)
+        logprobs = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+        entropy = hidden.new_zeros(hidden.shape[0] if with_entropy else 0, dtype=torch.float32)
+        w = weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk):
+                z = F.linear(hidden[start:start + chunk].to(dtype), w, b).float() / temperature
+                lse = torch.logsumexp(z, dim=-1)
+                tgt = targets[start:start + chunk]
+                logprobs[start:start + chunk] = z.gather(-1, tgt[:, None]).squeeze(-1) - lse
+                if with_entropy:
+                    entropy[start:start + chunk] = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.dtype, ctx.temperature, ctx.chunk = dtype, temperature, chunk
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx: Any, grad_logprobs: Tensor, grad_entropy: Tensor) -> tuple[Tensor | None, ...]:
+        hidden, weight, bias, targets = ctx.saved_tensors
+        dtype, temperature, chunk = ctx.dtype, ctx.temperature, ctx.chunk
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        w = weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk):
+                h = hidden[start:start + chunk].to(dtype)
+                z = F.linear(h, w, b).float() / temperature
+                g = grad_logprobs[start:start + chunk].float()
+                # d logp / d z = onehot(target) - softmax(z); d z / d logits = 1 / T
+                grad_z = torch.softmax(z, dim=-1).mul_(-g[:, None])
+                grad_z.scatter_add_(-1, targets[start:start + chunk, None], g[:, None])
+                grad_logits = grad_z.div_(temperature)
+                if need_h:
+                    grad_h[start:start + chunk] = (grad_logits.to(dtype) @ w).to(hidden.dtype)
+                if need_w:
+                    grad_w.addmm_(grad_logits.t(), h.float())
+                if need_b:
+                    grad_b += grad_logits.sum(0)
+        return (grad_h, grad_w.to(weight.dtype) if need_w else None, grad_b.to(bias.dtype) if need_b else None,
+                None, None, None, None)
+
+
+def linear_token_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
+                          temperature: float = 1.0, chunk: int | None = None,
+                          with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """log softmax((h·Wᵀ + b) / T)[target] for (..., H) hidden and (...) targets, never holding (..., V) at once.
+
+    Returns fp32 log-probs of shape (...) and, if asked, the detached fp32 entropy of the same distributions.
+    """
+    lead = targets.shape
+    flat_h = hidden.reshape(-1, hidden.shape[-1])
+    size = chunk or chunk_rows(weight.shape[0])
+    logprobs, entropy = LinearTokenLogprob.apply(flat_h, weight, bias, targets.reshape(-1), float(temperature), size,
+                                                 with_entropy)
+    return logprobs.view(lead), entropy.view(lead) if with_entropy else None
+
+
+def output_head(model: Any) -> nn.Module | None:
+    """The LM head (an ``nn.Linear``) of a causal LM, through wrappers (LoRA's adapter-disabled view, offloading)."""
+    seen = 0
+    while model is not None and seen < 4:
+        getter = getattr(model, "get_output_embeddings", None)
+        if callable(getter):
+            head = getter()
+            return head if type(head) is nn.Linear else None
+        model = getattr(model, "policy", None) or getattr(model, "module", None)
+        seen += 1
+    return None
+
+
+def fused_head_supported(model: Any) -> nn.Module | None:
+    """The head to stand in for, or None when the model post-processes its logits (the plain path is used)."""
+    head = output_head(model)
+    config = getattr(getattr(model, "config", None), "get_text_config", lambda: getattr(model, "config", None))()
+    if head is None or any(getattr(config, a, None) not in (None, 1, 1.0) for a in POST_HEAD_ATTRS):
+        return None
+    return head
+
+
+@contextmanager
+def fused_head_logprobs(head: nn.Module, targets: Tensor, temperature: float, with_entropy: bool,
+                        chunk: int | None = None) -> Iterator[dict[str, Tensor]]:
+    """For one forward, ``head(h)`` with h (N, L+1, H) returns (N, L+1) log-probs of ``targets`` (N, L) (position i
+    scores token i+1; the last column is 0) instead of (N, L+1, V) logits; entropy lands in the yielded dict."""
+    out: dict[str, Tensor] = {}
+
+    def forward(hidden: Tensor) -> Tensor:
+        hidden = hidden[:, -targets.shape[1] - 1:]  # models that ignore logits_to_keep hand over every position
+        lp, ent = linear_token_logprobs(hidden[:, :-1], head.weight, head.bias, targets, temperature, chunk,
+                                        with_entropy)
+        if ent is not None:
+            out["entropy"] = ent
+        return F.pad(lp, (0, 1))
+
+    head.forward = forward  # an instance attribute: nn.Module.__call__ (and every hook around it) still runs
+    try:
+        yield out
+    finally:
+        del head.forward
