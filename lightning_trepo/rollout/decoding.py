@@ -15,6 +15,7 @@ a fixed seed when no bucket padding is needed (tested).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import torch
@@ -88,3 +89,28 @@ def decode_chunk(model: nn.Module, ids: Tensor, mask: Tensor, config: Any, synce
     """``generate`` on (N, P) left-padded prompts; returns the (N, new) completion tokens."""
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, synced_gpus=synced_gpus)
     return out[:, ids.shape[1]:]
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The keyword a causal LM takes its KV cache by (``cache`` in recent transformers, ``past_key_values`` before)."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def decode_shared_prefix(model: nn.Module, ids: Tensor, mask: Tensor, config: Any, repeats: int) -> Tensor:
+    """``repeats`` completions of each of the (R, P) left-padded prefixes from ONE prefill per prefix: the prefix
+    minus its last token fills a KV cache for R rows, the cache is repeated row-wise, and ``generate`` continues
+    from it (it runs only the uncached last token). Returns (R * repeats, new) tokens, row i's completions
+    contiguous, drawn in the same order as when the rows are repeated before the prefill."""
+    name = cache_argument(model)
+    head_ids, head_mask = ids[:, :-1], mask[:, :-1]
+    position_ids = (head_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=head_ids, attention_mask=head_mask, position_ids=position_ids, use_cache=True,
+                logits_to_keep=1)
+    cache = getattr(out, name, None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        raise RuntimeError(f"{type(model).__name__} returned no repeatable KV cache under {name!r}")
+    cache.batch_repeat_interleave(repeats)
+    full_ids, full_mask = ids.repeat_interleave(repeats, dim=0), mask.repeat_interleave(repeats, dim=0)
+    out = model.generate(input_ids=full_ids, attention_mask=full_mask, generation_config=config, **{name: cache})
+    return out[:, full_ids.shape[1]:]

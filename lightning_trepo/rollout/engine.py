@@ -18,6 +18,7 @@ from lightning_trepo.rollout.decoding import (
     DECODERS,
     Decoder,
     decode_chunk,
+    decode_shared_prefix,
     generation_config,
     pad_to_buckets,
     static_cache_unsupported,
@@ -130,24 +131,29 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
-                 sampling: SamplingConfig | None, num_return: int = 1, greedy: bool = False) -> Generated:
+    def generate(self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingConfig | None,
+                 num_return: int = 1, greedy: bool = False, share_prefix: bool = False) -> Generated:
         """Sample ``num_return`` completions per row, in chunks of ``max_batch_size`` rows; ``greedy`` decodes the
         argmax instead, within the same ``sampling.max_new_tokens`` budget (``sampling=None``: greedy with the
-        default budget). Returns completions in row-major order (row i's samples contiguous)."""
+        default budget). ``share_prefix``: run each row's prefill once and decode its ``num_return`` rows from that
+        KV cache (eager decoding; the static path and sharded generation expand rows before the prefill).
+        Returns completions in row-major order (row i's samples contiguous)."""
         if sampling is None:
             sampling, greedy = SamplingConfig(), True
-        ids = prompt_ids.repeat_interleave(num_return, dim=0)
-        mask = prompt_mask.repeat_interleave(num_return, dim=0)
+        expand = num_return if share_prefix and num_return > 1 and prompt_ids.shape[1] > 1 and not self.synced_gpus \
+            and not self._use_static(model, prompt_ids) else 1
+        ids = prompt_ids.repeat_interleave(num_return // expand, dim=0)
+        mask = prompt_mask.repeat_interleave(num_return // expand, dim=0)
+        step = max(1, self.max_batch_size // expand)
         chunks: list[Tensor] = []
         calls = 0
         was_training = model.training
-        missing = self._missing_calls(-(-ids.shape[0] // self.max_batch_size), ids.device)
+        missing = self._missing_calls(-(-ids.shape[0] // step), ids.device)
         model.eval()
         try:
-            for start in range(0, ids.shape[0], self.max_batch_size):
-                chunk = self._generate_chunk(model, ids[start:start + self.max_batch_size],
-                                             mask[start:start + self.max_batch_size], sampling, greedy)
+            for start in range(0, ids.shape[0], step):
+                chunk = self._generate_chunk(model, ids[start:start + step], mask[start:start + step], sampling,
+                                             greedy, expand)
                 chunks.extend(chunk.unbind(0))
                 calls += 1
             for _ in range(missing):  # keep joining the other ranks' collectives; the output is discarded
@@ -173,7 +179,10 @@ class RolloutEngine:
         return int(most.item()) - local_calls
 
     def _generate_chunk(self, model: nn.Module, ids: Tensor, mask: Tensor, sampling: SamplingConfig,
-                        greedy: bool) -> Tensor:
+                        greedy: bool, expand: int = 1) -> Tensor:
+        config = generation_config(sampling, greedy, self.pad_id, self.eos_ids)
+        if expand > 1:
+            return decode_shared_prefix(model, ids, mask, config, expand)
         if self._use_static(model, ids):
             try:
                 return self._generate_static(model, ids, mask, sampling, greedy)
@@ -183,7 +192,6 @@ class RolloutEngine:
                 self.static_failure = f"{type(err).__name__}: {err}"
                 warnings.warn(f"rollout.decoder=auto: static-cache decoding failed ({self.static_failure}); "
                               "decoding eagerly from now on", RuntimeWarning, stacklevel=2)
-        config = generation_config(sampling, greedy, self.pad_id, self.eos_ids)
         return decode_chunk(model, ids, mask, config, self.synced_gpus)
 
     def _use_static(self, model: nn.Module, ids: Tensor) -> bool:
@@ -234,11 +242,11 @@ class RolloutEngine:
 
     def continue_from(self, model: nn.Module, prefix_ids: list[list[int]], num_return: int,
                       sampling: SamplingConfig) -> tuple[Generated, Tensor, Tensor]:
-        """Sample ``num_return`` continuations of each token prefix in one batched pass.
+        """Sample ``num_return`` continuations of each token prefix in one batched pass (each prefix prefilled once).
         Returns the generated continuations and the left-padded prefixes (ids, mask)."""
         device = next(model.parameters()).device
         ids, mask = left_pad(prefix_ids, self.pad_id, device)
-        return self.generate(model, ids, mask, sampling, num_return), ids, mask
+        return self.generate(model, ids, mask, sampling, num_return, share_prefix=True), ids, mask
 
 
 def with_sampling(plan: RolloutPlan, **changes: Any) -> RolloutPlan:

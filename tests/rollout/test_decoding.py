@@ -127,3 +127,34 @@ def test_validation_greedy_plan_uses_the_rollout_budget(tmp_path):
     t.fit(module, datamodule=datamodule(batch_size=2, val_batch_size=2,
                                         val_source=BuiltinTaskSource(task="addition", split="test", size=4)))
     assert seen and all(r.completion_ids.shape[1] == 40 for r in seen)
+
+
+@pytest.mark.parametrize("max_batch_size", [256, 4])  # 4: calls of 2 prefixes x 2 continuations, 4 + 4 + 2 rows
+def test_shared_prefix_continuations_sample_what_repeated_prefixes_sample(tiny, max_batch_size):
+    # K continuations of a prefix decoded from ONE prefill (cache repeated row-wise) draw exactly the tokens that K
+    # separately prefilled copies draw: same logits, same generator order
+    model, tok = tiny
+    ids, mask = _prompts(tok, ["12+7=34", "1234567=8", "3+4=", "9+9=1", "77="])
+    sampling = SamplingConfig(max_new_tokens=12, temperature=0.9)
+    engine = RolloutEngine(tok, decoder="eager", max_batch_size=max_batch_size)
+    torch.manual_seed(7)
+    shared = engine.generate(model, ids, mask, sampling, num_return=2, share_prefix=True)
+    torch.manual_seed(7)
+    repeated = engine.generate(model, ids, mask, sampling, num_return=2)
+    assert torch.equal(shared.completion_ids, repeated.completion_ids)
+    assert shared.completion_ids.shape[0] == 10 and shared.num_calls == repeated.num_calls == (1 if max_batch_size == 256 else 3)
+
+
+def test_shared_prefix_prefills_each_prefix_once(tiny, monkeypatch):
+    model, tok = tiny
+    ids, mask = _prompts(tok, ["12+7=34", "3+4="])
+    widths = []
+    handle = model.register_forward_pre_hook(lambda m, args, kw: widths.append(tuple(kw["input_ids"].shape)),
+                                             with_kwargs=True)
+    try:
+        RolloutEngine(tok, decoder="eager").generate(model, ids, mask, SamplingConfig(max_new_tokens=3), num_return=4,
+                                                     share_prefix=True)
+    finally:
+        handle.remove()
+    # the prefill: 2 prefixes x (7 - 1) tokens; then generate's steps on 8 rows, one token each (the uncached one)
+    assert widths[0] == (2, 6) and all(w == (8, 1) for w in widths[1:]) and len(widths) >= 2
