@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``lightning-trepo`` and ``python -m lightning_trepo``."""
     args = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # RL steps allocate many differently shaped tensors (rollouts, continuations, KV caches): expandable segments
+    # let the CUDA allocator grow and reuse segments instead of fragmenting (read at the first CUDA allocation)
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     quiet_known_warnings()
     tools = _tool_commands()
     if args and args[0] in tools:

@@ -196,8 +196,14 @@ class RLModule(LightningModule):
 
     def compute_loss(self, batch: Rollout) -> LossOutput:
         """PPO-clipped surrogate against the behaviour policy (+ optional KL to the reference)."""
-        logprobs, entropy = self.policy_logprobs(batch, with_entropy=True)
+        logprobs, entropy = self.policy_logprobs(batch, with_entropy=self.entropy_logged())
         return self.policy_loss(batch, logprobs, entropy)
+
+    def entropy_logged(self) -> bool:
+        """Entropy is a metric: compute it only on steps the trainer's logger records (``log_every_n_steps``)."""
+        if self._trainer is None:
+            return True
+        return self.trainer.global_step % max(self.trainer.log_every_n_steps, 1) == 0
 
     def kl_in_loss(self) -> bool:
         """Whether ``kl_coef`` weighs a KL term in the loss (default) or the algorithm folds it into the reward."""

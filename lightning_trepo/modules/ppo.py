@@ -181,7 +181,7 @@ class PPO(RLModule):
 
     def compute_loss(self, batch: Rollout) -> LossOutput:
         """Clipped surrogate + ``vf_coef`` · clipped value loss, both from one forward of the policy."""
-        logprobs, entropy, values = self.logprobs_and_values(batch, with_entropy=True)
+        logprobs, entropy, values = self.logprobs_and_values(batch, with_entropy=self.entropy_logged())
         out = self.policy_loss(batch, logprobs, entropy)
         v = value_loss(values, batch.values, batch.extras["returns"], batch.completion_mask, clip=self.value_clip,
                        aggregation=self.update_cfg.aggregation)

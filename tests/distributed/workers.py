@@ -45,14 +45,15 @@ class SeededEngine(RolloutEngine):
     prompts beside it, so a 2-rank run and a 1-rank run over the same prompts draw the same samples.
     """
 
-    def generate(self, model, prompt_ids, prompt_mask, sampling, num_return=1) -> Generated:
+    def generate(self, model, prompt_ids, prompt_mask, sampling, num_return=1, greedy=False,
+                 share_prefix=False) -> Generated:
         rows = []
         for i in range(prompt_ids.shape[0]):
             real = prompt_ids[i][prompt_mask[i].bool()]
             seed = zlib.crc32(str(real.tolist()).encode())
             for j in range(num_return):
                 torch.manual_seed(seed + 7919 * j)
-                one = super().generate(model, real[None], torch.ones_like(real)[None], sampling, 1)
+                one = super().generate(model, real[None], torch.ones_like(real)[None], sampling, 1, greedy=greedy)
                 rows.append(one.completion_ids[0])
         ids = right_pad(rows, self.pad_id)
         mask, truncated = completion_mask_from_eos(ids, self.eos_ids)

@@ -146,3 +146,17 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     resumed = _fit(tmp_path / "b", 4, ckpt_path=str(tmp_path / "c" / "last.ckpt"))
     for k in straight:
         torch.testing.assert_close(resumed[k], straight[k], atol=1e-6, rtol=1e-5)
+
+
+def test_entropy_is_computed_only_on_logged_steps(tmp_path):
+    # log_every_n_steps=2 over 4 optimizer steps: global steps 0 and 2 are logged, so entropy is computed twice
+    pl.seed_everything(0)
+    module = make_grpo()
+    asked = []
+    original = module.policy_logprobs
+    module.policy_logprobs = lambda batch, with_entropy=False: (asked.append(with_entropy),
+                                                                original(batch, with_entropy))[1]
+    t = trainer(tmp_path, max_steps=4, log_every_n_steps=2)
+    t.fit(module, datamodule=datamodule())
+    assert asked == [True, False, True, False]
+    assert "entropy" in t.callback_metrics
