@@ -74,14 +74,15 @@ def pad_to_buckets(ids: Tensor, mask: Tensor, pad_id: int, new_tokens: int, buck
 
 
 def static_cache_unsupported(model: nn.Module) -> str | None:
-    """Why ``model`` cannot decode with a static cache (None when it can)."""
+    """Why ``model`` should not decode through a compiled static cache (None when it can): transformers marks the
+    architectures that compile with a static cache by ``_can_compile_fullgraph``."""
     base = getattr(model, "get_base_model", lambda: model)()
     if not hasattr(base, "generate") or not hasattr(base, "config"):
         return f"{type(base).__name__} is not a Hugging Face generation model"
     if getattr(base.config, "is_encoder_decoder", False):
         return "encoder-decoder models are decoded eagerly"
-    if getattr(base, "_can_compile_fullgraph", True) is False and getattr(base, "_supports_static_cache", True) is False:
-        return f"{type(base).__name__} does not support a static KV cache"
+    if not getattr(base, "_can_compile_fullgraph", False):
+        return f"{type(base).__name__} is not marked as compilable with a static cache by transformers"
     return None
 
 

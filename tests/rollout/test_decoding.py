@@ -158,3 +158,13 @@ def test_shared_prefix_prefills_each_prefix_once(tiny, monkeypatch):
         handle.remove()
     # the prefill: 2 prefixes x (7 - 1) tokens; then generate's steps on 8 rows, one token each (the uncached one)
     assert widths[0] == (2, 6) and all(w == (8, 1) for w in widths[1:]) and len(widths) >= 2
+
+
+def test_auto_decoder_needs_a_compilable_architecture(tiny):
+    from lightning_trepo.rollout.decoding import static_cache_unsupported
+
+    model, _ = tiny
+    assert static_cache_unsupported(model) is None  # GPT-2 is marked compilable by transformers
+    assert "not a Hugging Face generation model" in static_cache_unsupported(torch.nn.Linear(2, 2))
+    # on the CPU, auto decodes eagerly even for a compilable model
+    assert not RolloutEngine(tiny[1], decoder="auto")._use_static(model, torch.zeros(1, 1, dtype=torch.long))
