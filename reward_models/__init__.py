@@ -20,7 +20,8 @@ from reward_models.format import JsonFormat, RegexFormat, TagFormat  # noqa: E40
 from reward_models.length import LengthPenalty, OverlongPenalty, RepetitionPenalty  # noqa: E402
 
 _LAZY = {"LearnedReward": "reward_models.learned", "JudgeReward": "reward_models.judge",
-         "CodeExecution": "reward_models.code", "RemoteReward": "reward_models.remote"}
+         "CodeExecution": "reward_models.code", "RemoteReward": "reward_models.remote",
+         "MathVerify": "reward_models.mathverify"}
 __all__ += ["RegexFormat", "TagFormat", "JsonFormat", "LengthPenalty", "OverlongPenalty", "RepetitionPenalty", *_LAZY]
 
 
