@@ -8,6 +8,7 @@ checker behind TRL's ``accuracy_reward`` and Open R1. Needs the ``math`` extra:
 from __future__ import annotations
 
 import math
+import re
 import threading
 from typing import Any, Literal
 
@@ -15,6 +16,9 @@ import torch
 
 from reward_models.base import MISSING, Reward, check_missing, metadata_value
 from reward_models.types import RewardOutput, Samples
+
+
+_DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
 
 
 def _math_verify() -> Any:
@@ -30,9 +34,9 @@ class MathVerify(Reward):
 
     The completion's answer is the last ``\\boxed{}`` when there is one, else the first LaTeX
     (``$…$``, ``\\(…\\)``) answer, else (``extraction="any"``) the first plain expression. The
-    reference is parsed with math-verify's defaults (a bracketed one it cannot read, such as
-    ``(1,2)``, is retried inside ``$…$``); one that does not parse raises a ``ValueError`` naming the
-    row (like ``NumericAnswer``).
+    reference is read as one LaTeX expression (``x^2 + 1``, ``(1,2)``, ``\\frac{1}{2}``, ``#### 18``)
+    unless it holds its own delimiters (``$…$``, ``\\boxed{}``: a worked solution, parsed as is); one
+    that does not parse raises a ``ValueError`` naming the row (like ``NumericAnswer``).
     A missing reference follows ``missing``; a failure of math-verify itself follows ``on_error``.
     Metric ``extracted``: 1 if an answer was parsed from the completion.
     """
@@ -77,8 +81,9 @@ class MathVerify(Reward):
 
     def _gold(self, value: Any, i: int) -> list[Any]:
         text = str(value)
-        # math-verify reads a bare "(1,2)" as nothing: retry bracketed references as LaTeX
-        candidates = (text, f"${text}$") if text.lstrip()[:1] in ("(", "[", "{", "\\") else (text,)
+        # A bare reference is one LaTeX expression ("x^2 + 1", "(1,2)"): math-verify's default parse of
+        # undelimited text would keep only a number it finds ("x^2 + 1" -> 1). Delimited text is parsed as is.
+        candidates = (text,) if _DELIMITED.search(text) else (f"${text}$", text)
         for candidate in candidates:
             parsed = self._mv.parse(candidate, parsing_timeout=self._timer())
             if parsed:

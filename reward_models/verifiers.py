@@ -70,7 +70,8 @@ class NumericAnswer(Reward):
             if ref is MISSING:
                 rewards.append(math.nan)
                 continue
-            rewards.append(float(x is not None and self.equal(x, _reference_answer(ref, i, self.answer_key))))
+            y = _reference_answer(ref, i, self.answer_key)
+            rewards.append(float(x is not None and self.equal(x, y)))
         return RewardOutput(torch.tensor(rewards), {"extracted": torch.tensor(extracted)})
 
     def equal(self, x: Answer, y: Answer) -> bool:

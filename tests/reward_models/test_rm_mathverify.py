@@ -46,8 +46,16 @@ def test_missing_and_unparsable_references():
     with pytest.raises(RewardError, match=r"MathVerify.*row 1.*'answer'"):
         MathVerify()(s)
     assert_close(MathVerify(missing="nan")(s).rewards, [1, nan])
-    with pytest.raises(RewardError, match=r"row 0 'answer'='no math here' is not an answer math-verify can parse"):
-        MathVerify()(samples(["\\boxed{1}"], [{"answer": "no math here"}]))
+    with pytest.raises(RewardError, match=r"row 0 'answer'='' is not an answer math-verify can parse"):
+        MathVerify()(samples(["\\boxed{1}"], [{"answer": ""}]))
+
+
+def test_bare_references_are_read_as_one_expression():
+    # math-verify's own parse of undelimited "x^2 + 1" keeps only the 1 (so "\boxed{1}" would pass);
+    # MathVerify reads a bare reference as LaTeX, and a delimited one (a worked solution) as it is
+    s = samples(["\\boxed{x^2 + 1}", "\\boxed{1}", "\\boxed{18}"],
+                [{"answer": "x^2 + 1"}, {"answer": "x^2 + 1"}, {"answer": "so $9 \\cdot 2 = 18$, \\boxed{18}"}])
+    assert_close(MathVerify()(s).rewards, [1, 0, 1])
 
 
 def test_a_failing_checker_follows_on_error():

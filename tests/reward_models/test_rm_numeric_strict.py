@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from reward_models import NumericAnswer
+from reward_models import NumericAnswer, RewardError
 from reward_models.verifiers import extract_number
 from rm_helpers import assert_close, samples
 
@@ -69,3 +69,8 @@ def test_extracted_metric_marks_expressions_as_not_extracted():
     out = NumericAnswer()(samples(["\\boxed{\\sqrt{2}}", "\\boxed{2}"], [{"answer": 2}] * 2))
     assert_close(out.metrics["extracted"], [0, 1])
     assert extract_number("x^2", "last_number") is None and extract_number("(1, 2)") is None
+
+
+def test_a_symbolic_reference_is_an_error_even_when_the_completion_has_no_answer():
+    with pytest.raises(RewardError, match=r"row 0 'answer'='\\\\sqrt\{8\}' holds no number.*MathVerify"):
+        NumericAnswer()(samples(["no idea"], [{"answer": "\\sqrt{8}"}]))
