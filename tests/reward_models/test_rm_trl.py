@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,20 @@ def test_readme_trl_example_builds_and_scores():
     assert_close(out.metrics["format"], [1, 0])  # the second has no <think> block
     assert_close(out.metrics["accuracy"], [1, 1])  # \boxed{4} against solution 4
     assert_close(out.metrics["overlong"], [0, 0])  # 10 tokens <= 512 - 128
+
+
+def test_trainer_state_and_chat_travel_to_a_remote_reward():
+    from reward_models.remote import RemoteReward, RewardServer
+
+    rm_trl_functions.CALLS.clear()
+    srv = RewardServer(FunctionReward("rm_trl_functions.record"), "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        samples = chat_samples(["x", "yz"], ids=[[7, 8], [9, 9, 9]], state=TrainerState(global_step=4, epoch=2))
+        out = RemoteReward(srv.url)(samples)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert_close(out.rewards, [2 + 4, 3 + 4])  # len(completion_ids) + global_step, computed on the server
+    (call,) = rm_trl_functions.CALLS
+    assert call["prompts"] == samples.prompt_messages and call["trainer_state"].epoch == 2
