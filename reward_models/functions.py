@@ -16,11 +16,6 @@ from typing import Any, Callable
 
 from reward_models.types import PROMPT_MESSAGES_KEY, Samples, TrainerState
 
-#: Argument names a function receives besides the dataset columns (a column by one of these names is
-#: shadowed by the argument, as in TRL).
-CALL_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
-
-
 @dataclass
 class CallLog:
     """What a function reported during one call through ``log_metric`` / ``log_extra``."""
@@ -79,7 +74,8 @@ def dataset_columns(samples: Samples) -> dict[str, list[Any]]:
 
 
 def call_arguments(samples: Samples, conversational: bool, log: CallLog) -> dict[str, Any]:
-    """All keyword arguments TRL would pass for ``samples`` (before filtering by the signature)."""
+    """All keyword arguments TRL would pass for ``samples`` (before filtering by the signature); a dataset
+    column named like one of the trainer's arguments (``prompts``, ``trainer_state``, ...) is shadowed."""
     return {
         **dataset_columns(samples),
         "prompts": function_prompts(samples, conversational),
@@ -92,8 +88,12 @@ def call_arguments(samples: Samples, conversational: bool, log: CallLog) -> dict
 
 
 def signature_names(fn: Callable[..., Any]) -> tuple[set[str], bool]:
-    """The keyword names ``fn`` declares and whether it also takes ``**kwargs`` (then everything is passed)."""
-    params = inspect.signature(fn).parameters.values()
+    """The keyword names ``fn`` declares and whether it also takes ``**kwargs`` (then everything is passed).
+    A callable without a readable signature (some builtins) is given everything."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return set(), True
     names = {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
     return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
