@@ -5,11 +5,11 @@ Importable and useful without ``lightning_trepo``. Leaves score; combinators hol
 """
 from reward_models.base import FunctionReward, Reward, RewardError
 from reward_models.combinators import Affine, Clip, FillNaN, Gate, Guard, Max, Min, Normalize, Product, WeightedSum
-from reward_models.types import RewardOutput, Samples
+from reward_models.types import PROMPT_MESSAGES_KEY, RewardOutput, Samples, TrainerState
 from reward_models.verifiers import ExactMatch, MultipleChoice, NumericAnswer, RegexMatch
 
 __all__ = [
-    "Samples", "RewardOutput", "Reward", "RewardError", "FunctionReward",
+    "Samples", "RewardOutput", "TrainerState", "PROMPT_MESSAGES_KEY", "Reward", "RewardError", "FunctionReward",
     "WeightedSum", "Product", "Gate", "Min", "Max", "Clip", "Affine", "Normalize", "Guard", "FillNaN",
     "NumericAnswer", "ExactMatch", "RegexMatch", "MultipleChoice",
 ]
@@ -20,7 +20,8 @@ from reward_models.format import JsonFormat, RegexFormat, TagFormat  # noqa: E40
 from reward_models.length import LengthPenalty, OverlongPenalty, RepetitionPenalty  # noqa: E402
 
 _LAZY = {"LearnedReward": "reward_models.learned", "JudgeReward": "reward_models.judge",
-         "CodeExecution": "reward_models.code", "RemoteReward": "reward_models.remote"}
+         "CodeExecution": "reward_models.code", "RemoteReward": "reward_models.remote",
+         "MathVerify": "reward_models.mathverify"}
 __all__ += ["RegexFormat", "TagFormat", "JsonFormat", "LengthPenalty", "OverlongPenalty", "RepetitionPenalty", *_LAZY]
 
 

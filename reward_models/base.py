@@ -8,7 +8,6 @@ with :meth:`Reward.to`; nodes with state (running normalisation) expose it throu
 from __future__ import annotations
 
 import importlib
-import inspect
 import json
 import logging
 import math
@@ -20,6 +19,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
+from reward_models import functions
 from reward_models.types import RewardOutput, Samples
 
 log = logging.getLogger("reward_models")
@@ -63,6 +63,10 @@ class Reward:
     #: Seconds the last call of this node took (read by ``score`` for per-component latency).
     last_latency_s: float = math.nan
 
+    def component_name(self) -> str:
+        """How errors and warnings name this node (its class name; ``FunctionReward`` adds the function)."""
+        return type(self).__name__
+
     def set_policy(self, on_error: str = "raise", timeout: float | None = None) -> None:
         """Validate and set this node's error policy and timeout (called by subclasses' ``__init__``)."""
         if on_error not in ON_ERROR:
@@ -95,14 +99,14 @@ class Reward:
         n = len(samples)
         try:
             out = self._forward_with_timeout(samples)
-            check_output(out, n, type(self).__name__)
+            check_output(out, n, self.component_name())
         except Exception as err:  # noqa: BLE001 - the policy decides; never silent
             if self.on_error == "nan":
-                log.warning("reward component %s failed, scoring NaN: %s: %s", type(self).__name__, type(err).__name__, err)
+                log.warning("reward component %s failed, scoring NaN: %s: %s", self.component_name(), type(err).__name__, err)
                 return RewardOutput(torch.full((n,), math.nan), {"failed": torch.ones(n)})
             if isinstance(err, RewardError):
                 raise
-            raise RewardError((), type(self).__name__, f"{type(err).__name__}: {err}") from err
+            raise RewardError((), self.component_name(), f"{type(err).__name__}: {err}") from err
         if self.on_error == "nan":
             out.metrics.setdefault("failed", torch.zeros(n))
         return out
@@ -196,48 +200,76 @@ def import_object(path: str, what: str = "object") -> Any:
 
 
 class FunctionReward(Reward):
-    """Wrap a plain Python function, TRL-style, given by import path.
+    """A plain Python reward function, given by import path, called exactly as TRL calls it.
 
-    The function is called as ``fn(prompts=..., completions=..., **columns, **kwargs)`` where
-    ``columns`` are the metadata keys as lists (TRL's convention), and returns a list of floats
-    (``None`` = does not apply, becomes NaN) or an (N,) tensor.
+    The function receives ``prompts``, ``completions``, ``completion_ids`` (token ids without
+    padding, EOS kept; None when the samples carry no ids), every dataset column as a keyword list,
+    ``trainer_state`` (:class:`~reward_models.types.TrainerState`: ``global_step``, ``epoch``,
+    ``max_steps``), ``log_metric(name, value)`` and ``log_extra(column, values)``; a function without
+    ``**kwargs`` receives only the names it declares. For conversational prompts (rendered with a chat
+    template) prompts are message lists and each completion is
+    ``[{"role": "assistant", "content": text}]``, as in TRL. It returns a list of floats (``None`` =
+    does not apply, becomes NaN) or an (N,) tensor; an ``async`` function is awaited. Values given
+    to ``log_metric`` become per-sample metrics of this node.
     """
 
     def __init__(
         self,
         fn: str,
         kwargs: dict[str, Any] | None = None,
+        factory_args: dict[str, Any] | None = None,
+        conversational: bool | None = None,
         on_error: str = "raise",
         timeout: float | None = None,
     ) -> None:
         """
         Args:
-            fn: import path of the function, e.g. ``my_pkg.rewards.brevity``.
-            kwargs: extra keyword arguments passed on every call.
+            fn: import path of the function, e.g. ``my_pkg.rewards.brevity`` or ``trl.rewards.think_format_reward``.
+            kwargs: extra keyword arguments passed on every call (they override dataset columns).
+            factory_args: when set, ``fn`` is a factory (``trl.rewards.get_soft_overlong_punishment``):
+                it is called once with these keyword arguments and returns the reward function.
+            conversational: pass prompts and completions as chat messages (True) or strings (False);
+                None: messages when the prompts were rendered from a chat (TRL's rule).
             on_error: ``"raise"`` or ``"nan"`` (NaN + ``failed`` metric), see :class:`Reward`.
             timeout: seconds per call, None = no limit.
         """
         self.set_policy(on_error, timeout)
-        self.fn_path = fn
-        self.fn: Callable[..., Any] = import_object(fn, "FunctionReward fn")
-        if not callable(self.fn):
-            raise TypeError(f"FunctionReward fn {fn!r} is not callable")
+        self.fn_path, self.conversational = fn, conversational
         self.kwargs = dict(kwargs or {})
-        params = inspect.signature(self.fn).parameters.values()
-        self._accepts_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-        self._names = {p.name for p in inspect.signature(self.fn).parameters.values()}
+        self.factory_args = None if factory_args is None else dict(factory_args)
+        self.fn: Callable[..., Any] = self._build(import_object(fn, "FunctionReward fn"))
+        self._names, self._takes_any = functions.signature_names(self.fn)
 
-    def score(self, samples: Samples) -> Tensor | list[float | None]:
-        columns: dict[str, list[Any]] = {}
-        for row in samples.metadata:
-            for key in row:
-                columns.setdefault(key, [])
-        for key in columns:
-            columns[key] = [row.get(key) for row in samples.metadata]
-        call: dict[str, Any] = {"prompts": samples.prompts, "completions": samples.completions, **columns, **self.kwargs}
-        if not self._accepts_var_kw:
+    def component_name(self) -> str:
+        return f"FunctionReward({self.fn_path})"
+
+    def _build(self, target: Any) -> Callable[..., Any]:
+        if self.factory_args is not None:
+            if not callable(target):
+                raise TypeError(f"FunctionReward fn {self.fn_path!r} is not callable (factory_args is set)")
+            try:
+                target = target(**self.factory_args)
+            except Exception as err:  # noqa: BLE001 - re-raised naming the factory and its arguments
+                raise ValueError(f"FunctionReward factory {self.fn_path!r} failed with factory_args="
+                                 f"{self.factory_args}: {type(err).__name__}: {err}") from err
+            if not callable(target):
+                raise TypeError(f"FunctionReward factory {self.fn_path!r} returned {type(target).__name__}, not a function")
+        elif not callable(target):
+            raise TypeError(f"FunctionReward fn {self.fn_path!r} is not callable")
+        return target
+
+    def forward(self, samples: Samples) -> RewardOutput:
+        log = functions.CallLog()
+        call = functions.call_arguments(samples, functions.is_conversational(samples, self.conversational), log)
+        call.update(self.kwargs)
+        if "completion_ids" in self._names and call["completion_ids"] is None:
+            raise ValueError(f"{self.fn_path} takes completion_ids but these samples carry no token ids")
+        if not self._takes_any:
             call = {k: v for k, v in call.items() if k in self._names}
-        return self.fn(**call)
+        values = functions.resolve(self.fn(**call))
+        n = len(samples)
+        metrics = {name: torch.full((n,), value) for name, value in log.metrics.items()}
+        return RewardOutput(as_reward_tensor(values, n, self.component_name()), metrics)
 
 
 MISSING: Any = object()

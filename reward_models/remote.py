@@ -1,7 +1,7 @@
 """A reward served over HTTP: :class:`RemoteReward` (client) and :func:`serve` (stdlib server).
 
 Protocol (JSON, NaN sent as null):
-``POST /score`` ``{"prompts", "completions", "metadata", "group_index", "completion_ids"}`` →
+``POST /score`` ``{"prompts", "completions", "metadata", "group_index", "completion_ids", "trainer_state"}`` →
 200 ``{"rewards": [...], "metrics": {key: [...]}}``; 400 ``{"error"}`` for a bad request;
 500 ``{"error"}`` when the reward tree fails. ``GET /health`` → ``{"status": "ok", "reward": name}``.
 """

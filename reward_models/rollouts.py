@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
-from reward_models.types import RewardOutput, Samples
+from reward_models.types import RewardOutput, Samples, TrainerState
 
 # written outputs of a training run (lightning_trepo's RolloutWriter: step, reward, components), not inputs
 RESERVED = {"prompt", "completion", "metadata", "group_index", "completion_ids", "reward", "metrics", "step", "components"}
@@ -124,9 +125,10 @@ def read_rollouts(path: str | Path) -> Samples:
 
 def samples_to_payload(samples: Samples) -> dict[str, Any]:
     """Columnar JSON body of a ``POST /score`` request."""
+    state = samples.trainer_state
     return {"prompts": samples.prompts, "completions": samples.completions, "metadata": samples.metadata,
             "group_index": samples.group_index.tolist() if samples.group_index is not None else None,
-            "completion_ids": _ids_lists(samples)}
+            "completion_ids": _ids_lists(samples), "trainer_state": None if state is None else asdict(state)}
 
 
 def samples_from_payload(payload: dict[str, Any]) -> Samples:
@@ -146,7 +148,14 @@ def samples_from_payload(payload: dict[str, Any]) -> Samples:
                 row[field] = value
     if len(payload["prompts"]) != n:
         raise ValueError(f"payload has {len(payload['prompts'])} prompts but {n} completions")
-    return samples_from_rows(rows, [f"item {i}" for i in range(n)])
+    samples = samples_from_rows(rows, [f"item {i}" for i in range(n)])
+    state = payload.get("trainer_state")
+    if state is not None:
+        if not isinstance(state, dict) or not set(state) <= {f.name for f in fields(TrainerState)}:
+            raise ValueError(f"payload field 'trainer_state' must be an object with keys from "
+                             f"{[f.name for f in fields(TrainerState)]}, got {state!r:.200}")
+        samples.trainer_state = TrainerState(**{k: int(v) for k, v in state.items()})
+    return samples
 
 
 def output_to_payload(out: RewardOutput) -> dict[str, Any]:

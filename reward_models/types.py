@@ -8,13 +8,35 @@ import torch
 from torch import Tensor
 
 
+#: Metadata key under which the data layer records the chat a prompt was rendered from (a list of
+#: ``{"role", "content"}`` messages) when the policy's chat template produced the prompt. It rides
+#: with the row's other columns through rollouts, rollout files and remote rewards; read it with
+#: :attr:`Samples.prompt_messages`. Rewards never receive it as a dataset column.
+PROMPT_MESSAGES_KEY = "prompt_messages"
+
+
+@dataclass
+class TrainerState:
+    """Where training stands when a batch is scored (TRL passes its ``TrainerState`` the same way).
+
+    Reward functions read ``trainer_state.global_step`` (optimizer steps done) and
+    ``trainer_state.epoch`` for schedules that depend on training progress.
+    """
+
+    global_step: int = 0  # optimizer steps taken so far
+    epoch: int = 0  # current epoch (0-based, whole epochs)
+    max_steps: int = -1  # the trainer's step limit, -1 when none is set
+
+
 @dataclass
 class Samples:
     """N (prompt, completion) pairs to score.
 
     ``metadata[i]`` holds the dataset row's other columns for sample i (e.g. ``{"answer": "42"}``).
     ``group_index[i]`` is the prompt a sample belongs to (samples of one prompt share it).
-    Token fields are optional: text-only rewards never need them.
+    Token fields are optional: text-only rewards never need them. ``trainer_state`` is set by the
+    trainer (None outside training). Prompts rendered from a chat carry it in
+    ``metadata[i][PROMPT_MESSAGES_KEY]`` (see :attr:`prompt_messages`).
     """
 
     prompts: list[str]
@@ -23,6 +45,7 @@ class Samples:
     completion_mask: Tensor | None = None  # (N, L)
     group_index: Tensor | None = None  # (N,) long
     metadata: list[dict[str, Any]] = field(default_factory=list)
+    trainer_state: TrainerState | None = None
 
     def __post_init__(self) -> None:
         n = len(self.completions)
@@ -49,7 +72,13 @@ class Samples:
             completion_mask=None if self.completion_mask is None else self.completion_mask[t],
             group_index=None if self.group_index is None else self.group_index[t],
             metadata=[self.metadata[i] for i in idx],
+            trainer_state=self.trainer_state,
         )
+
+    @property
+    def prompt_messages(self) -> list[list[dict[str, Any]] | None]:
+        """Per sample, the chat its prompt was rendered from (None where the prompt was plain text)."""
+        return [row.get(PROMPT_MESSAGES_KEY) for row in self.metadata]
 
     def lengths(self) -> Tensor:
         """(N,) completion lengths in tokens when token ids are known, else in characters."""

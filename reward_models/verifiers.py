@@ -12,91 +12,30 @@ from typing import Any, Literal
 
 import torch
 
+from reward_models.answers import Answer, extract_answer, extract_number, last_boxed, last_number  # noqa: F401 (re-exported)
 from reward_models.base import MISSING, Reward, check_missing, metadata_value
 from reward_models.types import RewardOutput, Samples
 
-_UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+"
-# A sign counts only when not glued to a word or closing bracket ("5-3" is 5 and 3, "x=-3" is -3).
-NUMBER_RE = re.compile(rf"(?P<sign>(?<![\w)\]}}])[-−])?(?P<num>{_UNSIGNED})(?:\s*/\s*(?P<den>{_UNSIGNED}))?")
-_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
-_FRAC_SHORT_RE = re.compile(r"\\[dt]?frac\s*(\d)\s*(\d)")
-_HASH_RE = re.compile(r"####\s*(.+)")
 
-
-def _latex_to_plain(text: str) -> str:
-    """``\\frac{3}{4}`` → ``3/4``, ``\\frac34`` → ``3/4``, ``1{,}000`` → ``1,000``, drop ``\\!``/``$``."""
-    text = text.replace("{,}", ",").replace("\\!", "").replace("$", "")
-    text = _FRAC_RE.sub(r"\1/\2", text)
-    return _FRAC_SHORT_RE.sub(r"\1/\2", text)
-
-
-def _to_float(match: re.Match[str]) -> float | None:
-    value = float(match["num"].replace(",", ""))
-    if match["den"] is not None:
-        den = float(match["den"].replace(",", ""))
-        if den == 0:
-            return None
-        value /= den
-    return -value if match["sign"] else value
-
-
-def last_number(text: str) -> float | None:
-    """The last number in ``text`` (commas, decimals, sign, ``a/b`` and ``\\frac{a}{b}`` handled)."""
-    found = None
-    for match in NUMBER_RE.finditer(_latex_to_plain(text)):
-        found = match
-    return None if found is None else _to_float(found)
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces matched."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    brace = text.find("{", start)
-    if brace < 0 or text[start:brace].strip() not in ("\\boxed", "\\fbox"):
-        return None
-    depth = 0
-    for pos in range(brace, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[pos], 0)
-        if depth == 0:
-            return text[brace + 1 : pos]
-    return None
-
-
-def extract_number(text: str, mode: str = "auto") -> float | None:
-    """``"last_number"``: last number; ``"boxed"``: last number inside the last ``\\boxed{}``;
-    ``"auto"``: boxed if present, else the number after a GSM8K-style ``####``, else the last number."""
-    if mode == "last_number":
-        return last_number(text)
-    boxed = last_boxed(text)
-    if mode == "boxed":
-        return None if boxed is None else last_number(boxed)
-    if mode != "auto":
-        raise ValueError(f"extract must be 'auto', 'last_number' or 'boxed', got {mode!r}")
-    if boxed is not None:
-        return last_number(boxed)
-    marked = _HASH_RE.search(text)
-    if marked is not None and last_number(marked.group(1)) is not None:
-        return last_number(marked.group(1))
-    return last_number(text)
-
-
-def _reference_number(value: Any, i: int, key: str) -> float:
+def _reference_answer(value: Any, i: int, key: str) -> Answer:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    number = extract_number(str(value), "auto")
-    if number is None:
-        raise ValueError(f"NumericAnswer: metadata row {i} {key!r}={value!r} holds no number")
-    return number
+        return "", (float(value),)
+    answer = extract_answer(str(value), "auto")
+    if answer is None:
+        raise ValueError(f"NumericAnswer: metadata row {i} {key!r}={value!r} holds no number (nor a tuple of "
+                         f"numbers); symbolic references need MathVerify")
+    return answer
 
 
 class NumericAnswer(Reward):
-    """1.0 if the completion's extracted number equals ``metadata[answer_key]``, else 0.0.
+    """1.0 if the completion's final answer equals ``metadata[answer_key]``, else 0.0.
 
-    Equal means ``|x − y| ≤ tolerance`` (absolute) or ``|x − y| ≤ tolerance · |y|`` (``relative``).
-    The reference may be a number or a string parsed like a completion (``"3/4"``, ``"#### 1,234"``).
-    Metric ``extracted``: 1 if a number was found in the completion.
+    The answer is found by :func:`~reward_models.answers.extract_answer`: a plain number or a
+    bracketed tuple of numbers; a number that is part of an expression (``\\sqrt{2}``, ``2\\pi``,
+    ``x^2``) is no answer, and a tuple matches only a tuple of the same brackets and length.
+    Equal means ``|x − y| ≤ tolerance`` (absolute) or ``|x − y| ≤ tolerance · |y|`` (``relative``),
+    element by element. The reference may be a number or a string parsed like a completion
+    (``"3/4"``, ``"#### 1,234"``, ``"(1, 2)"``). Metric ``extracted``: 1 if an answer was found.
     """
 
     def __init__(
@@ -110,7 +49,7 @@ class NumericAnswer(Reward):
         """
         Args:
             answer_key: metadata field holding the reference answer.
-            extract: how to find the completion's answer (see :func:`extract_number`).
+            extract: how to find the completion's answer (see :func:`~reward_models.answers.extract_answer`).
             tolerance: absolute (or relative) tolerance of the comparison.
             relative: compare with ``tolerance · |reference|``.
             missing: ``"raise"`` or ``"nan"`` when a row has no reference.
@@ -126,15 +65,20 @@ class NumericAnswer(Reward):
         rewards, extracted = [], []
         for i, completion in enumerate(samples.completions):
             ref = metadata_value(samples, i, self.answer_key, "NumericAnswer", self.missing)
-            x = extract_number(completion, self.extract)
+            x = extract_answer(completion, self.extract)
             extracted.append(float(x is not None))
             if ref is MISSING:
                 rewards.append(math.nan)
                 continue
-            y = _reference_number(ref, i, self.answer_key)
-            bound = self.tolerance * abs(y) if self.relative else self.tolerance
-            rewards.append(float(x is not None and abs(x - y) <= bound))
+            y = _reference_answer(ref, i, self.answer_key)
+            rewards.append(float(x is not None and self.equal(x, y)))
         return RewardOutput(torch.tensor(rewards), {"extracted": torch.tensor(extracted)})
+
+    def equal(self, x: Answer, y: Answer) -> bool:
+        """Same brackets, same length, every value within the tolerance of the reference's."""
+        if x[0] != y[0] or len(x[1]) != len(y[1]):
+            return False
+        return all(abs(a - b) <= (self.tolerance * abs(b) if self.relative else self.tolerance) for a, b in zip(x[1], y[1]))
 
 
 def _normalize_text(text: str, ignore_case: bool, whitespace: bool) -> str:

@@ -46,7 +46,9 @@ class PromptDataModule(LightningDataModule):
         val_source: Held-out prompts for validation; no validation loop when unset.
         batch_size: Prompts per optimizer step per rank (each is sampled G times by the algorithm).
         val_batch_size: Prompts per validation step per rank.
-        prompt_column: Column holding the prompt text.
+        prompt_column: Column holding the prompt: a string, or a chat (a list of ``{role, content}``
+            messages, TRL's conversational format) rendered with the tokenizer's chat template.
+            Prompts rendered from a chat reach the rewards as messages too (``Samples.prompt_messages``).
         messages_column: Column holding a chat (list of ``{role, content}``), used when a row has no
             ``prompt_column``; always rendered with the tokenizer's chat template.
         max_prompt_length: Longest prompt in tokens (after the chat template).

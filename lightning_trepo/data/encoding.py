@@ -6,6 +6,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_trepo.data.loader import EncodedPrompts
+from reward_models.types import PROMPT_MESSAGES_KEY
 
 __all__ = ["encode_rows", "validate_rows"]
 
@@ -15,18 +16,29 @@ OVERLONG_POLICIES = ("error", "truncate_left")
 def validate_rows(rows: list[dict[str, Any]], prompt_column: str, messages_column: str, source: str) -> None:
     """Raise ``ValueError`` naming the row and source when a row has no usable prompt.
 
-    A row needs a string ``prompt_column``, or else a ``messages_column`` holding a non-empty list
-    of ``{"role": str, "content": str}`` dicts.
+    A row needs a ``prompt_column`` holding a string or a chat (TRL's conversational format), or
+    else a ``messages_column`` holding a chat; a chat is a non-empty list of
+    ``{"role": str, "content": str}`` dicts.
     """
     if not rows:
         raise ValueError(f"prompt source {source} has no rows")
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ValueError(f"row {index} of {source} is a {type(row).__name__}, expected a dict")
+        if PROMPT_MESSAGES_KEY in row:
+            raise ValueError(
+                f"row {index} of {source} has a column {PROMPT_MESSAGES_KEY!r}, a name the data layer reserves for "
+                f"the chat a prompt is rendered from; rename that column"
+            )
         if prompt_column in row:
-            if not isinstance(row[prompt_column], str):
+            if isinstance(row[prompt_column], list):  # TRL's conversational format: the prompt is a chat
+                _check_messages(row[prompt_column], index, prompt_column, source)
+            elif not isinstance(row[prompt_column], str):
                 kind = type(row[prompt_column]).__name__
-                raise ValueError(f"row {index} of {source}: column {prompt_column!r} must be a string, got {kind}")
+                raise ValueError(
+                    f"row {index} of {source}: column {prompt_column!r} must be a string or a list of "
+                    f'{{"role", "content"}} messages, got {kind}'
+                )
         elif messages_column in row:
             _check_messages(row[messages_column], index, messages_column, source)
         else:
@@ -52,25 +64,27 @@ def _check_messages(messages: Any, index: int, column: str, source: str) -> None
 
 def _render(
     row: dict[str, Any], index: int, tokenizer: Any, template: bool, columns: tuple[str, str], source: str
-) -> tuple[str, bool]:
-    """The prompt text of one row and whether the chat template produced it."""
+) -> tuple[str, list[dict[str, Any]] | None]:
+    """The prompt text of one row and the chat it was rendered from (None: plain text, no template)."""
     prompt_column, messages_column = columns
-    if prompt_column in row and not template:
-        return row[prompt_column], False
-    if prompt_column in row:
-        messages = [{"role": "user", "content": row[prompt_column]}]
+    prompt = row.get(prompt_column)
+    if isinstance(prompt, str) and not template:
+        return prompt, None
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
     else:
-        messages = row[messages_column]
+        column = prompt_column if prompt_column in row else messages_column
+        messages = row[column]
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(
-                f"row {index} of {source} is a chat ({messages_column!r} column) but the tokenizer has no "
+                f"row {index} of {source} is a chat ({column!r} column) but the tokenizer has no "
                 f"chat_template; give a prompt column instead or use a tokenizer with a chat template"
             )
     continue_final = messages[-1]["role"] == "assistant"
     text = tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=not continue_final, continue_final_message=continue_final
     )
-    return text, True
+    return text, messages
 
 
 def _tokenize(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
@@ -126,18 +140,22 @@ def encode_rows(
     texts = [text for text, _ in rendered]
     ids: list[list[int]] = [[] for _ in rows]
     for templated in (True, False):
-        where = [i for i, (_, t) in enumerate(rendered) if t == templated]
+        where = [i for i, (_, chat) in enumerate(rendered) if (chat is not None) == templated]
         for i, row_ids in zip(where, _tokenize(tokenizer, [texts[i] for i in where], not templated)):
             ids[i] = row_ids
     _limit(ids, texts, tokenizer, max_prompt_length, overlong_prompt, source)
     metadata = [{k: v for k, v in row.items() if k not in (prompt_column, messages_column)} for row in rows]
+    for meta, (_, chat) in zip(metadata, rendered):
+        if chat is not None:  # the chat reaches the rewards (TRL passes conversational prompts as messages)
+            meta[PROMPT_MESSAGES_KEY] = [dict(m) for m in chat]
     raw = [_raw_prompt(row, prompt_column, messages_column) for row in rows]
     return EncodedPrompts(prompts=texts, prompt_ids=ids, metadata=metadata, source=source, raw_prompts=raw)
 
 
 def _raw_prompt(row: dict[str, Any], prompt_column: str, messages_column: str) -> str:
     """The prompt as the dataset states it, before any chat template: what rewards and judges read."""
-    if prompt_column in row:
-        return str(row[prompt_column])
-    users = [m.get("content", "") for m in row[messages_column] if m.get("role") == "user"]
+    if isinstance(row.get(prompt_column), str):
+        return row[prompt_column]
+    chat = row[prompt_column] if prompt_column in row else row[messages_column]
+    users = [m.get("content", "") for m in chat if m.get("role") == "user"]
     return str(users[-1]) if users else ""

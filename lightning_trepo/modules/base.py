@@ -56,7 +56,7 @@ from lightning_trepo.rollout.policy import (
     sequence_logprobs,
 )
 from lightning_trepo.types import LossOutput, Rollout
-from reward_models import Reward, RewardOutput, Samples
+from reward_models import Reward, RewardOutput, Samples, TrainerState
 
 
 class RLModule(LightningModule):
@@ -248,6 +248,8 @@ class RLModule(LightningModule):
 
     def score_samples(self, samples: Samples) -> RewardOutput:
         """The one place the reward tree runs (samples, baselines, continuations, validation)."""
+        samples.trainer_state = TrainerState(global_step=self.global_step, epoch=self.current_epoch,
+                                             max_steps=self._trainer.max_steps if self._trainer is not None else -1)
         with visiting(self.reward, self.device, self.rollout_cfg.offload_reward):
             return self.reward(samples)
 

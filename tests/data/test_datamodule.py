@@ -93,10 +93,14 @@ def test_chat_template_for_messages_rows_and_auto_for_plain_rows(chat_tokenizer,
     # conftest.CHAT_TEMPLATE: "<role>content\n" per message, then "<assistant>" for the generation prompt
     assert batch["prompts"] == ["<system>be brief\n<user>2+2=\n<assistant>", "<user>1+1=\n<assistant>"]
     assert batch["prompt_ids"][0] == chat_tokenizer(batch["prompts"][0], add_special_tokens=False)["input_ids"]
-    assert batch["metadata"] == [{"answer": "4"}, {"answer": "2"}]
+    # the chat each prompt was rendered from rides in the metadata (a plain prompt: one user turn)
+    assert batch["metadata"] == [{"answer": "4", "prompt_messages": rows[0]["messages"]},
+                                 {"answer": "2", "prompt_messages": [{"role": "user", "content": "1+1="}]}]
     assert batch["raw_prompts"] == ["2+2=", "1+1="]  # rewards and judges read the prompt before the template
     dm = make(rows, chat_tokenizer, connect={"use_chat_template": False}, batch_size=2, shuffle=False)
-    assert batches(dm)[0]["prompts"][1] == "1+1="  # plain rows stay plain, chat rows still use the template
+    (batch,) = batches(dm)
+    assert batch["prompts"][1] == "1+1="  # plain rows stay plain, chat rows still use the template
+    assert batch["metadata"][1] == {"answer": "2"}  # no template, no chat
     with pytest.raises(ValueError, match=r"row 0 of ListSource.* chat \('messages' column\).* no chat_template"):
         make(rows, char_tokenizer)
     with pytest.raises(ValueError, match="use_chat_template=True but the tokenizer has no chat_template"):
