@@ -1,6 +1,7 @@
 """The ``lightning-trepo`` console script: LightningCLI for fit/validate, plus tool subcommands.
 
     lightning-trepo fit --config configs/grpo.yaml [--config recipes/ddp.yaml] [--trainer.max_steps 2]
+    lightning-trepo export runs/lightning_trepo/version_0 out/policy [--adapter-only]   # Hugging Face directory
     lightning-trepo verify-estimators        # exact bias/variance of the advantage estimators
     lightning-trepo score --rollouts r.jsonl --reward configs/rewards/math_format_gate.yaml
     lightning-trepo serve-reward --config configs/rewards/math_format_gate.yaml --port 8000
@@ -16,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_trepo.callbacks import SaveOnTrainEnd, StepPrinter
 from lightning_trepo.data import PromptDataModule
+from lightning_trepo.export import ExportConfig, export_module
 from lightning_trepo.modules.base import RLModule
 
 
@@ -31,6 +33,14 @@ class TrepoCLI(LightningCLI):
             "trainer.devices": 1,
             "trainer.num_sanity_val_steps": 0,
         })
+        parser.add_class_arguments(ExportConfig, "export", sub_configs=True)
+
+    def after_fit(self) -> None:
+        """``export.dir`` set: write the trained policy as a Hugging Face directory (rank 0)."""
+        export = self.config[self.subcommand].export
+        if export.dir and self.trainer.is_global_zero:
+            out = export_module(self.model, export.dir, export.adapter_only)
+            print(f"exported the trained policy to {out}")
 
 
 def _tool_commands() -> dict[str, Callable[[list[str]], int | None]]:
@@ -46,7 +56,11 @@ def _tool_commands() -> dict[str, Callable[[list[str]], int | None]]:
         from reward_models.cli import serve_main
         return serve_main(argv)
 
-    return {"verify-estimators": verify, "score": score, "serve-reward": serve}
+    def export(argv: list[str]) -> int | None:
+        from lightning_trepo.export import export_main
+        return export_main(argv)
+
+    return {"export": export, "verify-estimators": verify, "score": score, "serve-reward": serve}
 
 
 def quiet_known_warnings() -> None:
