@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ALGO_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
 REWARD_CONFIGS = sorted((ROOT / "configs").rglob("rewards/**/*.yaml"))
 DATA_CONFIGS = sorted((ROOT / "configs" / "data").glob("*.yaml"))  # overlays: tests/data/test_own_data.py
+WATCH_CONFIGS = sorted((ROOT / "configs" / "watch").glob("*.yaml"))  # overlays: tests/test_watch.py
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml")) if (ROOT / "recipes").exists() else []
 SMALL = ["--trainer.max_steps", "1", "--model.init_args.rollout.group_size", "2", "--data.batch_size", "2"]
 
@@ -30,7 +31,7 @@ def cli(args: list[str]) -> TrepoCLI:
 
 def test_every_yaml_is_covered():
     every = sorted(p for d in ("configs", "recipes") if (ROOT / d).exists() for p in (ROOT / d).rglob("*.y*ml"))
-    assert set(every) == set(ALGO_CONFIGS) | set(REWARD_CONFIGS) | set(RECIPES) | set(DATA_CONFIGS)
+    assert set(every) == set(ALGO_CONFIGS) | set(REWARD_CONFIGS) | set(RECIPES) | set(DATA_CONFIGS) | set(WATCH_CONFIGS)
     assert ROOT / "configs" / "grpo.yaml" in ALGO_CONFIGS
 
 
