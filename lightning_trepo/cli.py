@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_trepo.callbacks import SaveOnTrainEnd, StepPrinter, use_step_progress_bar
 from lightning_trepo.data import PromptDataModule
-from lightning_trepo.export import ExportConfig, export_module
+from lightning_trepo.export import ExportConfig, export_trained
 from lightning_trepo.modules.base import RLModule
 from lightning_trepo.schedule import LRScheduleConfig, attach_lr_schedule
 
@@ -64,8 +64,8 @@ class TrepoCLI(LightningCLI):
     def after_fit(self) -> None:
         """``export.dir`` set: write the trained policy as a Hugging Face directory (rank 0)."""
         export = self.config[self.subcommand].export
-        if export.dir and self.trainer.is_global_zero:
-            out = export_module(self.model, export.dir, export.adapter_only)
+        out = export_trained(self.trainer, self.model, export.dir, export.adapter_only) if export.dir else None
+        if out is not None:
             print(f"exported the trained policy to {out}")
 
 

@@ -106,6 +106,8 @@ def _is_sharded_dir(path: Path) -> bool:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint as one dict with a full ``state_dict``: a single file, a ModelParallelStrategy (FSDP2)
     distributed-checkpoint directory, or a DeepSpeed directory (consolidated to fp32 with DeepSpeed's own tool)."""
+    import lightning_trepo.modules.config  # noqa: F401  (allows the config dataclasses under weights_only loads)
+
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=False)
     if (path / "meta.pt").is_file():  # ModelParallelStrategy (FSDP2): torch.distributed.checkpoint shards + meta.pt
@@ -202,14 +204,25 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, adapter_only:
 
 
 def export_module(module: Any, out_dir: str | Path, adapter_only: bool = False) -> Path:
-    """The live policy of a trained module -> a Hugging Face directory (a LoRA policy is merged in a copy)."""
+    """The live (unsharded) policy of a trained module -> a Hugging Face directory (LoRA is merged in a copy)."""
     if module.policy is None:
         raise ValueError("export: the module has no policy yet (it is built by configure_model)")
-    if module._params_sharded():
-        raise RuntimeError("export: the policy is sharded (FSDP2 / ZeRO-3); export its checkpoint instead: "
-                           "lightning-trepo export <run dir or checkpoint> <out dir>")
     model = copy.deepcopy(module.policy) if is_lora(module.policy) and not adapter_only else module.policy
     return save_hf(model, module.tokenizer, out_dir, adapter_only, _base_path(module.policy_cfg))
+
+
+def export_trained(trainer: Any, module: Any, out_dir: str | Path, adapter_only: bool = False) -> Path | None:
+    """``export.dir`` after fit, on rank 0: the live policy, or for a sharded one (FSDP2 / ZeRO-3) the ``last.ckpt``
+    directory SaveOnTrainEnd just wrote (its save ends once every rank's shard is on disk)."""
+    if not module._params_sharded():
+        return export_module(module, out_dir, adapter_only) if trainer.is_global_zero else None
+    callback = trainer.checkpoint_callback
+    if callback is None or callback.dirpath is None:
+        raise RuntimeError("export.dir: a sharded policy (FSDP2 / ZeRO-3) is exported from its last.ckpt, but "
+                           "checkpointing is off (trainer.enable_checkpointing: false)")
+    if not trainer.is_global_zero:
+        return None
+    return export_checkpoint(Path(callback.dirpath) / "last.ckpt", out_dir, adapter_only)
 
 
 def export_main(argv: list[str] | None = None) -> int:
