@@ -101,15 +101,19 @@ def test_export_errors_name_what_is_wrong(tmp_path):
 
 
 def test_cli_fit_writes_the_export_and_its_checkpoint_reloads_without_arguments(tmp_path, monkeypatch):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.chdir(tmp_path)
+    chat_tokenizer = ROOT / "examples" / "chat-tokenizer"  # the shipped tiny tokenizer + a chat template
     cli = build_cli(["fit", "--config", str(ROOT / "configs" / "grpo.yaml"), "--trainer.max_steps", "2",
                      "--model.init_args.rollout.group_size", "2", "--data.batch_size", "2",
+                     "--model.init_args.policy.tokenizer_path", str(chat_tokenizer),
                      "--trainer.enable_progress_bar", "false", "--export.dir", str(tmp_path / "hf")])
     trained = logits(cli.model.policy.eval())
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     torch.testing.assert_close(logits(hf), trained, rtol=0, atol=1e-6)
+    template = AutoTokenizer.from_pretrained(chat_tokenizer).chat_template
+    assert template and AutoTokenizer.from_pretrained(tmp_path / "hf").chat_template == template
     ckpt = find_checkpoint(tmp_path / "runs")
     reloaded = GRPO.load_from_checkpoint(ckpt)  # no reward=: the checkpoint carries the reward tree's config
     assert isinstance(reloaded.reward, NumericAnswer) and reloaded.reward.answer_key == "answer"
@@ -119,3 +123,16 @@ def test_cli_fit_writes_the_export_and_its_checkpoint_reloads_without_arguments(
         main(["export", str(tmp_path / "runs"), str(tmp_path / "hf2")])
     assert exit_code.value.code == 0
     torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "hf2")), trained, rtol=0, atol=1e-6)
+
+
+def test_cli_lora_checkpoint_reloads_without_arguments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = build_cli(["fit", "--config", str(ROOT / "configs" / "grpo.yaml"), "--trainer.max_steps", "1",
+                     "--model.init_args.rollout.group_size", "2", "--data.batch_size", "2",
+                     "--model.init_args.policy.lora.r", "2", "--model.init_args.policy.lora.target_modules", "[c_attn]",
+                     "--trainer.enable_progress_bar", "false"])
+    ckpt = find_checkpoint(tmp_path / "runs")
+    assert all("lora_" in k for k in torch.load(ckpt, weights_only=False)["state_dict"] if k.startswith("policy."))
+    reloaded = GRPO.load_from_checkpoint(ckpt).eval()  # base from policy.model_path (builtin:tiny-arith)
+    assert reloaded.policy_cfg.lora.r == 2
+    torch.testing.assert_close(logits(reloaded.policy), logits(cli.model.policy.eval()), rtol=0, atol=0)
