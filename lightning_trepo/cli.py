@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
-from argparse import RawDescriptionHelpFormatter
 import warnings
+from argparse import RawDescriptionHelpFormatter
 from typing import Callable
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI

@@ -31,7 +31,8 @@ def fit(tmp_path: Path, policy: PolicyConfig = TINY) -> tuple[GRPO, Path]:
     """Two SGD steps with a large lr (so the weights move far from the base), then a saved checkpoint."""
     torch.manual_seed(0)
     module = GRPO(reward=FunctionReward(REWARD), policy=policy, rollout=rollout_cfg(group_size=4, max_new_tokens=5),
-                  update=UpdateConfig(aggregation="seq_mean_token_mean"), optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
+                  update=UpdateConfig(aggregation="seq_mean_token_mean"),
+                  optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
     t = trainer(tmp_path, max_steps=2)
     t.fit(module, datamodule=datamodule(batch_size=2))
     t.save_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
@@ -122,7 +123,8 @@ def test_cli_fit_writes_the_export_and_its_checkpoint_reloads_without_arguments(
     with pytest.raises(SystemExit) as exit_code:  # the console command, from the run directory
         main(["export", str(tmp_path / "runs"), str(tmp_path / "hf2")])
     assert exit_code.value.code == 0
-    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "hf2")), trained, rtol=0, atol=1e-6)
+    hf2 = AutoModelForCausalLM.from_pretrained(tmp_path / "hf2")
+    torch.testing.assert_close(logits(hf2), trained, rtol=0, atol=1e-6)
 
 
 def test_cli_lora_checkpoint_reloads_without_arguments(tmp_path, monkeypatch):

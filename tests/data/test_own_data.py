@@ -73,7 +73,7 @@ def test_chat_overlay_trains_one_step(tmp_path, monkeypatch):
                      str(ROOT / "configs" / "data" / "chat.yaml"), "--trainer.max_steps", "1",
                      "--model.init_args.rollout.group_size", "2", "--data.batch_size", "2",
                      "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
-                     "--trainer.enable_progress_bar", "false"])
+                     "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
     assert cli.trainer.global_step == 1
     assert torch.isfinite(cli.trainer.callback_metrics["reward/total"])
 
