@@ -57,7 +57,8 @@ def drop_frozen_base(module: Any, checkpoint: dict[str, Any]) -> None:
     """``on_save_checkpoint``: a LoRA policy's frozen base weights stay out of a single-file checkpoint
     (sharded FSDP2 / ZeRO-3 checkpoints are left whole: their loaders expect every key)."""
     state = checkpoint.get("state_dict")
-    if module.policy is None or not is_lora(module.policy) or state is None or module._params_sharded():
+    sharded = module._params_sharded() or module.device_mesh is not None  # ModelParallelStrategy, even on 1 device
+    if module.policy is None or not is_lora(module.policy) or state is None or sharded:
         return
     for key in _frozen_policy_keys(module):
         state.pop(key, None)
