@@ -5,20 +5,68 @@ import os
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
 
 class StepPrinter(Callback):
-    """Prints one line per optimizer step with the reward and loss, so logs read well without a UI."""
+    """Prints a console line every ``every_n_steps`` optimizer steps with the reward and loss, so logs read well
+    without a UI (``step_printer:`` in a fit config)."""
 
-    def __init__(self, keys: tuple[str, ...] = ("reward/total", "loss/policy", "completion/length_mean", "kl")) -> None:
-        self.keys = keys
+    def __init__(self, every_n_steps: int = 1,
+                 keys: tuple[str, ...] = ("reward/total", "loss/policy", "completion/length_mean", "kl")) -> None:
+        """
+        Args:
+            every_n_steps: Print after every n-th optimizer step; 0 turns the line off.
+            keys: Logged metrics to show (those not logged at that step are left out).
+        """
+        if every_n_steps < 0:
+            raise ValueError(f"step_printer.every_n_steps must be >= 0 (0 = off), got {every_n_steps}")
+        self.every_n_steps, self.keys = every_n_steps, keys
+        self._printed_step = -1
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps == 0 or step % self.every_n_steps or step == self._printed_step:
+            return  # (micro-batches of one optimizer step share its global_step: print once)
+        self._printed_step = step
         metrics = trainer.callback_metrics
         parts = [f"{k}={float(metrics[k]):.4f}" for k in self.keys if k in metrics]
-        rank_zero_info(f"step {trainer.global_step:>5d} | " + " ".join(parts))
+        rank_zero_info(f"step {step:>5d} | " + " ".join(parts))
+
+
+class StepProgressBar(RichProgressBar):
+    """Rich progress bar that counts optimizer steps of ``max_steps`` (the stock one shows batches of an epoch
+    under ``Epoch 0/-2`` when training is bounded by steps)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_steps > 0:
+            return f"{f'Training (epoch {current_epoch})':{len(self.validation_description)}}"
+        return super()._get_train_description(current_epoch)
+
+    def _show_steps(self, trainer: Trainer) -> None:
+        if trainer.max_steps > 0 and self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id, total=trainer.max_steps, completed=trainer.global_step)
+            self.refresh()
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._show_steps(trainer)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._show_steps(trainer)
+
+
+def use_step_progress_bar(trainer: Trainer) -> None:
+    """Swap the trainer's default Rich progress bar (exactly ``RichProgressBar``, made by the Trainer) for
+    :class:`StepProgressBar`; a progress bar the user configured is kept."""
+    for i, callback in enumerate(trainer.callbacks):
+        if type(callback) is RichProgressBar:
+            trainer.callbacks[i] = StepProgressBar(callback.refresh_rate, callback._leave, callback.theme,
+                                                   callback._console_kwargs)
 
 
 class SaveOnTrainEnd(Callback):

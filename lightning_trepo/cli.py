@@ -1,6 +1,7 @@
 """The ``lightning-trepo`` console script: LightningCLI for fit/validate, plus tool subcommands.
 
     lightning-trepo fit --config configs/grpo.yaml [--config recipes/ddp.yaml] [--trainer.max_steps 2]
+    lightning-trepo export runs/lightning_trepo/version_0 out/policy [--adapter-only]   # Hugging Face directory
     lightning-trepo verify-estimators        # exact bias/variance of the advantage estimators
     lightning-trepo score --rollouts r.jsonl --reward configs/rewards/math_format_gate.yaml
     lightning-trepo serve-reward --config configs/rewards/math_format_gate.yaml --port 8000
@@ -10,17 +11,40 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from argparse import RawDescriptionHelpFormatter
 from typing import Callable
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_trepo.callbacks import SaveOnTrainEnd, StepPrinter
+from lightning_trepo.callbacks import SaveOnTrainEnd, StepPrinter, use_step_progress_bar
 from lightning_trepo.data import PromptDataModule
+from lightning_trepo.export import ExportConfig, export_trained
 from lightning_trepo.modules.base import RLModule
+from lightning_trepo.schedule import LRScheduleConfig, attach_lr_schedule
+
+TOOLS_HELP = """tool commands (each has its own --help):
+  export              write a checkpoint's policy as a Hugging Face directory (LoRA merged, or --adapter-only)
+  score               re-score a rollout log (model.init_args.rollout.log_path) under a reward tree
+  serve-reward        serve a reward tree over HTTP
+  verify-estimators   exact bias/variance of the advantage estimators on a toy token MDP"""
 
 
 class TrepoCLI(LightningCLI):
     """LightningCLI with the RL module as a subclass-mode model and the prompt data module."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``validate`` only: the RL modules have no test or predict step."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer, then apply ``lr_scheduler`` and the step-counting progress bar (here, not
+        in ``before_fit``, so ``run=False`` users such as the demo get them too)."""
+        super().instantiate_classes()
+        init = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        if init.get("lr_scheduler") is not None:
+            attach_lr_schedule(self.model, init.lr_scheduler)
+        use_step_progress_bar(self.trainer)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({
@@ -31,6 +55,18 @@ class TrepoCLI(LightningCLI):
             "trainer.devices": 1,
             "trainer.num_sanity_val_steps": 0,
         })
+        parser.add_class_arguments(ExportConfig, "export", sub_configs=True)
+        parser.add_argument("--lr_scheduler", type=LRScheduleConfig | None, default=None,
+                            help="warmup + constant/linear/cosine decay of the optimizer's lr per step "
+                                 "(lightning_trepo.schedule.LRScheduleConfig)")
+        parser.add_lightning_class_args(StepPrinter, "step_printer")
+
+    def after_fit(self) -> None:
+        """``export.dir`` set: write the trained policy as a Hugging Face directory (rank 0)."""
+        export = self.config[self.subcommand].export
+        out = export_trained(self.trainer, self.model, export.dir, export.adapter_only) if export.dir else None
+        if out is not None:
+            print(f"exported the trained policy to {out}")
 
 
 def _tool_commands() -> dict[str, Callable[[list[str]], int | None]]:
@@ -46,7 +82,11 @@ def _tool_commands() -> dict[str, Callable[[list[str]], int | None]]:
         from reward_models.cli import serve_main
         return serve_main(argv)
 
-    return {"verify-estimators": verify, "score": score, "serve-reward": serve}
+    def export(argv: list[str]) -> int | None:
+        from lightning_trepo.export import export_main
+        return export_main(argv)
+
+    return {"export": export, "verify-estimators": verify, "score": score, "serve-reward": serve}
 
 
 def quiet_known_warnings() -> None:
@@ -74,8 +114,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> TrepoCLI:
     """The ``fit``/``validate`` CLI; ``run=False`` only builds model, data and trainer (used by the demo)."""
     return TrepoCLI(
         RLModule, PromptDataModule, subclass_mode_model=True, subclass_mode_data=False,
-        trainer_defaults={"callbacks": [StepPrinter(), SaveOnTrainEnd()]}, args=args, save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [SaveOnTrainEnd()]}, args=args, save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False, run=run,
+        parser_kwargs={"description": "lightning-trepo: online RL of LLMs from response-level rewards",
+                       "epilog": TOOLS_HELP, "formatter_class": RawDescriptionHelpFormatter},
     )
 
 

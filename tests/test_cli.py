@@ -18,6 +18,8 @@ from reward_models import Reward
 ROOT = Path(__file__).resolve().parents[1]
 ALGO_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
 REWARD_CONFIGS = sorted((ROOT / "configs").rglob("rewards/**/*.yaml"))
+DATA_CONFIGS = sorted((ROOT / "configs" / "data").glob("*.yaml"))  # overlays: tests/data/test_own_data.py
+WATCH_CONFIGS = sorted((ROOT / "configs" / "watch").glob("*.yaml"))  # overlays: tests/test_watch.py
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml")) if (ROOT / "recipes").exists() else []
 SMALL = ["--trainer.max_steps", "1", "--model.init_args.rollout.group_size", "2", "--data.batch_size", "2"]
 
@@ -29,7 +31,7 @@ def cli(args: list[str]) -> TrepoCLI:
 
 def test_every_yaml_is_covered():
     every = sorted(p for d in ("configs", "recipes") if (ROOT / d).exists() for p in (ROOT / d).rglob("*.y*ml"))
-    assert set(every) == set(ALGO_CONFIGS) | set(REWARD_CONFIGS) | set(RECIPES)
+    assert set(every) == set(ALGO_CONFIGS) | set(REWARD_CONFIGS) | set(RECIPES) | set(DATA_CONFIGS) | set(WATCH_CONFIGS)
     assert ROOT / "configs" / "grpo.yaml" in ALGO_CONFIGS
 
 
@@ -80,8 +82,9 @@ def test_fit_smoke_through_console_script(tmp_path):
     from lightning_trepo import GRPO
     from reward_models import NumericAnswer
 
-    reloaded = GRPO.load_from_checkpoint(last[0], reward=NumericAnswer())
+    reloaded = GRPO.load_from_checkpoint(last[0])  # the checkpoint carries the reward tree's config
     assert reloaded.rollout_cfg.group_size == 2 and reloaded.policy is not None
+    assert isinstance(reloaded.reward, NumericAnswer)
 
 
 def test_swap_algorithm_keeps_applicable_init_args():

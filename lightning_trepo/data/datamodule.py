@@ -57,6 +57,8 @@ class PromptDataModule(LightningDataModule):
         shuffle: Shuffle the training rows every epoch (seeded with ``seed + epoch``).
         seed: Seed of the training shuffle.
         drop_last: Drop each rank's last incomplete training batch.
+        system_prompt: A system turn put before every chat-templated prompt (chats that start with a
+            system message keep theirs); needs the chat template (``policy.use_chat_template``).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class PromptDataModule(LightningDataModule):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = True,
+        system_prompt: str | None = None,
     ) -> None:
         super().__init__()
         sizes = {"batch_size": batch_size, "val_batch_size": val_batch_size, "max_prompt_length": max_prompt_length}
@@ -86,6 +89,7 @@ class PromptDataModule(LightningDataModule):
         self.prompt_column, self.messages_column = prompt_column, messages_column
         self.max_prompt_length, self.overlong_prompt = max_prompt_length, overlong_prompt
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.system_prompt = system_prompt
         self.steps_per_rollout, self.rank, self.world_size = 1, 0, 1
         self.cursor = EpochCursor()
         self._rows: dict[str, list[dict[str, Any]]] = {}
@@ -132,6 +136,9 @@ class PromptDataModule(LightningDataModule):
         if use_chat_template and not has_template:
             raise ValueError("use_chat_template=True but the tokenizer has no chat_template")
         template = has_template if use_chat_template is None else use_chat_template
+        if self.system_prompt is not None and not template:
+            raise ValueError("data.init_args.system_prompt is set but prompts are not chat-templated: the tokenizer "
+                             "has no chat_template or model.init_args.policy.use_chat_template is false")
         self.steps_per_rollout, self.rank, self.world_size = steps_per_rollout, rank, world_size
         self._load()
         sources = {"train": self.source, "val": self.val_source}
@@ -145,6 +152,7 @@ class PromptDataModule(LightningDataModule):
                 max_prompt_length=self.max_prompt_length,
                 overlong_prompt=self.overlong_prompt,
                 source=repr(sources[split]),
+                system_prompt=self.system_prompt,
             )
             for split, rows in self._rows.items()
         }

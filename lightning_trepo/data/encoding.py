@@ -63,9 +63,11 @@ def _check_messages(messages: Any, index: int, column: str, source: str) -> None
 
 
 def _render(
-    row: dict[str, Any], index: int, tokenizer: Any, template: bool, columns: tuple[str, str], source: str
+    row: dict[str, Any], index: int, tokenizer: Any, template: bool, columns: tuple[str, str], source: str,
+    system_prompt: str | None = None,
 ) -> tuple[str, list[dict[str, Any]] | None]:
-    """The prompt text of one row and the chat it was rendered from (None: plain text, no template)."""
+    """The prompt text of one row and the chat it was rendered from (None: plain text, no template);
+    ``system_prompt``: a system turn first, unless the chat already starts with one."""
     prompt_column, messages_column = columns
     prompt = row.get(prompt_column)
     if isinstance(prompt, str) and not template:
@@ -80,6 +82,8 @@ def _render(
                 f"row {index} of {source} is a chat ({column!r} column) but the tokenizer has no "
                 f"chat_template; give a prompt column instead or use a tokenizer with a chat template"
             )
+    if system_prompt is not None and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}, *messages]
     continue_final = messages[-1]["role"] == "assistant"
     text = tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=not continue_final, continue_final_message=continue_final
@@ -124,6 +128,7 @@ def encode_rows(
     max_prompt_length: int,
     overlong_prompt: str,
     source: str,
+    system_prompt: str | None = None,
 ) -> EncodedPrompts:
     """Render, tokenize and length-check every row (rows must have passed :func:`validate_rows`).
 
@@ -134,7 +139,7 @@ def encode_rows(
     if overlong_prompt not in OVERLONG_POLICIES:
         raise ValueError(f"overlong_prompt must be one of {OVERLONG_POLICIES}, got {overlong_prompt!r}")
     rendered = [
-        _render(row, i, tokenizer, use_chat_template, (prompt_column, messages_column), source)
+        _render(row, i, tokenizer, use_chat_template, (prompt_column, messages_column), source, system_prompt)
         for i, row in enumerate(rows)
     ]
     texts = [text for text, _ in rendered]

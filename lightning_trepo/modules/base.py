@@ -22,6 +22,7 @@ from torch import Tensor
 
 from lightning_trepo.algorithms.kl import kl_estimate
 from lightning_trepo.algorithms.losses import aggregate, clipped_surrogate_loss
+from lightning_trepo.export import drop_frozen_base, hparams_ignore, restore_frozen_base
 from lightning_trepo.modules.config import (
     OptimizerFactory,
     RolloutConfig,
@@ -81,7 +82,7 @@ class RLModule(LightningModule):
         super().__init__()
         if not isinstance(reward, Reward):
             raise TypeError(f"model.init_args.reward must be a reward_models.Reward, got {type(reward).__name__}")
-        self.save_hyperparameters(ignore=["reward", "optimizer"])
+        self.save_hyperparameters(ignore=hparams_ignore())  # the CLI config keeps the reward tree: reloads alone
         self.reward = reward
         self.policy_cfg, self.rollout_cfg, self.update_cfg = policy, rollout, update
         self.optimizer_factory = optimizer
@@ -390,6 +391,7 @@ class RLModule(LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["reward_state"] = self.reward.state_dict()
+        drop_frozen_base(self, checkpoint)  # LoRA: adapters only, the base comes from policy.model_path
         # sampling RNG, so a resumed run draws the same rollouts as an uninterrupted one
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -397,6 +399,7 @@ class RLModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.reward.load_state_dict(checkpoint.get("reward_state", {}))
+        restore_frozen_base(self, checkpoint)
         rng = checkpoint.get("rng_state")
         if rng:
             torch.set_rng_state(rng["torch"])
