@@ -14,7 +14,8 @@ class StepPrinter(Callback):
     without a UI (``step_printer:`` in a fit config)."""
 
     def __init__(self, every_n_steps: int = 1,
-                 keys: tuple[str, ...] = ("reward/total", "loss/policy", "completion/length_mean", "kl")) -> None:
+                 keys: tuple[str, ...] = ("reward/total", "loss/policy", "completion/length_mean", "kl",
+                                          "perf/tokens_per_s")) -> None:
         """
         Args:
             every_n_steps: Print after every n-th optimizer step; 0 turns the line off.
@@ -32,7 +33,7 @@ class StepPrinter(Callback):
             return  # (micro-batches of one optimizer step share its global_step: print once)
         self._printed_step = step
         metrics = trainer.callback_metrics
-        parts = [f"{k}={float(metrics[k]):.4f}" for k in self.keys if k in metrics]
+        parts = [f"{k}={float(metrics[k]):.{0 if k.startswith('perf/') else 4}f}" for k in self.keys if k in metrics]
         rank_zero_info(f"step {step:>5d} | " + " ".join(parts))
 
 
