@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -15,23 +16,31 @@ import torch
 
 from reward_models.base import Reward
 from reward_models.config import build_reward
-from reward_models.remote import group_chunks, serve
+from reward_models.remote import MAX_BODY, TOKEN_ENV, group_chunks, serve
 from reward_models.rollouts import read_rollouts
 from reward_models.types import RewardOutput
 
 
 def serve_main(argv: list[str] | None = None) -> int:
-    """``serve-reward --config <reward yaml> [--host 127.0.0.1] [--port 8000] [--device cpu]``."""
+    """``serve-reward --config <reward yaml> [--host 127.0.0.1] [--port 8000] [--device cpu]
+    [--token-env TREPO_REWARD_TOKEN] [--max-body-mb 16] [--read-timeout 30]``."""
     parser = argparse.ArgumentParser(prog="lightning-trepo serve-reward", description="Serve a reward tree over HTTP.")
     parser.add_argument("--config", required=True, help="reward YAML (class_path/init_args tree)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 = all; no auth: trusted networks only)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 = all: set a token)")
     parser.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
     parser.add_argument("--device", default=None, help="device for model-backed rewards, e.g. cuda:0")
+    parser.add_argument("--token-env", default=TOKEN_ENV,
+                        help="environment variable with the bearer token /score requires (unset = no authentication)")
+    parser.add_argument("--max-body-mb", type=float, default=MAX_BODY / 2**20, help="request body limit in MiB")
+    parser.add_argument("--read-timeout", type=float, default=30.0, help="seconds a client has to send its request")
     args = parser.parse_args(argv)
+    if args.max_body_mb <= 0 or args.read_timeout <= 0:
+        parser.error("--max-body-mb and --read-timeout must be > 0")
+    token = os.environ.get(args.token_env) or None
     reward = _build_or_exit(parser, args.config)
     if args.device:
         reward.to(args.device)
-    serve(reward, args.host, args.port)
+    serve(reward, args.host, args.port, token, int(args.max_body_mb * 2**20), args.read_timeout)
     return 0
 
 

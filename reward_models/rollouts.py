@@ -129,24 +129,39 @@ def samples_to_payload(samples: Samples) -> dict[str, Any]:
             "completion_ids": _ids_lists(samples)}
 
 
+def _column(payload: dict[str, Any], key: str, n: int, ok: Any, what: str, required: bool = False) -> list[Any] | None:
+    """``payload[key]`` checked to be a list of ``n`` items each passing ``ok`` (errors name the item)."""
+    values = payload.get(key)
+    if values is None and not required:
+        return None
+    if not isinstance(values, list) or (n >= 0 and len(values) != n):
+        raise ValueError(f"payload field {key!r} must be a list" + (f" of {n} items" if n >= 0 else ""))
+    for i, value in enumerate(values):
+        if not ok(value):
+            raise ValueError(f"payload field {key!r} item {i}: must be {what}, got {type(value).__name__}")
+    return values
+
+
 def samples_from_payload(payload: dict[str, Any]) -> Samples:
-    """Inverse of :func:`samples_to_payload`; raises ValueError naming the bad field."""
-    for key in ("prompts", "completions"):
-        if not isinstance(payload.get(key), list):
-            raise ValueError(f"payload field {key!r} must be a list")
-    n = len(payload["completions"])
-    rows = [{"prompt": payload["prompts"][i] if i < len(payload["prompts"]) else None,
-             "completion": payload["completions"][i]} for i in range(n)]
-    for field in ("metadata", "group_index", "completion_ids"):
-        values = payload.get(field)
-        if values is not None:
-            if not isinstance(values, list) or len(values) != n:
-                raise ValueError(f"payload field {field!r} must be a list of {n} items")
-            for row, value in zip(rows, values):
-                row[field] = value
-    if len(payload["prompts"]) != n:
-        raise ValueError(f"payload has {len(payload['prompts'])} prompts but {n} completions")
-    return samples_from_rows(rows, [f"item {i}" for i in range(n)])
+    """Inverse of :func:`samples_to_payload`; raises ValueError naming the bad field and item.
+
+    Columnar all the way: the decoded lists become the Samples' lists (no per-row copies), so a
+    request costs its decoded JSON plus the token tensors."""
+    if not isinstance(payload, dict):
+        raise ValueError(f"payload must be a JSON object, got {type(payload).__name__}")
+    prompts = _column(payload, "prompts", -1, lambda v: isinstance(v, str), "a string", required=True)
+    completions = _column(payload, "completions", -1, lambda v: isinstance(v, str), "a string", required=True)
+    n = len(completions)
+    if len(prompts) != n:
+        raise ValueError(f"payload has {len(prompts)} prompts but {n} completions")
+    metadata = _column(payload, "metadata", n, lambda v: isinstance(v, dict), "an object")
+    groups = _column(payload, "group_index", n, lambda v: type(v) is int, "an int")
+    ids = _column(payload, "completion_ids", n, lambda v: isinstance(v, list) and all(type(t) is int for t in v),
+                  "a list of ints")
+    padded, mask = _padded(ids) if ids is not None else (None, None)
+    return Samples(prompts=prompts, completions=completions, completion_ids=padded, completion_mask=mask,
+                   group_index=torch.tensor(groups if groups is not None else range(n), dtype=torch.long),
+                   metadata=metadata if metadata is not None else [{} for _ in range(n)])
 
 
 def output_to_payload(out: RewardOutput) -> dict[str, Any]:
