@@ -76,19 +76,26 @@ def _concat(parts: list[tuple[torch.Tensor, RewardOutput]], n: int) -> RewardOut
 
 
 def score_main(argv: list[str] | None = None) -> int:
-    """``score --rollouts <jsonl> --reward <yaml> [--batch-size 512] [--json]``: re-score stored
-    completions and print per-component mean, std, NaN rate and latency."""
+    """``score --rollouts <jsonl> --reward <yaml> [--batch-size 512] [--json] [--strict]``: re-score
+    stored completions and print per-component mean, std, NaN rate and latency. Bad lines are
+    reported on stderr (file:line: reason) and skipped (``--strict``: exit 2 at the first)."""
     parser = argparse.ArgumentParser(prog="lightning-trepo score", description="Re-score rollouts under a reward tree.")
     parser.add_argument("--rollouts", required=True, help="JSONL of {prompt, completion, metadata} rows")
     parser.add_argument("--reward", required=True, help="reward YAML (class_path/init_args tree)")
     parser.add_argument("--batch-size", type=int, default=512, help="rows per reward call (groups kept whole)")
     parser.add_argument("--device", default=None, help="device for model-backed rewards")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
     args = parser.parse_args(argv)
+    bad: list[str] | None = None if args.strict else []
     try:
-        samples = read_rollouts(args.rollouts)
+        samples = read_rollouts(args.rollouts, bad)
     except (OSError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")
+    for message in bad or []:
+        print(f"skipped {message}", file=sys.stderr)
+    if not len(samples):
+        parser.exit(2, f"error: no valid rollouts in {args.rollouts}\n")
     reward = _build_or_exit(parser, args.reward)
     if args.device:
         reward.to(args.device)
@@ -99,7 +106,8 @@ def score_main(argv: list[str] | None = None) -> int:
         for key, node in nodes.items():
             latency[key] = latency.get(key, 0.0) + node.last_latency_s
     table = summarize(_concat(parts, len(samples)), latency)
-    print(json.dumps(table, indent=1) if args.json else format_table(table, len(samples), args.rollouts))
+    source = f"{args.rollouts} ({len(bad)} bad lines skipped)" if bad else args.rollouts
+    print(json.dumps(table, indent=1) if args.json else format_table(table, len(samples), source))
     return 0
 
 

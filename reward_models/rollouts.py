@@ -104,20 +104,31 @@ def samples_from_rows(rows: list[dict[str, Any]], where: list[str] | None = None
                    metadata=metadata)
 
 
-def read_rollouts(path: str | Path) -> Samples:
-    """Read a rollout JSONL file; errors name the file and line number."""
+def read_rollouts(path: str | Path, bad_lines: list[str] | None = None) -> Samples:
+    """Read a rollout JSONL file; errors name the file and line number.
+
+    With ``bad_lines`` (a list) a bad line is skipped and its error appended there instead of raised
+    (``score`` reports each one and scores the rest)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"rollouts file {path} does not exist")
     rows, where = [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: invalid JSON: {err}") from err
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{lineno}: invalid JSON: {err}") from err
+                _check_row(row, f"{path}:{lineno}")
+            except ValueError as err:
+                if bad_lines is None:
+                    raise
+                bad_lines.append(str(err))
+                continue
+            rows.append(row)
             where.append(f"{path}:{lineno}")
     return samples_from_rows(rows, where)
 
