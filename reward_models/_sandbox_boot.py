@@ -1,17 +1,20 @@
 """Sandbox bootstrap, run as ``python -I _sandbox_boot.py <config json>`` by reward_models.sandbox.
 
-Stdlib only (it runs before any isolation exists). Three processes:
+Stdlib only (it runs before any isolation exists). Four processes:
 
 - **boot** (host namespaces) reads the inputs and the per-run result key (from a pipe it then
   closes), forks the *setup* process and writes its uid/gid maps from outside (as host root it maps
   an unprivileged uid, ``nobody``, next to root);
 - **setup** enters new user + pid + network + mount namespaces, makes every mount read-only and
   mounts a small tmpfs as the working directory, then forks the *runner*;
-- **runner** is pid 1 of the new pid namespace in its own session: it mounts a fresh ``/proc``
-  (only its own namespace visible), drops every capability and switches to the unprivileged uid,
-  sets rlimits, installs a seccomp filter (no namespace / mount / ptrace / keyring / bpf syscalls;
-  no process creation when ``max_processes <= 1``; no x32 syscalls), reports which of those held,
-  and runs the program. Each step the OS refuses is reported as not held, never faked.
+- **runner** is pid 1 (init) of the new pid namespace in its own session: it mounts a fresh
+  ``/proc`` (only its own namespace visible) and forks the *program* process, whose wait status it
+  passes back to setup (init ignores the signals, e.g. SIGXCPU, that must end the program);
+- **program** drops every capability and switches to the unprivileged uid, sets rlimits, installs a
+  seccomp filter (no namespace / mount / ptrace / keyring / bpf syscalls; no process creation when
+  ``max_processes <= 1``; no x32 syscalls), reports which of those held, and runs the program.
+
+Each step the OS refuses is reported as not held, never faked.
 
 Report lines (``I``, ``T``, ``E``) carry an HMAC with the per-run key, so lines the program writes
 to the inherited report descriptor are ignored by the reader.
@@ -121,8 +124,8 @@ def set_limits(cfg):
         (resource.RLIMIT_CORE, 0, 0),
         (resource.RLIMIT_NOFILE, 256, 256),
     ]
-    if cfg["max_processes"] > 1:  # counts every process of the uid; in a pid namespace only ours
-        nproc = cfg["nproc_base"] + cfg["max_processes"]
+    if cfg["max_processes"] > 1:  # counts the uid's processes: as nobody in our own user namespace, only ours
+        nproc = cfg["max_processes"] + (0 if cfg.get("own_uid") else cfg["nproc_base"])
         limits.append((resource.RLIMIT_NPROC, nproc, nproc))
     for which, soft, hard in limits:
         try:
@@ -201,16 +204,28 @@ def die_with_parent(libc, parent):
         os._exit(1)
 
 
-def runner(libc, cfg, program, tests, held):
-    """pid 1 of the new pid namespace: fresh /proc, no privileges, limits, seccomp, then the program."""
+def runner(libc, cfg, program, tests, held, status_w):
+    """pid 1 of the new pid namespace (its init, immune to signals from inside): fresh /proc, then
+    fork the program and hand its wait status to the setup process through ``status_w``."""
     os.setsid()
     parent = held.pop("parent")
     proc = held["user_namespace"] and libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0
     held["pid_namespace"] = bool(proc) and os.getpid() == 1
+    die_with_parent(libc, 0 if os.getpid() == 1 else parent)
+    pid = os.fork()
+    if pid == 0:
+        os.close(status_w)
+        run_child(execute, libc, cfg, program, tests, held)
+    os.write(status_w, str(os.waitpid(pid, 0)[1]).encode())
+
+
+def execute(libc, cfg, program, tests, held):
+    """The program's process: no privileges, limits, seccomp, report what held, run the program."""
     os.chdir(cfg["workdir"])  # before the uid change: the path above it is private to the host user
+    cfg["own_uid"] = held["user_namespace"] and held["mapped_nobody"]
     no_caps = drop_privileges(libc, held.pop("mapped_nobody"))
     held["unprivileged"] = no_caps and (os.getuid() != 0 or (held["user_namespace"] and cfg["host_uid"] != 0))
-    die_with_parent(libc, 0 if os.getpid() == 1 else parent)  # after the uid change, which clears it
+    die_with_parent(libc, os.getppid())  # the namespace's init; set after the uid change, which clears it
     set_limits(cfg)
     held["syscall_filter"] = seccomp(libc, cfg["max_processes"] <= 1)
     held["no_fork"] = held["syscall_filter"] and cfg["max_processes"] <= 1
@@ -242,9 +257,8 @@ def run_child(fn, *args):
     os._exit(code)
 
 
-def wait_and_mirror(pid):
-    """Wait for ``pid`` and end this process the same way (exit code or signal)."""
-    _, status = os.waitpid(pid, 0)
+def mirror(status):
+    """End this process the way a child with wait status ``status`` ended (exit code or signal)."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig not in (signal.SIGKILL, signal.SIGSTOP):
@@ -264,10 +278,15 @@ def setup(libc, cfg, program, tests, sync_r, go_w):
     if held["mapped_nobody"] and not expose_interpreter(libc, sys.path[1:]):
         held["mapped_nobody"] = False  # stay root in the namespace rather than lose the standard library
     held["filesystem"] = held["user_namespace"] and readonly_root(libc, cfg["workdir"])
+    status_r, status_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        run_child(runner, libc, cfg, program, tests, held)
-    wait_and_mirror(pid)
+        os.close(status_r)
+        run_child(runner, libc, cfg, program, tests, held, status_w)
+    os.close(status_w)
+    status = os.waitpid(pid, 0)[1]
+    program_status = os.read(status_r, 32)  # the program's status, as its init saw it
+    mirror(int(program_status) if program_status else status)
 
 
 def main():
@@ -290,7 +309,7 @@ def main():
     if os.read(to_boot_r, 1) == b"1" and write_maps(pid, os.getuid(), os.getgid()):
         mapped = b"2" if os.getuid() == 0 and os.getgid() == 0 else b"1"
     os.write(to_setup_w, mapped)
-    wait_and_mirror(pid)
+    mirror(os.waitpid(pid, 0)[1])
 
 
 if __name__ == "__main__":

@@ -37,16 +37,17 @@ def test_cannot_signal_parent_or_host_processes(bystander):
             "    try:\n        os.kill(pid, signal.SIGKILL)\n        out.append('sent')\n"
             "    except OSError as e:\n        out.append(type(e).__name__)\nprint(os.getpid(), os.getppid(), out)")
     res = run(prog)
-    # pid 1 of its own namespace, parent outside it (ppid 0); the host pids do not exist there.
-    # kill(0) and kill(-1) reach only the namespace: its init (the program itself) ignores SIGKILL from inside
-    assert res.stdout.startswith("1 0 ") and "ProcessLookupError', 'ProcessLookupError'" in res.stdout
+    # pid 2 of its own namespace; its parent is that namespace's init (pid 1, another uid: EPERM);
+    # the host pids do not exist there; kill(-1) finds no other process it may signal
+    assert res.stdout.strip() == "2 1 ['PermissionError', 'ProcessLookupError', 'ProcessLookupError', " \
+                                 "'ProcessLookupError']", res.stdout + res.stderr
     assert bystander.poll() is None  # still running
     assert sorted(os.listdir("/proc")) and os.getpid()  # and so are we
 
 
 def test_sees_only_its_own_processes():
     res = run("import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))")
-    assert res.stdout.strip() == "[1]"
+    assert res.stdout.strip() == "[1, 2]"  # the namespace's init and the program
 
 
 def test_forged_result_lines_score_zero():
@@ -132,3 +133,13 @@ def test_missing_isolation_refuses_unless_opted_out(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, "reward_models"):
         assert_close(CodeExecution(cpu_time=1, wall_time=3, allow_unisolated=True)(s).rewards, [1.0])
     assert "WITHOUT ['pid_namespace']" in caplog.text
+
+
+def test_max_processes_counts_only_the_sandbox():
+    # RLIMIT_NPROC = 4 for uid nobody in its own user namespace: the program itself plus 3 children
+    prog = ("import os, time\nkids = 0\ntry:\n    for _ in range(50):\n        if os.fork() == 0:\n"
+            "            time.sleep(2)\n            os._exit(0)\n        kids += 1\nexcept OSError as e:\n"
+            "    print('stopped', kids, type(e).__name__)")
+    res = run_sandboxed(prog, None, limits=SandboxLimits(cpu_time=1, wall_time=3, max_processes=4))
+    assert res.isolation["unprivileged"] and res.isolation["pid_namespace"]
+    assert res.stdout.strip() == "stopped 3 BlockingIOError"
