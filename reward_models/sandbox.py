@@ -40,7 +40,7 @@ class SandboxLimits:
     cpu_time: float = 2.0  #: CPU seconds (RLIMIT_CPU, rounded up to whole seconds)
     wall_time: float = 5.0  #: wall-clock seconds before the process group is killed
     memory_mb: int = 512  #: address-space limit (RLIMIT_AS)
-    max_processes: int = 1  #: 1 = no child processes (seccomp); >1 = RLIMIT_NPROC (non-root only)
+    max_processes: int = 1  #: 1 = no child processes (seccomp); >1 = RLIMIT_NPROC on the sandbox's own uid
     max_output_bytes: int = 1 << 16  #: stdout/stderr and any written file (RLIMIT_FSIZE)
     network: bool = False  #: allow network (False = a fresh, empty network namespace)
 

@@ -143,3 +143,19 @@ def test_max_processes_counts_only_the_sandbox():
     res = run_sandboxed(prog, None, limits=SandboxLimits(cpu_time=1, wall_time=3, max_processes=4))
     assert res.isolation["unprivileged"] and res.isolation["pid_namespace"]
     assert res.stdout.strip() == "stopped 3 BlockingIOError"
+
+
+def test_a_run_that_lost_isolation_is_an_error(monkeypatch):
+    import reward_models.code as code
+
+    real = code.run_sandboxed
+
+    def degraded(*args, **kwargs):
+        res = real(*args, **kwargs)
+        res.isolation["network"] = False  # as if this one run had come up without its namespace
+        return res
+
+    reward = CodeExecution(cpu_time=1, wall_time=3)
+    monkeypatch.setattr(code, "run_sandboxed", degraded)
+    with pytest.raises(Exception, match=r"lost isolation \['network'\]"):
+        reward(samples(["def f():\n    return 1"], [{"tests": ["assert f() == 1"]}]))
