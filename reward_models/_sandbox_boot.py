@@ -53,7 +53,8 @@ def report(line):
 
 
 def write_maps(pid, uid, gid):
-    """From the host side: map root (and, as host root, ``nobody``) into the child's user namespace."""
+    """From the host side: map root (and, as host root, ``nobody``) into the child's user namespace.
+    Returns b"0" (failed), b"1" (root only) or b"2" (root and nobody)."""
     extra = uid == 0 and gid == 0
     maps = [("uid_map", f"0 {uid} 1" + (f"\n{NOBODY} {NOBODY} 1" if extra else "")),
             ("gid_map", f"0 {gid} 1" + (f"\n{NOBODY} {NOBODY} 1" if extra else ""))]
@@ -65,8 +66,8 @@ def write_maps(pid, uid, gid):
             with open(f"/proc/{pid}/{name}", "w") as f:
                 f.write(text)
     except OSError:
-        return False
-    return True
+        return b"0"
+    return b"2" if extra else b"1"
 
 
 def readonly_root(libc, workdir):
@@ -124,8 +125,8 @@ def set_limits(cfg):
         (resource.RLIMIT_CORE, 0, 0),
         (resource.RLIMIT_NOFILE, 256, 256),
     ]
-    if cfg["max_processes"] > 1:  # counts the uid's processes: as nobody in our own user namespace, only ours
-        nproc = cfg["max_processes"] + (0 if cfg.get("own_uid") else cfg["nproc_base"])
+    if cfg["max_processes"] > 1:  # counts the uid's processes; in our own user namespace only its own
+        nproc = cfg["max_processes"] + cfg["nproc_extra"]
         limits.append((resource.RLIMIT_NPROC, nproc, nproc))
     for which, soft, hard in limits:
         try:
@@ -222,7 +223,8 @@ def runner(libc, cfg, program, tests, held, status_w):
 def execute(libc, cfg, program, tests, held):
     """The program's process: no privileges, limits, seccomp, report what held, run the program."""
     os.chdir(cfg["workdir"])  # before the uid change: the path above it is private to the host user
-    cfg["own_uid"] = held["user_namespace"] and held["mapped_nobody"]
+    # the init of the namespace counts too when it shares the uid; outside a namespace every host task does
+    cfg["nproc_extra"] = (int(not held["mapped_nobody"]) if held["user_namespace"] else cfg["nproc_base"])
     no_caps = drop_privileges(libc, held.pop("mapped_nobody"))
     held["unprivileged"] = no_caps and (os.getuid() != 0 or (held["user_namespace"] and cfg["host_uid"] != 0))
     die_with_parent(libc, os.getppid())  # the namespace's init; set after the uid change, which clears it
@@ -305,10 +307,8 @@ def main():
     if pid == 0:
         die_with_parent(libc, boot)
         run_child(setup, libc, cfg, program, tests, to_setup_r, to_boot_w)
-    mapped = b"0"
-    if os.read(to_boot_r, 1) == b"1" and write_maps(pid, os.getuid(), os.getgid()):
-        mapped = b"2" if os.getuid() == 0 and os.getgid() == 0 else b"1"
-    os.write(to_setup_w, mapped)
+    unshared = os.read(to_boot_r, 1) == b"1"
+    os.write(to_setup_w, write_maps(pid, os.getuid(), os.getgid()) if unshared else b"0")
     mirror(os.waitpid(pid, 0)[1])
 
 
