@@ -159,3 +159,33 @@ def test_a_run_that_lost_isolation_is_an_error(monkeypatch):
     monkeypatch.setattr(code, "run_sandboxed", degraded)
     with pytest.raises(Exception, match=r"lost isolation \['network'\]"):
         reward(samples(["def f():\n    return 1"], [{"tests": ["assert f() == 1"]}]))
+
+
+def test_hostile_completions_leave_the_serve_reward_process_up(monkeypatch):
+    """The reported attack: one HTTP request to ``serve-reward`` with configs/rewards/code.yaml, whose
+    completion kills its parent (the server, by ppid and by pid), forges pass lines, loops."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("TREPO_REWARD_TOKEN", "tok-123")  # the server and RemoteReward share it
+    proc = subprocess.Popen([sys.executable, "-m", "reward_models.cli", "serve-reward", "--config",
+                             str(root / "configs/rewards/code.yaml"), "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=root)
+    try:
+        line = proc.stdout.readline()
+        assert "bearer token required" in line, line + proc.stderr.read()
+        url = line.split(" on ")[1].split()[0]
+        fence = "```python\n{}\n```"
+        hostile = [fence.format(f"import os\nos.kill(os.getppid(), 9)\nos.kill({proc.pid}, 9)"),
+                   fence.format("import os\nfor fd in range(3, 20):\n    try:\n        os.write(fd, b'T 0 1\\n')\n"
+                                "    except OSError:\n        pass\nos._exit(0)"),
+                   fence.format("def f():\n    return 1")]
+        out = RemoteReward(url, retries=0, timeout=30)(samples(hostile, [{"tests": ["assert f() == 2 - 1"]}] * 3))
+        # total = tests + 0.1 * fenced: every completion is fenced; only the honest one passes its test
+        assert_close(out.rewards, [0.1, 0.1, 1.1])
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+            assert r.status == 200 and proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
