@@ -149,6 +149,9 @@ def check_output(out: RewardOutput, n: int, component: str) -> None:
         raise TypeError(f"reward component {component} returned {type(out).__name__}, expected RewardOutput")
     if out.rewards.shape != (n,):
         raise ValueError(f"reward component {component} returned shape {tuple(out.rewards.shape)}, expected ({n},)")
+    infinite = torch.isinf(out.rewards).nonzero().flatten().tolist()
+    if infinite:  # NaN means "does not apply"; an infinite reward would poison every advantage of its batch
+        raise ValueError(f"reward component {component} returned infinite rewards at samples {infinite[:8]}")
     for key, value in out.metrics.items():
         if value.shape != (n,):
             raise ValueError(f"reward component {component} metric {key!r} has shape {tuple(value.shape)}, expected ({n},)")
@@ -178,6 +181,10 @@ def as_reward_tensor(values: Tensor | list[float | None], n: int, component: str
         out = values.detach().float().cpu().reshape(-1)
     else:
         vals = list(values)
+        text = next((i for i, v in enumerate(vals) if isinstance(v, (str, bytes))), None)
+        if text is not None:  # float("1.5") would pass silently: a scorer returning text is a bug
+            raise TypeError(f"reward component {component} returned text {vals[text]!r:.40} at sample {text}; "
+                            "expected numbers or None")
         out = torch.tensor([math.nan if v is None else float(v) for v in vals], dtype=torch.float32)
     if out.numel() != n:
         raise ValueError(f"reward component {component} returned {out.numel()} values for {n} samples")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -15,23 +16,31 @@ import torch
 
 from reward_models.base import Reward
 from reward_models.config import build_reward
-from reward_models.remote import group_chunks, serve
+from reward_models.remote import MAX_BODY, TOKEN_ENV, group_chunks, serve
 from reward_models.rollouts import read_rollouts
 from reward_models.types import RewardOutput
 
 
 def serve_main(argv: list[str] | None = None) -> int:
-    """``serve-reward --config <reward yaml> [--host 127.0.0.1] [--port 8000] [--device cpu]``."""
+    """``serve-reward --config <reward yaml> [--host 127.0.0.1] [--port 8000] [--device cpu]
+    [--token-env TREPO_REWARD_TOKEN] [--max-body-mb 16] [--read-timeout 30]``."""
     parser = argparse.ArgumentParser(prog="lightning-trepo serve-reward", description="Serve a reward tree over HTTP.")
     parser.add_argument("--config", required=True, help="reward YAML (class_path/init_args tree)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 = all; no auth: trusted networks only)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 = all: set a token)")
     parser.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
     parser.add_argument("--device", default=None, help="device for model-backed rewards, e.g. cuda:0")
+    parser.add_argument("--token-env", default=TOKEN_ENV,
+                        help="environment variable with the bearer token /score requires (unset = no authentication)")
+    parser.add_argument("--max-body-mb", type=float, default=MAX_BODY / 2**20, help="request body limit in MiB")
+    parser.add_argument("--read-timeout", type=float, default=30.0, help="seconds a client has to send its request")
     args = parser.parse_args(argv)
+    if args.max_body_mb <= 0 or args.read_timeout <= 0:
+        parser.error("--max-body-mb and --read-timeout must be > 0")
+    token = os.environ.get(args.token_env) or None
     reward = _build_or_exit(parser, args.config)
     if args.device:
         reward.to(args.device)
-    serve(reward, args.host, args.port)
+    serve(reward, args.host, args.port, token, int(args.max_body_mb * 2**20), args.read_timeout)
     return 0
 
 
@@ -67,19 +76,26 @@ def _concat(parts: list[tuple[torch.Tensor, RewardOutput]], n: int) -> RewardOut
 
 
 def score_main(argv: list[str] | None = None) -> int:
-    """``score --rollouts <jsonl> --reward <yaml> [--batch-size 512] [--json]``: re-score stored
-    completions and print per-component mean, std, NaN rate and latency."""
+    """``score --rollouts <jsonl> --reward <yaml> [--batch-size 512] [--json] [--strict]``: re-score
+    stored completions and print per-component mean, std, NaN rate and latency. Bad lines are
+    reported on stderr (file:line: reason) and skipped (``--strict``: exit 2 at the first)."""
     parser = argparse.ArgumentParser(prog="lightning-trepo score", description="Re-score rollouts under a reward tree.")
     parser.add_argument("--rollouts", required=True, help="JSONL of {prompt, completion, metadata} rows")
     parser.add_argument("--reward", required=True, help="reward YAML (class_path/init_args tree)")
     parser.add_argument("--batch-size", type=int, default=512, help="rows per reward call (groups kept whole)")
     parser.add_argument("--device", default=None, help="device for model-backed rewards")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
     args = parser.parse_args(argv)
+    bad: list[str] | None = None if args.strict else []
     try:
-        samples = read_rollouts(args.rollouts)
+        samples = read_rollouts(args.rollouts, bad)
     except (OSError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")
+    for message in bad or []:
+        print(f"skipped {message}", file=sys.stderr)
+    if not len(samples):
+        parser.exit(2, f"error: no valid rollouts in {args.rollouts}\n")
     reward = _build_or_exit(parser, args.reward)
     if args.device:
         reward.to(args.device)
@@ -90,7 +106,8 @@ def score_main(argv: list[str] | None = None) -> int:
         for key, node in nodes.items():
             latency[key] = latency.get(key, 0.0) + node.last_latency_s
     table = summarize(_concat(parts, len(samples)), latency)
-    print(json.dumps(table, indent=1) if args.json else format_table(table, len(samples), args.rollouts))
+    source = f"{args.rollouts} ({len(bad)} bad lines skipped)" if bad else args.rollouts
+    print(json.dumps(table, indent=1) if args.json else format_table(table, len(samples), source))
     return 0
 
 

@@ -1,8 +1,10 @@
 """Code execution reward: run the completion's Python against the row's tests in a sandbox.
 
 The sandbox (reward_models/sandbox.py) limits CPU time, wall time, memory, processes and output,
-runs in a fresh temporary directory with a minimal environment and, where the kernel allows, with
-no network and a read-only filesystem. docs/rewards.md says honestly what it does not stop.
+runs in a fresh temporary directory with a minimal environment and, where the kernel allows, in its
+own user + pid + network + mount namespaces as an unprivileged uid, with no network, a read-only
+filesystem and a seccomp filter. Where a feature is missing the reward refuses to run untrusted code
+unless ``allow_unisolated: true``. docs/rewards.md says honestly what it does not stop.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any, Literal
 import torch
 
 from reward_models.base import MISSING, Reward, check_missing, metadata_value
-from reward_models.sandbox import SandboxLimits, SandboxResult, run_sandboxed
+from reward_models.sandbox import ISOLATION_FEATURES, SandboxLimits, SandboxResult, probe_isolation, run_sandboxed
 from reward_models.types import RewardOutput, Samples
 
 log = logging.getLogger("reward_models")
@@ -82,7 +84,7 @@ class CodeExecution(Reward):
         max_processes: int = 1,
         max_output_bytes: int = 65536,
         workers: int = 2,
-        require_isolation: bool = False,
+        allow_unisolated: bool = False,
         missing: Literal["raise", "nan"] = "raise",
         python: str | None = None,
         on_error: Literal["raise", "nan"] = "raise",
@@ -98,7 +100,8 @@ class CodeExecution(Reward):
             max_processes: 1 = the program may not create processes (seccomp); more = RLIMIT_NPROC.
             max_output_bytes: cap on stdout/stderr and on any file written.
             workers: sandboxes run at once.
-            require_isolation: raise unless network, filesystem and process isolation all hold.
+            allow_unisolated: run untrusted code even where the sandbox lacks an isolation feature
+                (:data:`~reward_models.sandbox.ISOLATION_FEATURES`; a warning names them). Default: refuse.
             missing: ``"raise"`` or ``"nan"`` when a row has no tests.
             python: interpreter for the sandbox (default: this one).
             on_error: ``"raise"`` or ``"nan"`` (NaN + ``failed``) when scoring itself fails.
@@ -109,21 +112,31 @@ class CodeExecution(Reward):
             raise ValueError("CodeExecution: workers, max_processes >= 1, memory_mb >= 16, cpu_time, wall_time > 0")
         self.tests_key, self.mode, self.extract, self.workers = tests_key, mode, extract, int(workers)
         self.limits = SandboxLimits(cpu_time, wall_time, int(memory_mb), int(max_processes), int(max_output_bytes))
-        self.require_isolation, self.python = require_isolation, python
+        self.allow_unisolated, self.python = allow_unisolated, python
         self.missing = check_missing("CodeExecution", missing)
         self.set_policy(on_error, None)
         self.isolation: dict[str, bool] | None = None
 
-    def _check_isolation(self, result: SandboxResult) -> None:
-        if self.isolation is not None or not result.isolation:
-            return
-        self.isolation = dict(result.isolation)
-        needed = {"network": True, "filesystem": True, "no_fork": self.limits.max_processes <= 1}
-        lacking = [k for k, want in needed.items() if want and not self.isolation.get(k)]
-        if lacking and self.require_isolation:
-            raise RuntimeError(f"CodeExecution: sandbox isolation unavailable on this machine: {lacking}")
-        if lacking:
-            log.warning("CodeExecution: sandbox runs WITHOUT %s isolation on this machine", lacking)
+    def _lacking(self, isolation: dict[str, bool]) -> list[str]:
+        needed = [k for k in ISOLATION_FEATURES if k != "no_fork" or self.limits.max_processes <= 1]
+        return [k for k in needed if not isolation.get(k)]
+
+    def _check_isolation(self, result: SandboxResult | None = None) -> None:
+        """Before the first run: probe this machine's sandbox and refuse (or, with ``allow_unisolated``,
+        warn) when a feature is missing. After each run: the run must have held what the probe did."""
+        if result is None and self.isolation is None:
+            self.isolation = dict(probe_isolation(self.python, self.limits.max_processes))
+            lacking = self._lacking(self.isolation)
+            if lacking and not self.allow_unisolated:
+                raise RuntimeError(
+                    f"CodeExecution: the sandbox lacks {lacking} on this machine; refusing to run untrusted code "
+                    "(set allow_unisolated: true to run it anyway, on a machine you can afford to lose)")
+            if lacking:
+                log.warning("CodeExecution: sandbox runs WITHOUT %s isolation (allow_unisolated)", lacking)
+        elif result is not None and result.isolation and not self.allow_unisolated:
+            lacking = self._lacking(result.isolation)
+            if lacking:
+                raise RuntimeError(f"CodeExecution: a sandboxed run lost isolation {lacking}")
 
     def _jobs(self, samples: Samples) -> tuple[list[tuple[int, str, Any]], list[int], list[float]]:
         """One job per sandbox run: (row, program, assert tests | (stdin, expected))."""
@@ -155,6 +168,8 @@ class CodeExecution(Reward):
 
     def forward(self, samples: Samples) -> RewardOutput:
         jobs, n_tests, no_code = self._jobs(samples)
+        if jobs:
+            self._check_isolation()
         passed, timeout = [0] * len(samples), [0.0] * len(samples)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sandbox") as pool:
             for i, ok, timed_out, res in pool.map(self._run, jobs):

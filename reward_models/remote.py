@@ -4,11 +4,19 @@ Protocol (JSON, NaN sent as null):
 ``POST /score`` ``{"prompts", "completions", "metadata", "group_index", "completion_ids", "trainer_state"}`` →
 200 ``{"rewards": [...], "metrics": {key: [...]}}``; 400 ``{"error"}`` for a bad request;
 500 ``{"error"}`` when the reward tree fails. ``GET /health`` → ``{"status": "ok", "reward": name}``.
+
+Facing a network: with a token (environment variable :data:`TOKEN_ENV` on both sides) ``/score``
+needs ``Authorization: Bearer <token>`` (401 otherwise, compared in constant time); the body size is
+checked from ``Content-Length`` before anything is read (400 malformed, 411 missing, 413 too large);
+the body must arrive within ``read_timeout`` seconds (408); token-id batches whose padded tensors
+would outgrow the body are refused (400), so a request costs a bounded multiple of its body.
 """
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import os
 import threading
 import time
 import urllib.error
@@ -23,7 +31,8 @@ from reward_models.rollouts import output_from_payload, output_to_payload, sampl
 from reward_models.types import RewardOutput, Samples
 
 log = logging.getLogger("reward_models")
-MAX_BODY = 256 << 20
+MAX_BODY = 16 << 20  #: default request body limit in bytes (``serve-reward --max-body-mb``)
+TOKEN_ENV = "TREPO_REWARD_TOKEN"  #: environment variable holding the shared bearer token
 RETRY_STATUS = {502, 503, 504}
 
 
@@ -62,6 +71,7 @@ class RemoteReward(Reward):
         batch_size: int = 256,
         backoff: float = 0.5,
         headers: dict[str, str] | None = None,
+        token_env: str | None = TOKEN_ENV,
         on_error: Literal["raise", "nan"] = "raise",
     ) -> None:
         """
@@ -71,24 +81,33 @@ class RemoteReward(Reward):
             retries: extra attempts after a transient failure.
             batch_size: rows per request (groups are never split).
             backoff: first retry delay in seconds (doubles each retry).
-            headers: extra HTTP headers (e.g. an auth token).
+            headers: extra HTTP headers.
+            token_env: environment variable with the server's bearer token; when it is set (and not
+                empty) every request carries ``Authorization: Bearer <token>``. None = never send one.
             on_error: ``"raise"`` or ``"nan"`` (NaN + ``failed``) when the server cannot score.
         """
         if retries < 0 or batch_size < 1 or timeout <= 0:
             raise ValueError("RemoteReward: need retries >= 0, batch_size >= 1, timeout > 0")
         self.url, self.request_timeout, self.retries = url.rstrip("/"), float(timeout), int(retries)
         self.batch_size, self.backoff, self.headers = int(batch_size), float(backoff), dict(headers or {})
+        self.token_env = token_env
         self.set_policy(on_error, None)
+
+    def _auth_headers(self) -> dict[str, str]:
+        token = os.environ.get(self.token_env, "") if self.token_env else ""
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def _post(self, body: bytes) -> dict[str, Any]:
         request = urllib.request.Request(f"{self.url}/score", data=body, method="POST",
-                                         headers={"Content-Type": "application/json", **self.headers})
+                                         headers={"Content-Type": "application/json", **self._auth_headers(), **self.headers})
         for attempt in range(self.retries + 1):
             try:
                 with urllib.request.urlopen(request, timeout=self.request_timeout) as response:
                     return json.loads(response.read())
             except urllib.error.HTTPError as err:
                 message = _error_text(err)
+                if err.code == 401:
+                    message += f" (set {self.token_env or 'the token variable'} to the server's token)"
                 if err.code not in RETRY_STATUS or attempt == self.retries:
                     raise RuntimeError(f"reward server {self.url} answered HTTP {err.code}: {message}") from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
@@ -120,8 +139,39 @@ def _error_text(err: urllib.error.HTTPError) -> str:
         return err.reason or ""
 
 
+class _BadRequest(Exception):
+    """An HTTP error answer: ``status`` and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _check_token_cells(payload: Any, limit: int) -> None:
+    """Refuse token ids whose padded (N, L) tensors would hold more than ``limit`` cells."""
+    ids = payload.get("completion_ids") if isinstance(payload, dict) else None
+    if isinstance(ids, list) and ids:
+        width = max((len(row) for row in ids if isinstance(row, list)), default=0)
+        if len(ids) * width > limit:
+            raise _BadRequest(400, f"completion_ids pad to {len(ids)} x {width} tokens, over the server's {limit} "
+                                   "cells; send smaller batches (RemoteReward batch_size)")
+
+
+def _check_containers(body: bytes, limit: int) -> None:
+    """Refuse bodies that could decode into more than ``limit`` JSON arrays and objects (each one a
+    Python object of ~64 bytes from as little as 2 bytes of JSON); brackets inside strings count too."""
+    count = body.count(b"[") + body.count(b"{")
+    if count > limit:
+        raise _BadRequest(400, f"request holds up to {count} JSON arrays/objects, over the server's {limit}")
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: "RewardServer"
+    protocol_version = "HTTP/1.0"
+
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout  # socket timeout for headers and each read
+        super().setup()
 
     def _send(self, status: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload).encode()
@@ -140,18 +190,79 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, {"error": f"no route {self.path}; use POST /score or GET /health"})
 
+    def _authorize(self) -> None:
+        token = self.server.token
+        if token is None:
+            return
+        sent = (self.headers.get("Authorization") or "").encode("utf-8", "replace")
+        if not hmac.compare_digest(sent, b"Bearer " + token.encode()):
+            raise _BadRequest(401, "missing or wrong bearer token")
+
+    def _content_length(self) -> int:
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            raise _BadRequest(411, "Content-Length required")
+        if not raw.strip().isdigit():
+            raise _BadRequest(400, f"malformed Content-Length {raw[:40]!r}")
+        length = int(raw)
+        if length > self.server.max_body:
+            raise _BadRequest(413, f"request body of {length} bytes exceeds {self.server.max_body}; "
+                                   "send smaller batches (RemoteReward batch_size)")
+        return length
+
+    def _read_body(self, length: int) -> bytes:
+        """The body, read in chunks that must all arrive within ``read_timeout`` seconds in total."""
+        deadline, chunks, left = time.monotonic() + self.server.read_timeout, [], length
+        while left:
+            try:
+                chunk = self.rfile.read1(min(left, 1 << 20)) if time.monotonic() < deadline else None
+            except TimeoutError:
+                chunk = None
+            if chunk is None:
+                raise _BadRequest(408, f"request body not received within {self.server.read_timeout:g} s")
+            if not chunk:
+                raise _BadRequest(400, f"request body ended after {length - left} of {length} bytes")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def _discard(self, seconds: float = 1.0, cap: int = 64 << 20) -> None:
+        """After an early error answer, swallow (and drop) what the client is still sending for a
+        moment, so it reads the answer instead of a connection reset."""
+        deadline, total = time.monotonic() + seconds, 0
+        self.connection.settimeout(0.1)
+        while time.monotonic() < deadline and total < cap:
+            try:
+                chunk = self.rfile.read1(1 << 16)
+            except (TimeoutError, OSError, ValueError):
+                return
+            if not chunk:
+                return
+            total += len(chunk)
+
+    def _samples(self) -> Samples:
+        length = self._content_length()
+        self._authorize()
+        body = self._read_body(length)
+        try:
+            _check_containers(body, self.server.max_body // 16)
+            payload = json.loads(body)
+            del body
+            _check_token_cells(payload, self.server.max_body // 4)
+            return samples_from_payload(payload)
+        except (ValueError, TypeError, AttributeError, RecursionError) as err:
+            raise _BadRequest(400, f"bad request: {err}") from None
+
     def do_POST(self) -> None:  # noqa: N802
         if self.path.rstrip("/") != "/score":
             self._send(404, {"error": f"no route {self.path}; use POST /score"})
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self._send(413, {"error": f"request body of {length} bytes exceeds {MAX_BODY}"})
-            return
         try:
-            samples = samples_from_payload(json.loads(self.rfile.read(length)))
-        except (ValueError, TypeError, AttributeError) as err:
-            self._send(400, {"error": f"bad request: {err}"})
+            samples = self._samples()
+        except _BadRequest as err:
+            self.close_connection = True
+            self._send(err.status, {"error": str(err)})
+            self._discard()
             return
         try:
             with self.server.lock:
@@ -170,10 +281,15 @@ class RewardServer(ThreadingHTTPServer):
     """HTTP server holding a reward tree; calls are serialised by a lock (trees may hold state)."""
 
     daemon_threads = True
+    request_queue_size = 128  #: listen backlog: many trainers may connect at once
 
-    def __init__(self, reward: Reward, host: str = "127.0.0.1", port: int = 8000) -> None:
+    def __init__(self, reward: Reward, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+                 max_body: int = MAX_BODY, read_timeout: float = 30.0) -> None:
+        if token is not None and not token:
+            raise ValueError("RewardServer: the token must not be empty (None = no authentication)")
         super().__init__((host, port), _Handler)
         self.reward, self.lock = reward, threading.Lock()
+        self.token, self.max_body, self.read_timeout = token, int(max_body), float(read_timeout)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("reward server: error while handling a request from %s", client_address)
@@ -184,10 +300,14 @@ class RewardServer(ThreadingHTTPServer):
         return f"http://{host}:{port}"
 
 
-def serve(reward: Reward, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(reward: Reward, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          max_body: int = MAX_BODY, read_timeout: float = 30.0) -> None:
     """Serve ``reward`` until interrupted (``port=0`` picks a free port; the URL is printed)."""
-    server = RewardServer(reward, host, port)
-    print(f"serving {type(reward).__name__} on {server.url} (POST /score, GET /health)", flush=True)
+    server = RewardServer(reward, host, port, token, max_body, read_timeout)
+    auth = "bearer token required" if token else "NO authentication"
+    print(f"serving {type(reward).__name__} on {server.url} (POST /score, GET /health; {auth})", flush=True)
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serve-reward: %s is reachable beyond this machine WITHOUT authentication; set %s", host, TOKEN_ENV)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -105,20 +105,31 @@ def samples_from_rows(rows: list[dict[str, Any]], where: list[str] | None = None
                    metadata=metadata)
 
 
-def read_rollouts(path: str | Path) -> Samples:
-    """Read a rollout JSONL file; errors name the file and line number."""
+def read_rollouts(path: str | Path, bad_lines: list[str] | None = None) -> Samples:
+    """Read a rollout JSONL file; errors name the file and line number.
+
+    With ``bad_lines`` (a list) a bad line is skipped and its error appended there instead of raised
+    (``score`` reports each one and scores the rest)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"rollouts file {path} does not exist")
     rows, where = [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: invalid JSON: {err}") from err
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{lineno}: invalid JSON: {err}") from err
+                _check_row(row, f"{path}:{lineno}")
+            except ValueError as err:
+                if bad_lines is None:
+                    raise
+                bad_lines.append(str(err))
+                continue
+            rows.append(row)
             where.append(f"{path}:{lineno}")
     return samples_from_rows(rows, where)
 
@@ -131,29 +142,45 @@ def samples_to_payload(samples: Samples) -> dict[str, Any]:
             "completion_ids": _ids_lists(samples), "trainer_state": None if state is None else asdict(state)}
 
 
+def _column(payload: dict[str, Any], key: str, n: int, ok: Any, what: str, required: bool = False) -> list[Any] | None:
+    """``payload[key]`` checked to be a list of ``n`` items each passing ``ok`` (errors name the item)."""
+    values = payload.get(key)
+    if values is None and not required:
+        return None
+    if not isinstance(values, list) or (n >= 0 and len(values) != n):
+        raise ValueError(f"payload field {key!r} must be a list" + (f" of {n} items" if n >= 0 else ""))
+    for i, value in enumerate(values):
+        if not ok(value):
+            raise ValueError(f"payload field {key!r} item {i}: must be {what}, got {type(value).__name__}")
+    return values
+
+
 def samples_from_payload(payload: dict[str, Any]) -> Samples:
-    """Inverse of :func:`samples_to_payload`; raises ValueError naming the bad field."""
-    for key in ("prompts", "completions"):
-        if not isinstance(payload.get(key), list):
-            raise ValueError(f"payload field {key!r} must be a list")
-    n = len(payload["completions"])
-    rows = [{"prompt": payload["prompts"][i] if i < len(payload["prompts"]) else None,
-             "completion": payload["completions"][i]} for i in range(n)]
-    for field in ("metadata", "group_index", "completion_ids"):
-        values = payload.get(field)
-        if values is not None:
-            if not isinstance(values, list) or len(values) != n:
-                raise ValueError(f"payload field {field!r} must be a list of {n} items")
-            for row, value in zip(rows, values):
-                row[field] = value
-    if len(payload["prompts"]) != n:
-        raise ValueError(f"payload has {len(payload['prompts'])} prompts but {n} completions")
-    samples = samples_from_rows(rows, [f"item {i}" for i in range(n)])
+    """Inverse of :func:`samples_to_payload`; raises ValueError naming the bad field and item.
+
+    Columnar all the way: the decoded lists become the Samples' lists (no per-row copies), so a
+    request costs its decoded JSON plus the token tensors."""
+    if not isinstance(payload, dict):
+        raise ValueError(f"payload must be a JSON object, got {type(payload).__name__}")
+    prompts = _column(payload, "prompts", -1, lambda v: isinstance(v, str), "a string", required=True)
+    completions = _column(payload, "completions", -1, lambda v: isinstance(v, str), "a string", required=True)
+    n = len(completions)
+    if len(prompts) != n:
+        raise ValueError(f"payload has {len(prompts)} prompts but {n} completions")
+    metadata = _column(payload, "metadata", n, lambda v: isinstance(v, dict), "an object")
+    groups = _column(payload, "group_index", n, lambda v: type(v) is int, "an int")
+    ids = _column(payload, "completion_ids", n, lambda v: isinstance(v, list) and all(type(t) is int for t in v),
+                  "a list of ints")
+    padded, mask = _padded(ids) if ids is not None else (None, None)
+    samples = Samples(prompts=prompts, completions=completions, completion_ids=padded, completion_mask=mask,
+                      group_index=torch.tensor(groups if groups is not None else range(n), dtype=torch.long),
+                      metadata=metadata if metadata is not None else [{} for _ in range(n)])
     state = payload.get("trainer_state")
     if state is not None:
-        if not isinstance(state, dict) or not set(state) <= {f.name for f in fields(TrainerState)}:
-            raise ValueError(f"payload field 'trainer_state' must be an object with keys from "
-                             f"{[f.name for f in fields(TrainerState)]}, got {state!r:.200}")
+        names = [f.name for f in fields(TrainerState)]
+        if not isinstance(state, dict) or not set(state) <= set(names):
+            raise ValueError(f"payload field 'trainer_state' must be an object with keys from {names}, "
+                             f"got {state!r:.200}")
         samples.trainer_state = TrainerState(**{k: int(v) for k, v in state.items()})
     return samples
 

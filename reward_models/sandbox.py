@@ -1,16 +1,23 @@
 """Run untrusted Python in a limited subprocess. What this boundary does and does not stop: docs/rewards.md.
 
-One call = one fresh ``python -I`` process (``_sandbox_boot.py``) with a minimal environment, its own
-temporary working directory, rlimits (CPU time, address space, file size = output cap, no core
-files), a wall-clock timeout that kills the process group, and — where the kernel allows — new
-user + network + mount namespaces (no network; every mount read-only; a 16 MiB tmpfs as cwd) and a
-seccomp filter that forbids creating processes (``max_processes <= 1``). The result says which of
-those held (``isolation``).
+One call = one fresh ``python -I`` process tree (``_sandbox_boot.py``) with a minimal environment, its
+own temporary working directory, rlimits (CPU time, address space, file size = output cap, no core
+files), a wall-clock timeout that kills it, and — where the kernel allows — new user + pid + network
++ mount namespaces (the program is pid 1 of its own namespace, sees only itself in ``/proc``, runs as
+an unprivileged uid with no capabilities, has no network, every mount read-only, a 16 MiB tmpfs as
+cwd) and a seccomp filter (no namespace/mount/ptrace syscalls; no process creation when
+``max_processes <= 1``). Test results are HMAC-signed with a per-run key the harness reads from a
+pipe, so lines the program forges on the report descriptor are ignored. The result says which
+isolation features held (``isolation``, keys :data:`ISOLATION_FEATURES`).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -21,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BOOT = str(Path(__file__).with_name("_sandbox_boot.py"))
+#: Every isolation feature the boot reports (``no_fork`` only matters with ``max_processes <= 1``).
+ISOLATION_FEATURES = ("user_namespace", "pid_namespace", "network", "filesystem", "unprivileged", "syscall_filter",
+                      "no_fork")
 
 
 @dataclass
@@ -30,7 +40,7 @@ class SandboxLimits:
     cpu_time: float = 2.0  #: CPU seconds (RLIMIT_CPU, rounded up to whole seconds)
     wall_time: float = 5.0  #: wall-clock seconds before the process group is killed
     memory_mb: int = 512  #: address-space limit (RLIMIT_AS)
-    max_processes: int = 1  #: 1 = no child processes (seccomp); >1 = RLIMIT_NPROC (non-root only)
+    max_processes: int = 1  #: 1 = no child processes (seccomp); >1 = RLIMIT_NPROC on the sandbox's own uid
     max_output_bytes: int = 1 << 16  #: stdout/stderr and any written file (RLIMIT_FSIZE)
     network: bool = False  #: allow network (False = a fresh, empty network namespace)
 
@@ -44,7 +54,7 @@ class SandboxResult:
     wall_s: float
     tests: list[bool] = field(default_factory=list)  #: per-test pass flags (assert mode)
     load_error: str | None = None  #: exception type raised while loading the program (assert mode)
-    isolation: dict[str, bool] = field(default_factory=dict)  #: network / filesystem / no_fork held
+    isolation: dict[str, bool] = field(default_factory=dict)  #: which ISOLATION_FEATURES held
 
 
 def _minimal_env(workdir: str) -> dict[str, str]:
@@ -65,17 +75,30 @@ def _user_task_count() -> int:
     return count
 
 
-def _parse_report(text: str, result: SandboxResult, n_tests: int) -> None:
-    passed = [False] * n_tests
+def _signed_lines(text: str, key: bytes) -> list[list[str]]:
+    """The report lines whose trailing HMAC matches ``key`` (split into words, signature removed)."""
+    lines = []
     for line in text.splitlines():
-        parts = line.split()
-        if parts[:1] == ["I"] and len(parts) == 4 and not result.isolation:
-            result.isolation = {"network": parts[1] == "1", "filesystem": parts[2] == "1", "no_fork": parts[3] == "1"}
-        elif parts[:1] == ["T"] and len(parts) == 3 and parts[1].isdigit() and int(parts[1]) < n_tests:
-            passed[int(parts[1])] = parts[2] == "1"
-        elif parts[:1] == ["E"] and result.load_error is None:
-            result.load_error = " ".join(parts[1:]) or "error"
-    result.tests = passed
+        body, _, sig = line.rpartition(" ")
+        want = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()[:32]
+        if body and hmac.compare_digest(sig, want):
+            lines.append(body.split(" ", 1))
+    return lines
+
+
+def _parse_report(text: str, key: bytes, result: SandboxResult, n_tests: int) -> None:
+    """Fill isolation, per-test flags and load error from the signed lines (first line of each wins)."""
+    passed: list[bool | None] = [None] * n_tests
+    for kind, *rest in _signed_lines(text, key):
+        arg = rest[0] if rest else ""
+        if kind == "I" and not result.isolation:
+            result.isolation = {k: bool(v) for k, v in json.loads(arg).items()}
+        elif kind == "T" and arg.count(" ") == 1 and arg.split()[0].isdigit() and int(arg.split()[0]) < n_tests:
+            index, ok = arg.split()
+            passed[int(index)] = ok == "1" if passed[int(index)] is None else passed[int(index)]
+        elif kind == "E" and result.load_error is None:
+            result.load_error = arg or "error"
+    result.tests = [bool(p) for p in passed]
 
 
 def _read_capped(path: Path, cap: int) -> str:
@@ -110,15 +133,28 @@ def run_sandboxed(
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _key_pipe() -> tuple[bytes, int]:
+    """A fresh result key and the read end of a pipe holding it (the boot reads it, then closes it)."""
+    key = secrets.token_bytes(32)
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, key)
+    os.close(write_fd)
+    return key, read_fd
+
+
 def _spawn(cfg: dict, io_dir: Path, limits: SandboxLimits, python: str, n_tests: int) -> SandboxResult:
+    key, key_fd = _key_pipe()
     with open(io_dir / "stdin.txt", "rb") as fin, open(io_dir / "stdout", "wb") as fout, \
             open(io_dir / "stderr", "wb") as ferr, open(io_dir / "report", "wb+") as frep:
-        cfg = {**cfg, "report_fd": frep.fileno()}
+        cfg = {**cfg, "report_fd": frep.fileno(), "key_fd": key_fd}
         start = time.perf_counter()
-        proc = subprocess.Popen(
-            [python, "-I", BOOT, json.dumps(cfg)], stdin=fin, stdout=fout, stderr=ferr, cwd=cfg["workdir"],
-            env=_minimal_env(cfg["workdir"]), start_new_session=True, pass_fds=(frep.fileno(),),
-        )
+        try:
+            proc = subprocess.Popen(
+                [python, "-I", BOOT, json.dumps(cfg)], stdin=fin, stdout=fout, stderr=ferr, cwd=cfg["workdir"],
+                env=_minimal_env(cfg["workdir"]), start_new_session=True, pass_fds=(frep.fileno(), key_fd),
+            )
+        finally:
+            os.close(key_fd)
         timed_out = False
         try:
             proc.wait(timeout=limits.wall_time)
@@ -132,8 +168,15 @@ def _spawn(cfg: dict, io_dir: Path, limits: SandboxLimits, python: str, n_tests:
     timed_out = timed_out or rc in (-signal.SIGXCPU, -signal.SIGKILL)
     result = SandboxResult(rc, _read_capped(io_dir / "stdout", limits.max_output_bytes),
                            _read_capped(io_dir / "stderr", limits.max_output_bytes), timed_out, wall)
-    _parse_report((io_dir / "report").read_text(errors="replace"), result, n_tests)
+    _parse_report((io_dir / "report").read_text(errors="replace"), key, result, n_tests)
     return result
+
+
+@functools.lru_cache(maxsize=None)
+def probe_isolation(python: str | None = None, max_processes: int = 1) -> tuple[tuple[str, bool], ...]:
+    """The isolation features a trivial sandboxed run gets on this machine (cached per interpreter)."""
+    res = run_sandboxed("pass", [], limits=SandboxLimits(max_processes=max_processes), python=python)
+    return tuple(sorted(res.isolation.items()))
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
