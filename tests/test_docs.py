@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 MODULE_HEADER = re.compile(r"#\s*([\w/]+\.py)\b")
-CONFIG_KEYS = {"model", "trainer", "data", "seed_everything", "ckpt_path", "optimizer"}
+CONFIG_KEYS = {"model", "trainer", "data", "seed_everything", "ckpt_path", "optimizer", "lr_scheduler", "step_printer",
+               "export"}
 
 
 def blocks(lang: str) -> list[tuple[str, str]]:
@@ -129,7 +130,17 @@ def test_command_line_example_runs(where, args, tmp_path, monkeypatch, capsys):
     if command == "fit":
         from tests.test_cli import cli_parse_only
 
-        assert cli_parse_only([a for a in rest if a != "--print_config"]).model.class_path
+        # parse only (training is not fast); --ckpt_path belongs to the fit subcommand, which parsing leaves out
+        keep = [a for i, a in enumerate(rest) if a != "--print_config" and "--ckpt_path" not in (a, rest[i - 1])]
+        assert cli_parse_only(keep).model.class_path
+    elif command == "export":
+        from lightning_trepo.export import export_main
+        from tests.test_export import fit, saved_base
+
+        # the example's run directory does not exist here: export a two-step fit's checkpoint (LoRA for --adapter-only)
+        _, ckpt = fit(tmp_path, saved_base(tmp_path)) if "--adapter-only" in rest else fit(tmp_path)
+        assert export_main([str(ckpt), str(tmp_path / "out"), *rest[2:]]) == 0
+        assert (tmp_path / "out" / ("adapter_config.json" if "--adapter-only" in rest else "config.json")).exists()
     elif command == "verify-estimators":
         from lightning_trepo.theory.verify import main as verify
 

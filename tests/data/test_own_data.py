@@ -51,13 +51,16 @@ def test_overlay_reads_its_file_with_the_named_columns(overlay, monkeypatch):
     c, dm = connected(overlay, monkeypatch)
     data = dm.train_dataset().data
     rows = make_examples.rows()
-    assert len(data) == 64 and data.metadata[1] == {"solution": rows[1]["solution"]}
+    meta = dict(data.metadata[1])
+    chat = meta.pop("prompt_messages", None)  # the chat a templated prompt came from (TRL passes it to rewards)
+    assert len(data) == 64 and meta == {"solution": rows[1]["solution"]}
     assert data.raw_prompts[1] == rows[1]["question"]  # the reward reads the prompt before any template
     if overlay.name == "chat.yaml":  # row 0 has its own system turn; row 1 gets data.system_prompt
+        assert chat == [{"role": "system", "content": "Add."}, {"role": "user", "content": rows[1]["question"]}]
         assert data.prompts[0] == f"<system>Add.\n<user>{rows[0]['question']}\n<assistant>"
         assert data.prompts[1] == f"<system>Add.\n<user>{rows[1]['question']}\n<assistant>"
     else:
-        assert data.prompts[1] == rows[1]["question"]
+        assert chat is None and data.prompts[1] == rows[1]["question"]
     # the reward's answer_key names the answer column: the right sum scores 1, a wrong one 0
     assert isinstance(c.model.reward, NumericAnswer) and c.model.reward.answer_key == "solution"
     right, wrong = rows[1]["solution"], str(int(rows[1]["solution"]) + 1)

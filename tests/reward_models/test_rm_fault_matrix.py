@@ -38,7 +38,7 @@ def tree(fault: str, policy: str) -> WeightedSum:
 @pytest.mark.parametrize("fault", FAULTS)
 def test_fault_under_raise_names_the_path(fault):
     start = time.perf_counter()
-    with pytest.raises(RewardError, match=r"reward component 'bad' \(FunctionReward\) failed: .*" + FAULTS[fault]) as info:
+    with pytest.raises(RewardError, match=rf"reward component 'bad' \(FunctionReward\(rm_faults\.{fault}\)\) failed: .*" + FAULTS[fault]) as info:
         tree(fault, "raise")(indexed(2))
     assert info.value.path == ("bad",)
     assert time.perf_counter() - start < 1.5  # the hang is cut at 0.2 s
@@ -51,7 +51,7 @@ def test_fault_under_nan_trains_on_and_logs(fault, caplog):
     assert_close(out.metrics["bad"], [nan, nan])
     assert_close(out.metrics["bad/failed"], [1, 1])
     assert_close(out.rewards, [1, 2])  # the sum over the components that apply
-    assert "reward component FunctionReward failed, scoring NaN" in caplog.text
+    assert f"reward component FunctionReward(rm_faults.{fault}) failed, scoring NaN" in caplog.text
 
 
 @pytest.mark.parametrize("policy", ["raise", "nan"])
