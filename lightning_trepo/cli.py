@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_trepo.callbacks import SaveOnTrainEnd, StepPrinter
 from lightning_trepo.data import PromptDataModule
+from lightning_trepo.errors import debug_requested, reporting_errors
 from lightning_trepo.modules.base import RLModule
 
 
@@ -58,13 +59,15 @@ def quiet_known_warnings() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``lightning-trepo`` and ``python -m lightning_trepo``."""
+    debug, argv = debug_requested(argv)
     args = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_known_warnings()
     tools = _tool_commands()
     if args and args[0] in tools:
         sys.exit(tools[args[0]](args[1:]) or 0)
-    build_cli(argv)
+    with reporting_errors(debug):  # bad settings or inputs: one short block naming the key (--debug: traceback)
+        build_cli(argv)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> TrepoCLI:
