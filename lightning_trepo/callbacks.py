@@ -26,7 +26,9 @@ class SaveOnTrainEnd(Callback):
     validations (``max_steps`` reached mid-interval) still leaves its final state to resume or reload."""
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from lightning_trepo.checkpointing import PeriodicCheckpoint, atomic_save
+
         ckpt = trainer.checkpoint_callback
-        if ckpt is None or ckpt.dirpath is None or trainer.global_step == 0:
-            return
-        trainer.save_checkpoint(os.path.join(ckpt.dirpath, "last.ckpt"))
+        if ckpt is None or ckpt.dirpath is None or trainer.global_step == 0 or isinstance(ckpt, PeriodicCheckpoint):
+            return  # PeriodicCheckpoint writes its own final checkpoint and last.ckpt
+        atomic_save(trainer, os.path.join(ckpt.dirpath, "last.ckpt"))

@@ -37,6 +37,10 @@ class InputError(ValueError):
     """A file the run reads (checkpoint, data) is missing, truncated or does not fit the configuration."""
 
 
+class TrainingHalted(RuntimeError):
+    """Training stopped on purpose (e.g. too many non-finite updates in a row); the message says why and what next."""
+
+
 def choices(literal: Any) -> tuple[Any, ...]:
     """The values of a ``Literal[...]`` type."""
     return typing.get_args(literal)
@@ -254,15 +258,33 @@ def _instantiation_problem(top: str, root: BaseException) -> list[str]:
     return lines
 
 
+def _checkpoint_problem(chain: list[BaseException]) -> str | None:
+    """LightningCLI reads ``--ckpt_path`` while building the config; a bad file fails inside torch.load there."""
+    for frame in (f for e in chain for f in _frames(e.__traceback__)):
+        if frame.f_code.co_name == "_parse_ckpt_path" and frame.f_locals.get("ckpt_path"):
+            from lightning_trepo.checkpointing import check_readable
+
+            path = str(frame.f_locals["ckpt_path"])
+            try:
+                check_readable(path)
+            except InputError as err:
+                return str(err)
+            return f"--ckpt_path {path!r} could not be read: {chain[-1]}"
+    return None
+
+
 def describe(exc: BaseException) -> list[str] | None:
     """A short report for a configuration or input error, or None for an internal error (keep the traceback)."""
     chain = _chain(exc)
-    mine = next((e for e in chain if isinstance(e, (ConfigError, InputError))), None)
+    mine = next((e for e in chain if isinstance(e, (ConfigError, InputError, TrainingHalted))), None)
     if isinstance(mine, ConfigError):
         return _config_error_lines(mine)
     if mine is not None:
         return [str(mine)]
     top, root = str(chain[0]), chain[-1]
+    ckpt = _checkpoint_problem(chain)
+    if ckpt is not None:
+        return [ckpt]
     unknown = _describe_unknown(top)
     if unknown is not None:
         return unknown
@@ -317,11 +339,12 @@ def reporting_errors(debug: bool) -> Iterator[None]:
             report = describe(exc)
             if debug or report is None:
                 raise
-            kind = "configuration error" if _phase(exc) == "config" else "input error"
+            halted = any(isinstance(e, TrainingHalted) for e in _chain(exc))
+            kind = "training stopped" if halted else "configuration error" if _phase(exc) == "config" else "input error"
             sys.stderr.write(f"lightning-trepo: {kind}\n" + "".join(f"  {line}\n" for line in report)
                              + f"  {DEBUG_HINT}\n")
             sys.exit(2 if kind == "configuration error" else 1)
 
 
-__all__ = ["ConfigError", "InputError", "check_choice", "require", "reporting_errors", "debug_requested", "describe",
+__all__ = ["ConfigError", "InputError", "TrainingHalted", "check_choice", "require", "reporting_errors", "debug_requested", "describe",
            "schema_keys"]
