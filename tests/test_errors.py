@@ -1,0 +1,145 @@
+"""Errors a person can act on: every bad setting is reported by the console script in a few lines that name the key,
+the bad value and what is accepted, before any model loads; the traceback only with --debug."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_trepo import GRPO, PPO, REINFORCE, RLOO, TRePO, UpdateConfig
+from lightning_trepo.algorithms.kl import KL_KINDS
+from lightning_trepo.algorithms.losses import AGGREGATIONS
+from lightning_trepo.cli import main
+from lightning_trepo.errors import DEBUG_ENV, ConfigError, choices
+from lightning_trepo.modules.config import Aggregation, KLEstimator, RolloutConfig
+from lightning_trepo.rollout.engine import SamplingConfig
+from reward_models import NumericAnswer
+from tests.helpers import TINY, rollout_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+GRPO_YAML = str(ROOT / "configs" / "grpo.yaml")
+MAX_LINES = 8  # the whole report, banner and debug hint included
+
+
+def report(capsys, monkeypatch, *args: str) -> str:
+    """stderr of ``lightning-trepo fit --config configs/grpo.yaml <args>``, which must exit with status 2."""
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    monkeypatch.setattr(sys, "argv", ["lightning-trepo"])  # the args come from main's parameter only
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", GRPO_YAML, "--trainer.max_steps", "0", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert lines[0] == "lightning-trepo: configuration error" and "--debug" in lines[-1]
+    assert len(lines) <= MAX_LINES, err
+    assert "Namespace(" not in err and "Traceback" not in err and "Union subtypes" not in err
+    return err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--model.init_args.policy.model_path", "/no/such/model"],
+     ["model_path '/no/such/model' does not exist", "config key: model.init_args.policy.model_path"]),
+    (["--model.init_args.rollout.sampling.temperature", "0"],
+     ["temperature must be > 0 (got 0.0)", "config key: model.init_args.rollout.sampling.temperature"]),
+    (["--model.init_args.rollout.sampling.max_new_tokens", "0"],
+     ["max_new_tokens must be >= 1 (got 0)", "config key: model.init_args.rollout.sampling.max_new_tokens"]),
+    (["--model.init_args.rolout.group_size", "4"],
+     ["unknown config key: model.init_args.rolout.group_size (value 4)", "did you mean model.init_args.rollout.group_size?"]),
+    (["--model.init_args.rollout.group_size", "1"],
+     ["model.init_args.rollout.group_size = 1", "accepted: an integer >= 2", "group of one"]),
+    (["--model.init_args.advantage_scale", "stdd"],
+     ["model.init_args.advantage_scale = 'stdd'", "accepted: one of group, batch, none"]),
+    (["--model.init_args.advantage_eps", "-1"], ["model.init_args.advantage_eps = -1.0", "accepted: a number >= 0"]),
+    (["--model.init_args.update.aggregation", "mean"],
+     ["model.init_args.update.aggregation = 'mean'", "accepted: one of token_mean, seq_mean_token_mean"]),
+    (["--model.init_args.update.clip_low", "1.0"], ["model.init_args.update.clip_low = 1.0", "0 <= clip_low < 1"]),
+    (["--trainer.max_stepz", "3"], ["unknown config key: trainer.max_stepz"]),
+    (["--data.batch_size", "x"], ["data.batch_size: Expected a <class 'int'>. Got value: x"]),
+])
+def test_bad_setting_gets_a_short_report_naming_key_value_and_accepted(capsys, monkeypatch, args, expected):
+    err = report(capsys, monkeypatch, *args)
+    for text in expected:
+        assert text in err, err
+
+
+def test_truncated_checkpoint_on_the_command_line_is_named(capsys, monkeypatch, tmp_path):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    err = report(capsys, monkeypatch, "--ckpt_path", str(broken))
+    assert f"checkpoint '{broken}' is truncated or not a checkpoint" in err
+
+
+def test_debug_flag_and_env_keep_the_full_traceback(monkeypatch):
+    args = ["fit", "--config", GRPO_YAML, "--model.init_args.advantage_eps", "-1"]
+    monkeypatch.setattr(sys, "argv", ["lightning-trepo"])
+    with pytest.raises(Exception, match="advantage_eps") as err:
+        main([*args, "--debug"])
+    assert not isinstance(err.value, SystemExit)
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    with pytest.raises(Exception, match="advantage_eps"):
+        main(args)
+
+
+@pytest.mark.slow
+def test_console_script_report_is_short_end_to_end(tmp_path):
+    # the real process: no usage dump, no namespace dump, exit status 2
+    cmd = [sys.executable, "-m", "lightning_trepo", "fit", "--config", GRPO_YAML, "--model.init_args.rollout.group_size",
+           "1"]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if "Warning" not in line and "warnings.warn" not in line]
+    assert len(lines) <= MAX_LINES and "model.init_args.rollout.group_size = 1" in res.stderr, res.stderr
+
+
+def test_help_lists_the_choices_of_variant_settings(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["lightning-trepo"])
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", GRPO_YAML, "--model.help", "lightning_trepo.TRePO"])
+    out = capsys.readouterr().out
+    assert "{uniform,every,boundary}" in out and "{loo,fresh}" in out
+    assert "{token_mean,seq_mean_token_mean,seq_mean_token_sum,seq_mean_token_sum_norm}" in out
+
+
+def test_literal_types_match_the_functions_they_feed():
+    assert choices(Aggregation) == AGGREGATIONS and choices(KLEstimator) == KL_KINDS
+
+
+# ---------------------------------------------------------------------------------------------- construction checks
+def reward() -> NumericAnswer:
+    return NumericAnswer(answer_key="answer")
+
+
+@pytest.mark.parametrize("build, key, accepted", [
+    (lambda: GRPO(reward(), policy=TINY, rollout=rollout_cfg(group_size=1)), "rollout.group_size", ">= 2"),
+    (lambda: GRPO(reward(), policy=TINY, rollout=rollout_cfg(), advantage_scale="stdd"), "advantage_scale",
+     "group, batch, none"),
+    (lambda: GRPO(reward(), policy=TINY, rollout=rollout_cfg(), advantage_eps=-1.0), "advantage_eps", ">= 0"),
+    (lambda: RLOO(reward(), policy=TINY, rollout=rollout_cfg(group_size=1)), "rollout.group_size", ">= 2"),
+    (lambda: REINFORCE(reward(), policy=TINY, baseline="mean"), "baseline", "none, running_mean"),
+    (lambda: PPO(reward(), policy=TINY, value_model="critic"), "value_model", "head, separate"),
+    (lambda: PPO(reward(), policy=TINY, lam=1.5), "lam", "[0, 1]"),
+    (lambda: TRePO(reward(), policy=TINY, rollout=rollout_cfg(max_new_tokens=4), num_anchors=4), "num_anchors",
+     "at most 3"),
+    (lambda: TRePO(reward(), policy=TINY, rollout=rollout_cfg(max_new_tokens=8), anchor_mode="every", num_anchors=3,
+                   anchor_every=4), "num_anchors", "at most 1 with anchor_every=4"),
+    (lambda: TRePO(reward(), policy=TINY, anchor_mode="boundary", boundary_pattern="("), "boundary_pattern",
+     "valid Python regular expression"),
+    (lambda: TRePO(reward(), policy=TINY, rollout=rollout_cfg(group_size=1)), "rollout.group_size", "start_value=loo"),
+    (lambda: UpdateConfig(clip_low=1.0), "update.clip_low", "0 <= clip_low < 1"),
+    (lambda: UpdateConfig(kl_estimator="k4"), "update.kl_estimator", "k1, k2, k3"),
+    (lambda: RolloutConfig(group_size=0), "rollout.group_size", ">= 1"),
+])
+def test_cross_field_constraints_are_checked_at_construction(build, key, accepted):
+    with pytest.raises(ConfigError) as err:
+        build()
+    assert err.value.key == f"model.init_args.{key}" and accepted in err.value.accepted
+
+
+def test_construction_checks_run_before_any_model_loads(monkeypatch):
+    import lightning_trepo.modules.base as base
+
+    monkeypatch.setattr(base, "load_tokenizer", lambda cfg: pytest.fail("loaded the tokenizer before validating"))
+    with pytest.raises(ConfigError, match="group_size"):
+        GRPO(reward(), policy=TINY, rollout=RolloutConfig(group_size=1, sampling=SamplingConfig(max_new_tokens=4)))
