@@ -245,10 +245,17 @@ def _config_error_lines(err: ConfigError) -> list[str]:
     return [*lines, f"  accepted: {err.accepted}"]
 
 
+HINTS = (
+    ("enable_checkpointing=False", "trainer.callbacks lists a checkpoint callback (the shipped configs add "
+     "PeriodicCheckpoint): keep trainer.enable_checkpointing true, or also pass --trainer.callbacks '[]'"),
+)
+
+
 def _instantiation_problem(top: str, root: BaseException) -> list[str]:
     """A class raised while being built: its message, the key it concerns and the class."""
     cls = _model_class(top) or _model_class(str(root))
     lines = _useful_lines(str(root)) or [f"{type(root).__name__}: {root}"]
+    lines += [f"  {hint}" for text, hint in HINTS if text in str(root)]
     where = _locate_key(lines[0], cls)
     component = _component(root)
     if where:
