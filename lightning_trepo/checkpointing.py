@@ -91,14 +91,45 @@ def save_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
 
 def check_compatible(module: Any, checkpoint: dict[str, Any], path: str | None = None) -> None:
     """Refuse a checkpoint of another algorithm, model or group size, naming each mismatch."""
+    _refuse_mismatch(_saved_stamp(checkpoint), run_stamp(module), path)
+
+
+def _saved_stamp(checkpoint: dict[str, Any]) -> dict[str, Any]:
     saved = checkpoint.get(STATE_KEY, {}).get("stamp")
-    if saved is None:
+    if saved is None:  # written before the stamp existed: what the hyper-parameters tell
         hp = checkpoint.get("hyper_parameters", {})
         policy, rollout = hp.get("policy"), hp.get("rollout")
         saved = {"model_path": getattr(policy, "model_path", None), "group_size": getattr(rollout, "group_size", None)}
-    now = run_stamp(module)
+    return saved
+
+
+def cli_stamp(model_config: Any) -> dict[str, Any]:
+    """:func:`run_stamp` from the CLI's (not yet instantiated) ``model`` config."""
+    init = model_config.get("init_args") or {}
+    policy, rollout = init.get("policy") or {}, init.get("rollout") or {}
+    path = policy.get("model_path") if hasattr(policy, "get") else getattr(policy, "model_path", None)
+    size = rollout.get("group_size") if hasattr(rollout, "get") else getattr(rollout, "group_size", None)
+    return {"algorithm": str(model_config.get("class_path", "")).rpartition(".")[2] or None,
+            "model_path": None if path in ("", "null", "None") else path, "group_size": size}
+
+
+def refuse_foreign_checkpoint(config: Any) -> None:
+    """For the CLI, before LightningCLI adopts a ``--ckpt_path`` file's hyper-parameters (which would silently turn
+    ``--config rloo.yaml`` into the checkpoint's GRPO): refuse a broken file or one of another run."""
+    sub = config.get("subcommand")
+    path = config[sub].get("ckpt_path") if sub else None
+    if not path or not (os.path.isfile(path) or os.path.isdir(path)):
+        return
+    check_readable(str(path))
+    if os.path.isdir(path):
+        return
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    _refuse_mismatch(_saved_stamp(checkpoint), cli_stamp(config[sub].get("model") or {}), str(path))
+
+
+def _refuse_mismatch(saved: dict[str, Any], now: dict[str, Any], path: str | None) -> None:
     diffs = [f"{key}: checkpoint {saved[key]!r}, this run {now[key]!r}" for key in now
-             if key in saved and saved[key] is not None and saved[key] != now[key]]
+             if saved.get(key) is not None and now[key] is not None and saved[key] != now[key]]
     if diffs:
         where = f" {path}" if path else ""
         raise InputError(f"checkpoint{where} does not fit this run ({'; '.join(diffs)}); resume with the settings it "

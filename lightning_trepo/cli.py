@@ -15,6 +15,7 @@ from typing import Callable
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_trepo.callbacks import SaveOnTrainEnd, StepPrinter
+from lightning_trepo.checkpointing import refuse_foreign_checkpoint
 from lightning_trepo.data import PromptDataModule
 from lightning_trepo.errors import debug_requested, reporting_errors
 from lightning_trepo.modules.base import RLModule
@@ -32,6 +33,10 @@ class TrepoCLI(LightningCLI):
             "trainer.devices": 1,
             "trainer.num_sanity_val_steps": 0,
         })
+
+    def _parse_ckpt_path(self) -> None:
+        refuse_foreign_checkpoint(self.config)  # a broken or foreign --ckpt_path, before its hyper-parameters are adopted
+        super()._parse_ckpt_path()
 
 
 def _tool_commands() -> dict[str, Callable[[list[str]], int | None]]:

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 
 from lightning_trepo import GRPO, RLOO
 from lightning_trepo.checkpointing import NonFiniteGuard, PeriodicCheckpoint, check_readable
 from lightning_trepo.errors import InputError, TrainingHalted
 from reward_models import FunctionReward, Normalize
 from tests.helpers import TINY, datamodule, policy_params, rollout_cfg, trainer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def grpo(group_size: int = 2, cls=GRPO, **kw) -> GRPO:
@@ -170,3 +176,63 @@ def test_consecutive_non_finite_updates_stop_the_run_with_a_message(tmp_path):
         trainer(tmp_path, max_steps=10, callbacks=[NonFiniteGuard(max_consecutive=2)]).fit(
             module, datamodule=datamodule(batch_size=2))
     assert math.isfinite(sum(float(p.sum()) for p in module.policy.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------- console script, kill -9
+class KillAt(pl.Callback):
+    """SIGKILLs its own process right after optimizer step ``step`` (no handler, no cleanup: a real crash)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _console(tmp_path: Path, save_dir: str, *extra: str) -> subprocess.CompletedProcess:
+    overlay = tmp_path / f"{save_dir}.yaml"
+    callbacks = [{"class_path": "lightning_trepo.checkpointing.PeriodicCheckpoint", "init_args": {"every_n_steps": 2}}]
+    if "--kill" in extra:
+        callbacks.append({"class_path": "tests.test_checkpointing.KillAt", "init_args": {"step": 5}})
+        extra = tuple(e for e in extra if e != "--kill")
+    reward = {"class_path": "reward_models.FunctionReward", "init_args": {"fn": "tests.modules.rewards.length_reward"}}
+    overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}, "model": {"init_args": {"reward": reward}}}))
+    cmd = [sys.executable, "-m", "lightning_trepo", "fit", "--config", str(ROOT / "configs" / "grpo.yaml"),
+           "--config", str(overlay), "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0",
+           "--model.init_args.policy.model_path", "null", "--model.init_args.rollout.group_size", "2",
+           "--data.batch_size", "2", "--trainer.logger.init_args.save_dir", str(tmp_path / save_dir), *extra]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.slow
+def test_kill_9_then_ckpt_path_last_equals_the_uninterrupted_run(tmp_path):
+    assert _console(tmp_path, "straight").returncode == 0
+    killed = _console(tmp_path, "crash", "--kill")
+    assert killed.returncode == -signal.SIGKILL  # died after step 5; its newest checkpoint is step 4
+    ckpts = tmp_path / "crash" / "lightning_trepo" / "version_0" / "checkpoints"
+    assert sorted(os.listdir(ckpts)) == ["last.ckpt", "step=000002.ckpt", "step=000004.ckpt"]
+    resumed = _console(tmp_path, "crash", "--ckpt_path", "last")  # a new logger version finds version_0's last
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step=000004.ckpt" in resumed.stderr + resumed.stdout
+    load = lambda p: torch.load(p, weights_only=False, map_location="cpu")  # noqa: E731
+    want = load(tmp_path / "straight" / "lightning_trepo" / "version_0" / "checkpoints" / "last.ckpt")
+    got = load(tmp_path / "crash" / "lightning_trepo" / "version_1" / "checkpoints" / "last.ckpt")
+    assert got["global_step"] == want["global_step"] == 6
+    early = load(ckpts / "step=000002.ckpt")["state_dict"]
+    assert max(float((early[k] - v).abs().max()) for k, v in want["state_dict"].items()) > 1e-4  # it did learn
+    for k, v in want["state_dict"].items():
+        torch.testing.assert_close(got["state_dict"][k], v, atol=1e-6, rtol=1e-5)
+
+
+def test_console_refuses_a_checkpoint_of_another_group_size(tmp_path, capsys, monkeypatch):
+    from lightning_trepo.cli import main
+
+    fit(tmp_path, max_steps=2, every=2)  # group size 2, the built-in tiny model (model_path None)
+    monkeypatch.setattr(sys, "argv", ["lightning-trepo"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs" / "grpo.yaml"), "--model.init_args.policy.model_path", "null",
+              "--model.init_args.rollout.group_size", "4", "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "group_size: checkpoint 2, this run 4" in err and len(err.splitlines()) <= 4
