@@ -143,3 +143,28 @@ def test_construction_checks_run_before_any_model_loads(monkeypatch):
     monkeypatch.setattr(base, "load_tokenizer", lambda cfg: pytest.fail("loaded the tokenizer before validating"))
     with pytest.raises(ConfigError, match="group_size"):
         GRPO(reward(), policy=TINY, rollout=RolloutConfig(group_size=1, sampling=SamplingConfig(max_new_tokens=4)))
+
+
+# ---------------------------------------------------------------------------------------------- run-time input errors
+def test_bad_jsonl_line_at_run_time_is_a_short_input_error_naming_file_and_line(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": \n')
+    monkeypatch.setattr(sys, "argv", ["lightning-trepo"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", GRPO_YAML, "--data.source.class_path", "lightning_trepo.data.JsonlSource",
+              "--data.source.init_args.path", str(data), "--trainer.max_steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and err.splitlines()[0] == "lightning-trepo: input error"
+    assert f"{data}:2: invalid JSON" in err and len(err.splitlines()) <= 4 and "Traceback" not in err
+
+
+def test_internal_errors_keep_their_traceback():
+    from lightning_trepo.errors import describe
+
+    def fit_step():  # a bug inside the project's own training code, not a user's input
+        raise RuntimeError("shape mismatch in the loss")
+
+    with pytest.raises(RuntimeError) as err:
+        fit_step()
+    assert describe(err.value) is None  # reporting_errors re-raises it unchanged
