@@ -145,7 +145,7 @@ def test_nan_update_is_skipped_counted_and_the_weights_stay_finite(tmp_path):
     module = grpo(cls=PoisonedGRPO)
     module.poison_steps = (1,)  # the second optimizer step
     guard = NonFiniteGuard(max_consecutive=3)
-    t = trainer(tmp_path, max_steps=3, callbacks=[guard])
+    t = trainer(tmp_path, max_steps=3, callbacks=[guard], gradient_clip_val=1.0)  # clipping sees no gradient
     with pytest.warns(UserWarning, match="step 1: non-finite gradient, update skipped"):
         t.fit(module, datamodule=datamodule(batch_size=2))
     assert guard.skipped == 1 and guard.consecutive == 0
