@@ -143,14 +143,14 @@ def _from_input_code(exc: BaseException) -> bool:
                for f in files[-2:])
 
 
+UNKNOWN_PATTERNS = (r"unrecognized arguments: --([\w.]+)(?:[= ](\S+))?", r"Option '([\w.]+)' is not accepted()",
+                    r"does not accept option '([\w.]+)'()", r'No action for key "([\w.]+)"()')
+SECTIONS = {"data": "lightning_trepo.data.PromptDataModule", "trainer": "lightning.pytorch.Trainer"}
+
+
 def _unrecognized(message: str) -> list[tuple[str, str]]:
-    """(key, value) pairs of jsonargparse's 'unrecognized arguments: --a.b=1 --c 2' and 'No action for key'."""
-    found = []
-    for part in re.findall(r"unrecognized arguments: (.*)", message):
-        for arg in re.findall(r"--([\w.]+)(?:[= ]([^\s]+))?", part):
-            found.append(arg)
-    found += [(k, "") for k in re.findall(r'No action for key "([\w.]+)"', message)]
-    return found
+    """(key, value) pairs of jsonargparse's several ways of saying a key does not exist."""
+    return [pair for pattern in UNKNOWN_PATTERNS for pair in re.findall(pattern, message)]
 
 
 def _useful_lines(message: str) -> list[str]:
@@ -170,32 +170,37 @@ def _model_class(message: str) -> type | None:
     return _import(match.group(1)) if match else None
 
 
-def _section(message: str) -> str:
-    match = re.search(r'Parser key "([\w.]+)"', message)
-    return match.group(1) if match else "model"
+def _unknown_context(message: str, key: str) -> tuple[str, type | None, str]:
+    """(prefix of the full key, class whose schema holds the key, key relative to it) for an unknown key."""
+    keys = re.findall(r'Parser key "([\w.]+)"', message)
+    classes = re.findall(r"class_path '([\w.]+)'", message)
+    if keys and len(classes) == len(keys):  # model -> GRPO, reward -> NumericAnswer, ...: each level has init_args
+        return "".join(f"{k}.init_args." for k in keys), _import(classes[-1]), key
+    section, _, rest = key.partition(".")
+    if section in SECTIONS and rest:
+        return f"{section}.", _import(SECTIONS[section]), rest
+    return "", None, key
 
 
-def _describe_unknown(message: str) -> list[str] | None:
-    pairs = _unrecognized(message)
-    if not pairs:
+def _describe_unknown(chain: list[BaseException]) -> list[str] | None:
+    for exc in chain:
+        message = str(exc)
+        pairs = _unrecognized(message)
+        if pairs:
+            break
+    else:
         return None
-    section = _section(message)
-    cls = _model_class(message)
-    prefix = f"{section}.init_args." if cls is not None else (f"{section}." if section != "model" else "")
-    known = schema_keys(cls) if cls is not None else []
     lines = []
     for key, value in pairs:
-        if cls is None and "." in key and key.split(".")[0] in ("model", "data", "trainer"):
-            prefix = ""
-        full = prefix + key
-        lines.append(f"unknown config key: {full}" + (f" (value {value})" if value else ""))
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        prefix, cls, rel = _unknown_context(message, key)
+        lines.append(f"unknown config key: {prefix}{rel}" + (f" (value {value})" if value else ""))
+        known = schema_keys(cls) if cls is not None else []
+        close = difflib.get_close_matches(rel, known, n=1, cutoff=0.6)
         if close:
             lines.append(f"  did you mean {prefix}{close[0]}?")
         elif known:
-            top = sorted({k.split(".")[0] for k in known})
-            lines.append(f"  {cls.__name__} accepts: {', '.join(top)}")
-    return lines
+            lines.append(f"  {cls.__name__} accepts: {', '.join(sorted({k.split('.')[0] for k in known}))}")
+    return lines[:8]
 
 
 def _locate_key(problem: str, cls: type | None) -> str | None:
@@ -294,7 +299,7 @@ def describe(exc: BaseException) -> list[str] | None:
     ckpt = _checkpoint_problem(chain)
     if ckpt is not None:
         return [ckpt]
-    unknown = _describe_unknown(top)
+    unknown = _describe_unknown(chain)
     if unknown is not None:
         return unknown
     if _phase(exc) == "config":

@@ -55,11 +55,30 @@ def report(capsys, monkeypatch, *args: str) -> str:
     (["--model.init_args.update.aggregation", "mean"],
      ["model.init_args.update.aggregation = 'mean'", "accepted: one of token_mean, seq_mean_token_mean"]),
     (["--model.init_args.update.clip_low", "1.0"], ["model.init_args.update.clip_low = 1.0", "0 <= clip_low < 1"]),
-    (["--trainer.max_stepz", "3"], ["unknown config key: trainer.max_stepz"]),
+    (["--trainer.max_stepz", "3"], ["unknown config key: trainer.max_stepz (value 3)", "did you mean trainer.max_steps?"]),
+    (["--data.batch_sise", "3"], ["unknown config key: data.batch_sise (value 3)", "did you mean data.batch_size?"]),
+    (["--model.init_args.reward.init_args.answer_kee", "x"],
+     ["unknown config key: model.init_args.reward.init_args.answer_kee",
+      "did you mean model.init_args.reward.init_args.answer_key?"]),
     (["--data.batch_size", "x"], ["data.batch_size: Expected a <class 'int'>. Got value: x"]),
 ])
 def test_bad_setting_gets_a_short_report_naming_key_value_and_accepted(capsys, monkeypatch, args, expected):
     err = report(capsys, monkeypatch, *args)
+    for text in expected:
+        assert text in err, err
+
+
+@pytest.mark.parametrize("yaml_text, expected", [
+    ("model:\n  init_args:\n    rolout:\n      group_size: 4\n",
+     ["unknown config key: model.init_args.rolout.group_size", "did you mean model.init_args.rollout.group_size?"]),
+    ("data:\n  batch_sise: 4\n", ["unknown config key: data.batch_sise", "did you mean data.batch_size?"]),
+    ("model:\n  init_args:\n    update:\n      kl_estimator: k5\n",
+     ["model.init_args.update.kl_estimator = 'k5'", "accepted: one of k1, k2, k3"]),
+])
+def test_typo_in_a_yaml_file_is_named_like_one_on_the_command_line(capsys, monkeypatch, tmp_path, yaml_text, expected):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml_text)
+    err = report(capsys, monkeypatch, "--config", str(overlay))
     for text in expected:
         assert text in err, err
 
