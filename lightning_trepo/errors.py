@@ -216,11 +216,8 @@ def _locate_key(problem: str, cls: type | None) -> str | None:
 def _parser_key(message: str) -> str | None:
     """The full key of a parse error from jsonargparse's nested 'Parser key "..."' lines."""
     keys = re.findall(r'Parser key "([\w.]+)"', message)
-    if not keys:
-        return None
-    if len(keys) > 1 and "Problem with given class_path" in message:
-        return f"{keys[0]}.init_args." + ".".join(keys[1:])
-    return ".".join(keys)
+    classes = re.findall(r"class_path '([\w.]+)'", message)  # each subclass level adds init_args
+    return ".".join(f"{k}.init_args" if i < len(classes) else k for i, k in enumerate(keys)) or None
 
 
 def _innermost_text(chain: list[BaseException]) -> str:

@@ -61,6 +61,9 @@ def report(capsys, monkeypatch, *args: str) -> str:
      ["unknown config key: model.init_args.reward.init_args.answer_kee",
       "did you mean model.init_args.reward.init_args.answer_key?"]),
     (["--data.batch_size", "x"], ["data.batch_size: Expected a <class 'int'>. Got value: x"]),
+    (["--model.init_args.reward", '{"class_path": "reward_models.Normalize", "init_args": {"mode": "rolling", '
+      '"inner": {"class_path": "reward_models.NumericAnswer"}}}'],
+     ["model.init_args.reward.init_args.mode = 'rolling'", "accepted: one of batch, group, running"]),
 ])
 def test_bad_setting_gets_a_short_report_naming_key_value_and_accepted(capsys, monkeypatch, args, expected):
     err = report(capsys, monkeypatch, *args)
