@@ -350,8 +350,10 @@ def reporting_errors(debug: bool) -> Iterator[None]:
             report = describe(exc)
             if debug or report is None:
                 raise
-            halted = any(isinstance(e, TrainingHalted) for e in _chain(exc))
-            kind = "training stopped" if halted else "configuration error" if _phase(exc) == "config" else "input error"
+            chain = _chain(exc)
+            config = _phase(exc) == "config" or any(isinstance(e, ConfigError) for e in chain)
+            halted = any(isinstance(e, TrainingHalted) for e in chain)
+            kind = "training stopped" if halted else "configuration error" if config else "input error"
             sys.stderr.write(f"lightning-trepo: {kind}\n" + "".join(f"  {line}\n" for line in report)
                              + f"  {DEBUG_HINT}\n")
             sys.exit(2 if kind == "configuration error" else 1)

@@ -55,6 +55,8 @@ def report(capsys, monkeypatch, *args: str) -> str:
     (["--model.init_args.update.aggregation", "mean"],
      ["model.init_args.update.aggregation = 'mean'", "accepted: one of token_mean, seq_mean_token_mean"]),
     (["--model.init_args.update.clip_low", "1.0"], ["model.init_args.update.clip_low = 1.0", "0 <= clip_low < 1"]),
+    (["--model.init_args.update.num_minibatches", "64", "--data.batch_size", "2"],
+     ["model.init_args.update.num_minibatches = 64", "at most 16 (data.batch_size 2 x rollout.group_size 8"]),
     (["--trainer.max_stepz", "3"], ["unknown config key: trainer.max_stepz (value 3)", "did you mean trainer.max_steps?"]),
     (["--data.batch_sise", "3"], ["unknown config key: data.batch_sise (value 3)", "did you mean data.batch_size?"]),
     (["--model.init_args.reward.init_args.answer_kee", "x"],

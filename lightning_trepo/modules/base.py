@@ -134,6 +134,7 @@ class RLModule(LightningModule):
         # init contexts (ZeRO-3 zero.Init, FSDP2 mesh); the tokenizer is already loaded
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "connect"):
+            self.update_cfg.check_fits(self.rollout_cfg.group_size, dm.batch_size)  # before any model loads
             dm.connect(self.tokenizer, steps_per_rollout=self.update_cfg.steps_per_rollout,
                        use_chat_template=self.policy_cfg.use_chat_template,
                        rank=self.global_rank, world_size=self.trainer.world_size)

@@ -78,6 +78,12 @@ class UpdateConfig:
         check_choice("update.aggregation", self.aggregation, Aggregation)
         check_choice("update.kl_estimator", self.kl_estimator, KLEstimator)
 
+    def check_fits(self, group_size: int, batch_size: int) -> None:
+        """Cross-check with the data: each minibatch needs at least one of the B * G samples of a rollout."""
+        samples = group_size * batch_size
+        require(self.num_minibatches <= samples, "update.num_minibatches", self.num_minibatches,
+                f"at most {samples} (data.batch_size {batch_size} x rollout.group_size {group_size} samples per rollout)")
+
     @property
     def steps_per_rollout(self) -> int:
         return self.epochs * self.num_minibatches
