@@ -7,6 +7,8 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_trepo.checkpointing import PeriodicCheckpoint, atomic_save
+
 
 class StepPrinter(Callback):
     """Prints one line per optimizer step with the reward and loss, so logs read well without a UI."""
@@ -26,8 +28,6 @@ class SaveOnTrainEnd(Callback):
     validations (``max_steps`` reached mid-interval) still leaves its final state to resume or reload."""
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        from lightning_trepo.checkpointing import PeriodicCheckpoint, atomic_save
-
         ckpt = trainer.checkpoint_callback
         if ckpt is None or ckpt.dirpath is None or trainer.global_step == 0 or isinstance(ckpt, PeriodicCheckpoint):
             return  # PeriodicCheckpoint writes its own final checkpoint and last.ckpt

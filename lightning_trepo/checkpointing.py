@@ -28,9 +28,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_trepo.errors import InputError, TrainingHalted
+from lightning_trepo.errors import InputError, TrainingHalted, require
 
 STATE_KEY = "lightning_trepo"
+CB = "trainer.callbacks"  # where the callbacks' settings live in the YAML
 STEP_FILE = re.compile(r"^step=(\d+)\.ckpt$")
 
 
@@ -221,9 +222,8 @@ class PeriodicCheckpoint(ModelCheckpoint):
             keep_last: keep this many step checkpoints (oldest removed); ``last.ckpt`` points at the newest.
             dirpath: directory of the checkpoints; None = ``<logger dir>/checkpoints`` of this run.
         """
-        if every_n_steps < 1 or keep_last < 1:
-            raise InputError(f"PeriodicCheckpoint: every_n_steps and keep_last must be >= 1, got {every_n_steps}, "
-                             f"{keep_last}")
+        require(every_n_steps >= 1, "PeriodicCheckpoint.every_n_steps", every_n_steps, "an integer >= 1", section=CB)
+        require(keep_last >= 1, "PeriodicCheckpoint.keep_last", keep_last, "an integer >= 1", section=CB)
         super().__init__(dirpath=dirpath, save_top_k=0, save_last=False, enable_version_counter=False)
         self.every_n_steps, self.keep_last, self._fixed_dir = every_n_steps, keep_last, dirpath is not None
         self._saved_step = 0
@@ -343,8 +343,7 @@ class NonFiniteGuard(Callback):
         Args:
             max_consecutive: stop after this many skipped updates in a row.
         """
-        if max_consecutive < 1:
-            raise InputError(f"NonFiniteGuard: max_consecutive must be >= 1, got {max_consecutive}")
+        require(max_consecutive >= 1, "NonFiniteGuard.max_consecutive", max_consecutive, "an integer >= 1", section=CB)
         self.max_consecutive = max_consecutive
         self.skipped, self.consecutive = 0, 0
         self._loss_bad = False

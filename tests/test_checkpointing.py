@@ -236,3 +236,12 @@ def test_console_refuses_a_checkpoint_of_another_group_size(tmp_path, capsys, mo
               "--model.init_args.rollout.group_size", "4", "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "group_size: checkpoint 2, this run 4" in err and len(err.splitlines()) <= 4
+
+
+def test_callback_settings_are_checked_with_their_key():
+    from lightning_trepo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"trainer.callbacks.PeriodicCheckpoint.every_n_steps = 0: accepted: an int"):
+        PeriodicCheckpoint(every_n_steps=0)
+    with pytest.raises(ConfigError, match=r"trainer.callbacks.NonFiniteGuard.max_consecutive = 0"):
+        NonFiniteGuard(max_consecutive=0)
