@@ -336,7 +336,9 @@ class NonFiniteGuard(Callback):
     """Non-finite values never reach the weights: a NaN/inf loss or gradient skips that optimizer update (its
     gradients are dropped), counts it in ``train/skipped_updates`` and warns; ``max_consecutive`` skips in a row
     stop the run with a message (the last periodic checkpoint holds the last good state). With several ranks the
-    decision is shared, so all ranks skip together."""
+    decision is shared, so all ranks skip together. Under DeepSpeed ZeRO the gradients live in DeepSpeed's own
+    buffers: a non-finite loss is still counted, warned about and stops the run after ``max_consecutive``, but the
+    update itself is not dropped."""
 
     def __init__(self, max_consecutive: int = 5) -> None:
         """
