@@ -192,3 +192,24 @@ def test_internal_errors_keep_their_traceback():
     with pytest.raises(RuntimeError) as err:
         fit_step()
     assert describe(err.value) is None  # reporting_errors re-raises it unchanged
+
+
+class NaNLossGRPO(GRPO):
+    """GRPO whose every loss is NaN (stands in for a diverged run)."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) * float("nan")
+
+
+def test_run_that_only_produces_nan_updates_stops_with_a_short_message(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["lightning-trepo"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", GRPO_YAML, "--model.class_path", "tests.test_errors.NaNLossGRPO",
+              "--model.init_args.policy.model_path", "null", "--model.init_args.rollout.group_size", "2",
+              "--data.batch_size", "2", "--trainer.max_steps", "20", "--trainer.logger", "false"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and err.splitlines()[0] == "lightning-trepo: training stopped", err
+    # NonFiniteGuard.max_consecutive is 5 in the config: steps 0..4 are skipped, the 5th skip stops the run
+    assert "5 consecutive updates had a non-finite loss or gradient" in err and "at step 4" in err
+    assert len(err.splitlines()) <= 4 and "Traceback" not in err
