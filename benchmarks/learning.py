@@ -85,7 +85,8 @@ class BudgetTracker(Callback):
 def run_one(name: str, base: list[str], rows: list[dict], args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     cli = quiet_build(build_cli, base + ALGORITHMS[name] + [
-        "--trainer.max_steps", "100000", "--trainer.limit_val_batches", "0", "--trainer.enable_checkpointing", "false",
+        "--trainer.max_steps", "100000", "--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]",
+        "--trainer.enable_checkpointing", "false",
         "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(args.out / "runs"),
         "--trainer.logger.init_args.name", name])
     tracker = BudgetTracker(rows, args.budget, args.limit, args.eval_every)

@@ -8,6 +8,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_trepo.checkpointing import PeriodicCheckpoint, atomic_save
+
 
 class StepPrinter(Callback):
     """Prints a console line every ``every_n_steps`` optimizer steps with the reward and loss, so logs read well
@@ -76,6 +78,6 @@ class SaveOnTrainEnd(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         ckpt = trainer.checkpoint_callback
-        if ckpt is None or ckpt.dirpath is None or trainer.global_step == 0:
-            return
-        trainer.save_checkpoint(os.path.join(ckpt.dirpath, "last.ckpt"))
+        if ckpt is None or ckpt.dirpath is None or trainer.global_step == 0 or isinstance(ckpt, PeriodicCheckpoint):
+            return  # PeriodicCheckpoint writes its own final checkpoint and last.ckpt
+        atomic_save(trainer, os.path.join(ckpt.dirpath, "last.ckpt"))

@@ -17,7 +17,9 @@ from typing import Callable
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_trepo.callbacks import SaveOnTrainEnd, StepPrinter, use_step_progress_bar
+from lightning_trepo.checkpointing import refuse_foreign_checkpoint
 from lightning_trepo.data import PromptDataModule
+from lightning_trepo.errors import debug_requested, reporting_errors
 from lightning_trepo.export import ExportConfig, export_trained
 from lightning_trepo.modules.base import RLModule
 from lightning_trepo.schedule import LRScheduleConfig, attach_lr_schedule
@@ -68,6 +70,10 @@ class TrepoCLI(LightningCLI):
         if out is not None:
             print(f"exported the trained policy to {out}")
 
+    def _parse_ckpt_path(self) -> None:
+        refuse_foreign_checkpoint(self.config)  # a broken or foreign --ckpt_path, before its hyper-parameters are adopted
+        super()._parse_ckpt_path()
+
 
 def _tool_commands() -> dict[str, Callable[[list[str]], int | None]]:
     def verify(argv: list[str]) -> int | None:
@@ -98,6 +104,7 @@ def quiet_known_warnings() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``lightning-trepo`` and ``python -m lightning_trepo``."""
+    debug, argv = debug_requested(argv)
     args = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # RL steps allocate many differently shaped tensors (rollouts, continuations, KV caches): expandable segments
@@ -107,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     tools = _tool_commands()
     if args and args[0] in tools:
         sys.exit(tools[args[0]](args[1:]) or 0)
-    build_cli(argv)
+    with reporting_errors(debug):  # bad settings or inputs: one short block naming the key (--debug: traceback)
+        build_cli(argv)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> TrepoCLI:

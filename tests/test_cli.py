@@ -130,7 +130,6 @@ def test_fit_with_local_hf_model_directory(tmp_path):
     model.save_pretrained(tmp_path / "hf")
     tok.save_pretrained(tmp_path / "hf")
     cmd = [sys.executable, "-m", "lightning_trepo", "fit", "--config", str(ROOT / "configs" / "grpo.yaml"), *SMALL,
-           "--model.init_args.policy.model_path", str(tmp_path / "hf"), "--trainer.logger", "false",
-           "--trainer.enable_checkpointing", "false"]
+           "--model.init_args.policy.model_path", str(tmp_path / "hf"), "--trainer.logger", "false"]
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -148,7 +148,7 @@ def test_demo_pipeline_two_steps(tmp_path, capsys):
     results = run(["--max-steps", "2", "--eval-size", "8", "--num-samples", "2", "--show", "3",
                    "--save-dir", str(tmp_path), "--", "--trainer.val_check_interval", "1",
                    "--data.val_source.init_args.size", "8", "--data.batch_size", "2",
-                   "--trainer.enable_checkpointing", "false"])
+                   "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"])
     log_dir = Path(results["log_dir"])
     assert results["steps"] == 2 and set(results["before"]) >= {"greedy_accuracy", "pass@1", "pass@2"}
     assert Path(results["plot"]).read_bytes()[:4] == b"\x89PNG"
@@ -168,7 +168,8 @@ def test_smollm2_loads_and_takes_one_tiny_step(tmp_path):
     from lightning_trepo.cli import build_cli
 
     cli = build_cli(["--config", str(ROOT / "configs" / "smollm2_grpo.yaml"), "--trainer.max_steps", "1",
-                     "--trainer.limit_val_batches", "0", "--trainer.enable_checkpointing", "false",
+                     "--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]",
+                     "--trainer.enable_checkpointing", "false",
                      "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.batch_size", "1",
                      "--model.init_args.rollout.group_size", "2",
                      "--model.init_args.rollout.sampling.max_new_tokens", "4"], run=False)

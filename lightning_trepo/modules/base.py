@@ -23,6 +23,7 @@ from torch import Tensor
 from lightning_trepo.algorithms.kl import kl_estimate
 from lightning_trepo.algorithms.losses import aggregate, clipped_surrogate_loss
 from lightning_trepo.export import drop_frozen_base, hparams_ignore, restore_frozen_base
+from lightning_trepo.checkpointing import load_run_state, save_run_state
 from lightning_trepo.modules.config import (
     OptimizerFactory,
     RolloutConfig,
@@ -134,6 +135,7 @@ class RLModule(LightningModule):
         # init contexts (ZeRO-3 zero.Init, FSDP2 mesh); the tokenizer is already loaded
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "connect"):
+            self.update_cfg.check_fits(self.rollout_cfg.group_size, dm.batch_size)  # before any model loads
             dm.connect(self.tokenizer, steps_per_rollout=self.update_cfg.steps_per_rollout,
                        use_chat_template=self.policy_cfg.use_chat_template,
                        rank=self.global_rank, world_size=self.trainer.world_size)
@@ -148,7 +150,8 @@ class RLModule(LightningModule):
             offload = self.policy_cfg.offload_reference and name == "ref"
             self._frozen[name] = place_frozen(strategy, model, self.device, offload=offload)
         self.reward.to("cpu" if self.rollout_cfg.offload_reward else self.device)
-        decorrelate_rank_rng(self.global_rank, self.trainer.world_size)
+        if not getattr(self, "_rank_state_restored", False):  # a resume got each rank's own stream back
+            decorrelate_rank_rng(self.global_rank, self.trainer.world_size)
 
     @property
     def engine(self) -> RolloutEngine:
@@ -390,19 +393,11 @@ class RLModule(LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["reward_state"] = self.reward.state_dict()
+        # every rank's sampling RNG and reward state, so a resumed run draws the same rollouts as an uninterrupted one
+        save_run_state(self, checkpoint)
         drop_frozen_base(self, checkpoint)  # LoRA: adapters only, the base comes from policy.model_path
-        # sampling RNG, so a resumed run draws the same rollouts as an uninterrupted one
-        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.reward.load_state_dict(checkpoint.get("reward_state", {}))
+        load_run_state(self, checkpoint)  # refuses another algorithm / model / group size
         restore_frozen_base(self, checkpoint)
-        rng = checkpoint.get("rng_state")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
 

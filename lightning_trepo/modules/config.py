@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 
-from lightning_trepo.algorithms.kl import kl_estimate
-from lightning_trepo.algorithms.losses import aggregate
+from lightning_trepo.errors import check_choice, require
 from lightning_trepo.rollout.decoding import Decoder
 from lightning_trepo.rollout.engine import SamplingConfig
 from lightning_trepo.rollout.policy import PolicyConfig, TinyModelConfig
 
+Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"]
+KLEstimator = Literal["k1", "k2", "k3"]
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -47,6 +48,13 @@ class RolloutConfig:
     offload_reward: bool = False
     """Keep reward models (learned RMs) on the CPU between scoring calls."""
 
+    def __post_init__(self) -> None:
+        require(self.group_size >= 1, "rollout.group_size", self.group_size, "an integer >= 1")
+        require(self.max_generate_batch >= 1, "rollout.max_generate_batch", self.max_generate_batch, "an integer >= 1")
+        require(self.val_num_samples >= 0, "rollout.val_num_samples", self.val_num_samples, "an integer >= 0")
+        check_choice("rollout.decoder", self.decoder, Decoder)
+        require(self.bucket_tokens >= 1, "rollout.bucket_tokens", self.bucket_tokens, "an integer >= 1")
+
 
 @dataclass
 class UpdateConfig:
@@ -60,18 +68,29 @@ class UpdateConfig:
     """PPO ratio clip below 1 (ratio >= 1 - clip_low)."""
     clip_high: float = 0.2
     """PPO ratio clip above 1 (ratio <= 1 + clip_high); DAPO's clip-higher uses ~0.28."""
-    aggregation: str = "token_mean"
-    """token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_mean_token_sum_norm."""
+    aggregation: Aggregation = "token_mean"
+    """How per-token losses become one number: token_mean | seq_mean_token_mean | seq_mean_token_sum |
+    seq_mean_token_sum_norm."""
     kl_coef: float = 0.0
     """Weight of the KL to the reference policy; 0 means no reference model is loaded."""
-    kl_estimator: str = "k3"
+    kl_estimator: KLEstimator = "k3"
     """k1 | k2 | k3 (per-token estimator of KL(π || π_ref))."""
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.num_minibatches < 1:
-            raise ValueError("update.epochs and update.num_minibatches must be >= 1")
-        aggregate(torch.zeros(1, 1), torch.ones(1, 1), self.aggregation)  # raises naming the valid modes
-        kl_estimate(torch.zeros(1), torch.zeros(1), self.kl_estimator)
+        require(self.epochs >= 1, "update.epochs", self.epochs, "an integer >= 1")
+        require(self.num_minibatches >= 1, "update.num_minibatches", self.num_minibatches, "an integer >= 1")
+        require(0.0 <= self.clip_low < 1.0, "update.clip_low", self.clip_low, "0 <= clip_low < 1",
+                "the ratio clip 1 - clip_low must stay positive")
+        require(self.clip_high >= 0.0, "update.clip_high", self.clip_high, "a number >= 0")
+        require(self.kl_coef >= 0.0, "update.kl_coef", self.kl_coef, "a number >= 0")
+        check_choice("update.aggregation", self.aggregation, Aggregation)
+        check_choice("update.kl_estimator", self.kl_estimator, KLEstimator)
+
+    def check_fits(self, group_size: int, batch_size: int) -> None:
+        """Cross-check with the data: each minibatch needs at least one of the B * G samples of a rollout."""
+        samples = group_size * batch_size
+        require(self.num_minibatches <= samples, "update.num_minibatches", self.num_minibatches,
+                f"at most {samples} (data.batch_size {batch_size} x rollout.group_size {group_size} samples per rollout)")
 
     @property
     def steps_per_rollout(self) -> int:

@@ -1,13 +1,18 @@
 """GRPO (Shao et al. 2024, arXiv 2402.03300): group-normalised response rewards, PPO-clipped loss."""
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor
 
 from lightning_trepo.algorithms.advantages import grpo_advantages
+from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.rollout.policy import PolicyConfig
 from lightning_trepo.types import Rollout
 from reward_models import Reward
+
+AdvantageScale = Literal["group", "batch", "none"]
 
 
 class GRPO(RLModule):
@@ -25,7 +30,7 @@ class GRPO(RLModule):
         rollout: RolloutConfig = RolloutConfig(),
         update: UpdateConfig = UpdateConfig(),
         optimizer: OptimizerFactory = default_optimizer,
-        advantage_scale: str = "group",
+        advantage_scale: AdvantageScale = "group",
         advantage_eps: float = 1e-6,
     ) -> None:
         """
@@ -33,6 +38,10 @@ class GRPO(RLModule):
             advantage_scale: std used to scale advantages: group | batch | none (Dr. GRPO).
             advantage_eps: added to the std before dividing.
         """
+        check_choice("advantage_scale", advantage_scale, AdvantageScale)
+        require(advantage_eps >= 0, "advantage_eps", advantage_eps, "a number >= 0")
+        require(rollout.group_size >= 2, "rollout.group_size", rollout.group_size, "an integer >= 2",
+                "GRPO's group-relative advantage is 0 for a group of one (use REINFORCE or ReMax for G = 1)")
         super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
         self.advantage_scale = advantage_scale
         self.advantage_eps = advantage_eps

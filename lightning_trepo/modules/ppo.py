@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from lightning_trepo.algorithms.advantages import gae, token_level_rewards
 from lightning_trepo.algorithms.kl import kl_estimate
 from lightning_trepo.algorithms.losses import explained_variance, value_loss
+from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import (
     OptimizerFactory,
     RLModule,
@@ -36,7 +37,7 @@ from lightning_trepo.rollout.policy import (
 from lightning_trepo.types import LossOutput, Rollout
 from reward_models import Reward
 
-VALUE_MODELS = ("head", "separate")
+ValueModel = Literal["head", "separate"]
 
 
 class PPO(RLModule):
@@ -57,7 +58,7 @@ class PPO(RLModule):
         rollout: RolloutConfig = RolloutConfig(),
         update: UpdateConfig = UpdateConfig(),
         optimizer: OptimizerFactory = default_optimizer,
-        value_model: str = "head",
+        value_model: ValueModel = "head",
         value_lr: float | None = None,
         vf_coef: float = 0.1,
         value_clip: float | None = 0.2,
@@ -75,13 +76,13 @@ class PPO(RLModule):
             lam: λ of GAE (1.0 = Monte Carlo returns, 0.0 = one-step TD).
             whiten_advantages: normalise the rollout's advantages to mean 0, std 1 over real tokens.
         """
+        check_choice("value_model", value_model, ValueModel)
+        require(0.0 <= gamma <= 1.0, "gamma", gamma, "a number in [0, 1]")
+        require(0.0 <= lam <= 1.0, "lam", lam, "a number in [0, 1]")
+        require(vf_coef >= 0, "vf_coef", vf_coef, "a number >= 0")
+        require(value_clip is None or value_clip > 0, "value_clip", value_clip, "a number > 0, or null (unclipped)")
+        require(value_lr is None or value_lr >= 0, "value_lr", value_lr, "a number >= 0, or null (the optimizer's lr)")
         super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
-        if value_model not in VALUE_MODELS:
-            raise ValueError(f"model.init_args.value_model {value_model!r} is not one of {VALUE_MODELS}")
-        if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
-            raise ValueError(f"model.init_args.gamma and lam must lie in [0, 1], got gamma={gamma}, lam={lam}")
-        if vf_coef < 0 or (value_clip is not None and value_clip <= 0) or (value_lr is not None and value_lr < 0):
-            raise ValueError("model.init_args.vf_coef and value_lr must be >= 0, value_clip > 0 or null")
         self.value_model_kind, self.value_lr, self.vf_coef, self.value_clip = value_model, value_lr, vf_coef, value_clip
         self.gamma, self.lam, self.whiten_advantages = gamma, lam, whiten_advantages
         self.value_head: nn.Linear | None = None  # built with the policy (its hidden size is known then)

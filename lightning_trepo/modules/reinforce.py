@@ -7,16 +7,19 @@ and lowers the variance.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
 from lightning_trepo.algorithms.advantages import reinforce_advantages
+from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.rollout.policy import PolicyConfig
 from lightning_trepo.types import Rollout
 from reward_models import Reward
 
-BASELINES = ("none", "running_mean")
+Baseline = Literal["none", "running_mean"]
 
 
 class REINFORCE(RLModule):
@@ -35,7 +38,7 @@ class REINFORCE(RLModule):
         rollout: RolloutConfig = RolloutConfig(),
         update: UpdateConfig = UpdateConfig(),
         optimizer: OptimizerFactory = default_optimizer,
-        baseline: str = "none",
+        baseline: Baseline = "none",
         baseline_momentum: float = 0.9,
     ) -> None:
         """
@@ -43,11 +46,9 @@ class REINFORCE(RLModule):
             baseline: none (A = r) | running_mean (A = r − moving average of past rollouts' mean reward).
             baseline_momentum: m in [0, 1) of the moving average (0 = the previous rollout's mean only).
         """
+        check_choice("baseline", baseline, Baseline)
+        require(0.0 <= baseline_momentum < 1.0, "baseline_momentum", baseline_momentum, "a number in [0, 1)")
         super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
-        if baseline not in BASELINES:
-            raise ValueError(f"model.init_args.baseline {baseline!r} is not one of {BASELINES}")
-        if not 0.0 <= baseline_momentum < 1.0:
-            raise ValueError(f"model.init_args.baseline_momentum must be in [0, 1), got {baseline_momentum}")
         self.baseline = baseline
         self.baseline_momentum = baseline_momentum
         if baseline == "running_mean":

@@ -5,6 +5,7 @@ from torch import Tensor
 
 from lightning_trepo.algorithms.advantages import rloo_advantages
 from lightning_trepo.algorithms.kl import kl_estimate, kl_penalized_rewards
+from lightning_trepo.errors import require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.rollout.policy import PolicyConfig
 from lightning_trepo.types import Rollout
@@ -35,10 +36,9 @@ class RLOO(RLModule):
         Args:
             kl_in_reward: subtract β·(per-sequence KL sum) from each reward (True) or add β·KL to the loss (False).
         """
+        require(rollout.group_size >= 2, "rollout.group_size", rollout.group_size, "an integer >= 2",
+                "RLOO's leave-one-out baseline needs another sample of the same prompt")
         super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
-        if rollout.group_size < 2:
-            raise ValueError(f"RLOO needs model.init_args.rollout.group_size >= 2 for its leave-one-out baseline "
-                             f"(got {rollout.group_size})")
         self.kl_in_reward = kl_in_reward
 
     def kl_in_loss(self) -> bool:

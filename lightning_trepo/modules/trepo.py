@@ -7,7 +7,9 @@ samples; Û(s) is the mean reward of K continuations of W_{0,s}. No critic: memo
 """
 from __future__ import annotations
 
+import re
 import time
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -19,6 +21,7 @@ from lightning_trepo.algorithms.anchors import (
     build_anchor_values,
     fixed_anchor_offsets,
 )
+from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import (
     OptimizerFactory,
     RLModule,
@@ -37,8 +40,8 @@ from lightning_trepo.rollout.policy import PolicyConfig
 from lightning_trepo.types import Rollout
 from reward_models import Reward, Samples
 
-ANCHOR_MODES = ("uniform", "every", "boundary")
-START_VALUES = ("loo", "fresh")
+AnchorMode = Literal["uniform", "every", "boundary"]
+StartValue = Literal["loo", "fresh"]
 
 
 class TRePO(RLModule):
@@ -53,10 +56,10 @@ class TRePO(RLModule):
         optimizer: OptimizerFactory = default_optimizer,
         num_anchors: int = 2,
         num_continuations: int = 2,
-        anchor_mode: str = "uniform",
+        anchor_mode: AnchorMode = "uniform",
         anchor_every: int = 8,
         boundary_pattern: str = r"\n",
-        start_value: str = "loo",
+        start_value: StartValue = "loo",
     ) -> None:
         """
         Args:
@@ -70,22 +73,39 @@ class TRePO(RLModule):
             start_value: Û(0): loo (leave-one-out mean of the group's rewards, no extra tokens; needs G >= 2)
                 or fresh (mean reward of K fresh samples from the prompt).
         """
+        self._validate(rollout, num_anchors, num_continuations, anchor_mode, anchor_every, boundary_pattern,
+                       start_value)
         super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
-        if anchor_mode not in ANCHOR_MODES:
-            raise ValueError(f"model.init_args.anchor_mode {anchor_mode!r} is not one of {ANCHOR_MODES}")
-        if start_value not in START_VALUES:
-            raise ValueError(f"model.init_args.start_value {start_value!r} is not one of {START_VALUES}")
-        if start_value == "loo" and rollout.group_size < 2:
-            raise ValueError("start_value='loo' needs rollout.group_size >= 2 (or use start_value='fresh')")
-        if num_anchors < 0 or num_continuations < 1:
-            raise ValueError("num_anchors must be >= 0 and num_continuations >= 1")
-        if anchor_mode == "uniform" and num_anchors > rollout.sampling.max_new_tokens - 1:
-            raise ValueError(f"num_anchors={num_anchors} exceeds the {rollout.sampling.max_new_tokens - 1} interior "
-                             "positions of rollout.sampling.max_new_tokens")
         self.num_anchors, self.num_continuations = num_anchors, num_continuations
         self.anchor_mode, self.anchor_every, self.start_value = anchor_mode, anchor_every, start_value
         self._marker = BoundaryMarker(self.tokenizer, boundary_pattern) if anchor_mode == "boundary" else None
         self._offsets: Tensor | None = None
+
+    @staticmethod
+    def _validate(rollout: RolloutConfig, num_anchors: int, num_continuations: int, anchor_mode: str,
+                  anchor_every: int, boundary_pattern: str, start_value: str) -> None:
+        """Every cross-field constraint, checked before anything loads."""
+        check_choice("anchor_mode", anchor_mode, AnchorMode)
+        check_choice("start_value", start_value, StartValue)
+        require(start_value != "loo" or rollout.group_size >= 2, "rollout.group_size", rollout.group_size,
+                "an integer >= 2 with start_value=loo", "the leave-one-out U(0) needs another sample of the prompt "
+                "(or use start_value: fresh)")
+        require(num_anchors >= 0, "num_anchors", num_anchors, "an integer >= 0")
+        require(num_continuations >= 1, "num_continuations", num_continuations, "an integer >= 1")
+        interior = rollout.sampling.max_new_tokens - 1
+        if anchor_mode == "uniform":
+            require(num_anchors <= interior, "num_anchors", num_anchors, f"at most {interior}",
+                    f"only {interior} interior positions below rollout.sampling.max_new_tokens")
+        if anchor_mode == "every":
+            require(anchor_every >= 1, "anchor_every", anchor_every, "an integer >= 1")
+            require(num_anchors * anchor_every <= interior, "num_anchors", num_anchors,
+                    f"at most {interior // anchor_every} with anchor_every={anchor_every}",
+                    f"anchors every {anchor_every} tokens must fit below rollout.sampling.max_new_tokens")
+        if anchor_mode == "boundary":
+            try:
+                re.compile(boundary_pattern)
+            except re.error as err:
+                require(False, "boundary_pattern", boundary_pattern, "a valid Python regular expression", str(err))
 
     def rollout_plan(self) -> RolloutPlan:
         """G samples per prompt; fixed anchor offsets are drawn here, BEFORE generation (stopping times)."""

@@ -25,7 +25,7 @@ def test_config_trains_two_steps_through_console_script(name, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.INFO)  # the CLI's StepPrinter reports each optimizer step through logging
     main(["fit", "--config", str(config), "--trainer.max_steps", "2", "--model.init_args.rollout.group_size", "2",
-          "--data.batch_size", "2", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"])
+          "--data.batch_size", "2", "--trainer.logger", "false"])
     assert "step     2 | reward/total=" in caplog.text
 
 

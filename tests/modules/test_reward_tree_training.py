@@ -19,7 +19,8 @@ def test_nested_tree_trains_and_logs_every_component(algo, tmp_path, monkeypatch
     main(["fit", "--config", str(ROOT / "configs" / f"{algo}.yaml"), "--model.init_args.reward", str(TREE),
           "--model.init_args.policy.model_path", "null", "--trainer.max_steps", "2",
           "--model.init_args.rollout.group_size", "2", "--data.batch_size", "2", "--data.val_source", "null",
-          "--trainer.enable_checkpointing", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+          "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
+          "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
     rows = list(csv.DictReader(open(next((tmp_path / "runs").rglob("metrics.csv")))))
     header = set(rows[0])
     for node in NODES:
