@@ -8,11 +8,12 @@
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
 from argparse import RawDescriptionHelpFormatter
-from typing import Callable
+from typing import Any, Callable
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -38,6 +39,14 @@ class TrepoCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         """``fit`` and ``validate`` only: the RL modules have no test or predict step."""
         return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
+    def before_instantiate_classes(self) -> None:
+        """``--trainer.enable_checkpointing false`` also drops the configs' checkpoint callbacks (PeriodicCheckpoint,
+        ModelCheckpoint): Lightning refuses a checkpoint callback once checkpointing is off."""
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = cfg.get("trainer")
+        if trainer is not None and trainer.get("enable_checkpointing") is False and trainer.get("callbacks"):
+            trainer.callbacks = [c for c in trainer.callbacks if not _is_checkpoint_callback(c)]
 
     def instantiate_classes(self) -> None:
         """Build model, data and trainer, then apply ``lr_scheduler`` and the step-counting progress bar (here, not
@@ -73,6 +82,21 @@ class TrepoCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         refuse_foreign_checkpoint(self.config)  # a broken or foreign --ckpt_path, before its hyper-parameters are adopted
         super()._parse_ckpt_path()
+
+
+def _is_checkpoint_callback(entry: Any) -> bool:
+    """Whether a not yet instantiated ``trainer.callbacks`` entry (``class_path`` + ``init_args``) saves checkpoints."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    path = entry.get("class_path") if hasattr(entry, "get") else None
+    if not isinstance(path, str):
+        return isinstance(entry, ModelCheckpoint)
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False  # jsonargparse reports an unknown class itself
+    return isinstance(cls, type) and issubclass(cls, ModelCheckpoint)
 
 
 def _tool_commands() -> dict[str, Callable[[list[str]], int | None]]:

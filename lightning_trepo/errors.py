@@ -248,8 +248,8 @@ def _config_error_lines(err: ConfigError) -> list[str]:
 
 
 HINTS = (
-    ("enable_checkpointing=False", "trainer.callbacks lists a checkpoint callback (the shipped configs add "
-     "PeriodicCheckpoint): keep trainer.enable_checkpointing true, or also pass --trainer.callbacks '[]'"),
+    ("enable_checkpointing=False", "trainer.callbacks lists a checkpoint callback: keep trainer.enable_checkpointing "
+     "true, or leave the checkpoint callbacks out (the CLI drops the configs' own when checkpointing is off)"),
     ('"subcommand"', "e.g. lightning-trepo fit --config configs/grpo.yaml (lightning-trepo --help lists the commands)"),
     ("required: fit.model", "start from a shipped config: lightning-trepo fit --config configs/grpo.yaml"),
 )

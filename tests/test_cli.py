@@ -133,3 +133,17 @@ def test_fit_with_local_hf_model_directory(tmp_path):
            "--model.init_args.policy.model_path", str(tmp_path / "hf"), "--trainer.logger", "false"]
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_checkpointing_off_drops_the_configs_checkpoint_callbacks(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_trepo.checkpointing import PeriodicCheckpoint
+
+    args = ["--config", str(ROOT / "configs" / "grpo.yaml"), "--trainer.default_root_dir", str(tmp_path)]
+    on = TrepoCLI(RLModule, PromptDataModule, subclass_mode_model=True, run=False, args=args,
+                  auto_configure_optimizers=False)
+    assert any(isinstance(c, PeriodicCheckpoint) for c in on.trainer.callbacks)  # the shipped configs add it
+    off = TrepoCLI(RLModule, PromptDataModule, subclass_mode_model=True, run=False,
+                   args=[*args, "--trainer.enable_checkpointing", "false"], auto_configure_optimizers=False)
+    assert not any(isinstance(c, ModelCheckpoint) for c in off.trainer.callbacks)
