@@ -95,6 +95,7 @@ class RLModule(LightningModule):
         self._engine: RolloutEngine | None = None
         self._writer = RolloutWriter(rollout.log_path) if rollout.log_path else None
         self._t_loss: float | None = None
+        self._perm: tuple[Rollout, Tensor] | None = None  # the minibatch permutation of the cached rollout
 
     # ------------------------------------------------------------------ model lifecycle
     def configure_model(self) -> None:
@@ -194,8 +195,9 @@ class RLModule(LightningModule):
         return RolloutPlan(group_size=self.rollout_cfg.group_size, sampling=self.rollout_cfg.sampling,
                            need_ref_logprobs=self.ref_model is not None)
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Tensor:
-        """(N,) or (N, L) advantages from the (N,) rewards. Every algorithm overrides this."""
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """(N,) or (N, L) advantages from the (N,) rewards, and the scalar metrics of that computation.
+        Every algorithm overrides this."""
         raise NotImplementedError
 
     def compute_loss(self, batch: Rollout) -> LossOutput:
@@ -216,7 +218,7 @@ class RLModule(LightningModule):
     def policy_loss(self, batch: Rollout, logprobs: Tensor, entropy: Tensor | None) -> LossOutput:
         """The clipped surrogate (+ KL when :meth:`kl_in_loss`) from already computed log-probs (N, L)."""
         u = self.update_cfg
-        out = clipped_surrogate_loss(logprobs, batch.old_logprobs, batch.extras["advantages"], batch.completion_mask,
+        out = clipped_surrogate_loss(logprobs, batch.old_logprobs, batch.advantages, batch.completion_mask,
                                      clip_low=u.clip_low, clip_high=u.clip_high, aggregation=u.aggregation)
         loss, metrics = out.loss, dict(out.metrics)
         if batch.ref_logprobs is not None and u.kl_coef != 0.0 and self.kl_in_loss():
@@ -284,50 +286,51 @@ class RLModule(LightningModule):
         calls_before = self.engine.generate_calls
         rollout = self.engine.rollout(self.policy, plan, reward_prompts(batch), batch["prompt_ids"], batch["metadata"], self.device)
         t0 = time.perf_counter()
-        baseline = rollout.extras.get("baseline")
+        baseline = rollout.baseline
         scored = self.score_many([rollout] if baseline is None else [rollout, baseline])
         rewards, components = scored[0]
         if baseline is not None:
-            rollout.extras["baseline_rewards"] = scored[1][0]
+            rollout.baseline_rewards = scored[1][0]
         t_score = time.perf_counter() - t0
-        rollout = self.extend_rollout(rollout, rewards)
+        rollout, extend_metrics = self.extend_rollout(rollout, rewards)
         t1 = time.perf_counter()
-        rollout.old_logprobs = self.behaviour_logprobs(rollout)
+        rollout.old_logprobs, rollout.values = self.behaviour_logprobs(rollout)
         if plan.need_ref_logprobs and self.ref_model is not None:
             rollout.ref_logprobs = self.frozen_logprobs(self.ref_model, rollout)
-        rewards_used = torch.nan_to_num(rewards, nan=0.0)
-        rollout.extras["rewards"] = rewards_used
-        rollout.extras["advantages"] = self.compute_advantages(rollout, rewards_used)
+        rollout.rewards = torch.nan_to_num(rewards, nan=0.0)
+        rollout.advantages, advantage_metrics = self.compute_advantages(rollout, rollout.rewards)
         t_logprob = time.perf_counter() - t1
+        rollout.timings.update(score=t_score, logprobs=t_logprob)
         metrics = {**rollout_metrics(rollout, rewards), **reward_metrics(rewards, components)}
-        metrics.update({"time/generate": torch.tensor(rollout.extras["time_generate"]),
+        metrics.update({"time/generate": torch.tensor(rollout.timings["generate"]),
                         "time/score": torch.tensor(t_score), "time/logprobs": torch.tensor(t_logprob)})
-        gen_t = rollout.extras["time_generate"]
+        gen_t = rollout.timings["generate"]
         metrics["rollout/generate_calls"] = torch.tensor(float(self.engine.generate_calls - calls_before))
         metrics["perf/tokens_per_s"] = torch.tensor(float(rollout.completion_mask.sum()) / max(gen_t, 1e-9))
-        metrics.update(rollout.extras.pop("metrics", {}))  # scalars an algorithm's compute_advantages left there
+        metrics.update(extend_metrics)
+        metrics.update(advantage_metrics)
         if self._writer is not None and self.global_rank == 0:
             self._writer.write(self.global_step, rollout, rewards, components)
         return rollout, metrics
 
-    def behaviour_logprobs(self, rollout: Rollout) -> Tensor:
-        """π_old log-probs (N, L), once per rollout; PPO overrides it to fill ``rollout.values`` in the same pass."""
-        return self.frozen_logprobs(self.policy, rollout)
+    def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor, Tensor | None]:
+        """π_old log-probs (N, L), once per rollout, and the behaviour values (N, L) of algorithms with a critic
+        (None here; PPO overrides this to return both from one pass)."""
+        return self.frozen_logprobs(self.policy, rollout), None
 
-    def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> Rollout:
-        """Hook for plans that need more than samples (e.g. TRePO continuations). Default: none."""
-        return rollout
+    def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
+        """Hook for plans that need more than samples (e.g. TRePO continuations): the extended rollout and the
+        metrics of the extension. Default: none."""
+        return rollout, {}
 
     def minibatch(self, rollout: Rollout, rollout_step: int) -> Rollout:
         """Minibatch ``rollout_step % num_minibatches`` of a fixed per-rollout permutation of the samples."""
         k = self.update_cfg.num_minibatches
         if k == 1:
             return rollout
-        perm = rollout.extras.get("perm")
-        if perm is None:
-            perm = torch.randperm(rollout.num_samples, device=rollout.completion_ids.device)
-            rollout.extras["perm"] = perm
-        chunks = perm.chunk(k)
+        if self._perm is None or self._perm[0] is not rollout:
+            self._perm = (rollout, torch.randperm(rollout.num_samples, device=rollout.completion_ids.device))
+        chunks = self._perm[1].chunk(k)
         return rollout.select(chunks[rollout_step % k])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

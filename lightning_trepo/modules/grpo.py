@@ -46,5 +46,5 @@ class GRPO(RLModule):
         self.advantage_scale = advantage_scale
         self.advantage_eps = advantage_eps
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Tensor:
-        return grpo_advantages(rewards, rollout.group_size, scale=self.advantage_scale, eps=self.advantage_eps)
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return grpo_advantages(rewards, rollout.group_size, scale=self.advantage_scale, eps=self.advantage_eps), {}

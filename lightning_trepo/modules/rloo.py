@@ -44,13 +44,12 @@ class RLOO(RLModule):
     def kl_in_loss(self) -> bool:
         return not self.kl_in_reward
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Tensor:
-        u = self.update_cfg
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        u, metrics = self.update_cfg, {}
         if self.kl_in_reward and u.kl_coef != 0.0 and rollout.ref_logprobs is not None:
             mask = rollout.completion_mask
             kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, u.kl_estimator)
             rewards = kl_penalized_rewards(rewards, kl, mask, u.kl_coef)
             kl_sum = (kl * mask).sum(-1)
-            rollout.extras["metrics"] = {"kl/sequence": kl_sum.mean().detach().cpu(),
-                                         "reward/kl_penalized": rewards.mean().detach().cpu()}
-        return rloo_advantages(rewards, rollout.group_size)
+            metrics = {"kl/sequence": kl_sum.mean().detach().cpu(), "reward/kl_penalized": rewards.mean().detach().cpu()}
+        return rloo_advantages(rewards, rollout.group_size), metrics

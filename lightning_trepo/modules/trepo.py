@@ -121,7 +121,7 @@ class TRePO(RLModule):
             return boundary_anchor_positions(self._marker(rollout.completion_ids), mask, self.num_anchors)
         return anchor_positions_from_offsets(self._offsets.to(mask.device), rollout.lengths)
 
-    def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> Rollout:
+    def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
         """Sample and score K continuations at every valid anchor (one batched pass), build Û."""
         t0 = time.perf_counter()
         positions, valid = self.anchors(rollout)
@@ -132,13 +132,11 @@ class TRePO(RLModule):
         final = torch.nan_to_num(rewards, nan=0.0)
         u0 = means[:, 0] if self.start_value == "fresh" else leave_one_out_mean(final, rollout.group_size)
         values = build_anchor_values(u0, means[:, 1:-1], final, positions)
-        rollout.extras.update(anchor_positions=positions, anchor_values=values)
-        rollout.extras["trepo"] = {
-            "continuation_tokens": float(cont.generated_tokens), "continuation_calls": float(cont.num_calls),
-            "anchors_valid_frac": float(valid[:, 1:-1].float().mean()) if self.num_anchors else 0.0,
-            "time_continuations": time.perf_counter() - t0,
-        }
-        return rollout
+        rollout.anchor_positions, rollout.anchor_values = positions, values
+        rollout.timings["continuations"] = time.perf_counter() - t0
+        stats = {"continuation_tokens": float(cont.generated_tokens), "continuation_calls": float(cont.num_calls),
+                 "anchors_valid_frac": float(valid[:, 1:-1].float().mean()) if self.num_anchors else 0.0}
+        return rollout, {f"trepo/{k}": torch.tensor(v) for k, v in stats.items()}
 
     def _continuation_means(self, rollout: Rollout, cont: Continuations, shape: torch.Size) -> Tensor:
         """(N, M+2) mean reward of the K continuations per anchor (NaN where none were sampled)."""
@@ -158,15 +156,11 @@ class TRePO(RLModule):
         means.view(-1)[filled] = sums[filled] / counts[filled]
         return means
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Tensor:
-        return segment_advantages(rollout.extras["anchor_values"], rollout.extras["anchor_positions"],
-                                  rollout.completion_mask)
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return segment_advantages(rollout.anchor_values, rollout.anchor_positions, rollout.completion_mask), {}
 
     def make_rollout(self, batch: dict) -> tuple[Rollout, dict[str, Tensor]]:
         rollout, metrics = super().make_rollout(batch)
-        stats = rollout.extras["trepo"]
-        t_cont = stats["time_continuations"]
-        total = float(metrics["time/generate"] + metrics["time/score"] + metrics["time/logprobs"]) + t_cont
-        metrics.update({f"trepo/{k}": torch.tensor(v) for k, v in stats.items() if k != "time_continuations"})
-        metrics["trepo/continuation_time_frac"] = torch.tensor(t_cont / max(total, 1e-9))
+        t_cont = rollout.timings["continuations"]
+        metrics["trepo/continuation_time_frac"] = torch.tensor(t_cont / max(sum(rollout.timings.values()), 1e-9))
         return rollout, metrics

@@ -106,7 +106,6 @@ def _pad(rollout, left: int, right: int):
         completion_ids=torch.cat([rollout.completion_ids, z(right)], 1),
         completion_mask=torch.cat([rollout.completion_mask, z(right)], 1),
         old_logprobs=torch.cat([rollout.old_logprobs, torch.zeros(n, right)], 1),
-        extras={**rollout.extras, "advantages": rollout.extras["advantages"]},
     )
 
 

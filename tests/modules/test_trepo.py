@@ -33,17 +33,17 @@ def test_segment_differences_telescope_to_reward_minus_start_value():
     torch.manual_seed(0)
     module = make(num_anchors=3, num_continuations=2)
     rollout, _ = module.make_rollout(batch(module))
-    rewards = rollout.extras["rewards"]
+    rewards = rollout.rewards
     g = rewards.reshape(-1, 4)
     loo = ((g.sum(1, keepdim=True) - g) / 3).reshape(-1)
-    adv, positions = rollout.extras["advantages"], rollout.extras["anchor_positions"]
+    adv, positions = rollout.advantages, rollout.anchor_positions
     for n in range(rollout.num_samples):
         ends = sorted(set(positions[n, 1:].tolist()))  # distinct segment ends s_j (1-based)
         total = sum(float(adv[n, s - 1]) for s in ends)
         assert abs(total - float(rewards[n] - loo[n])) < 1e-5
         for a, b in zip([0] + ends[:-1], ends):  # constant within each segment
             assert torch.allclose(adv[n, a:b], adv[n, b - 1].expand(b - a))
-    values = rollout.extras["anchor_values"]
+    values = rollout.anchor_values
     torch.testing.assert_close(values[:, -1], rewards)  # Û(T) = RM(W) exactly
     torch.testing.assert_close(values[:, 0], loo)
     assert (positions[:, -1] == rollout.lengths).all() and (positions[:, 0] == 0).all()
@@ -57,8 +57,8 @@ def test_reward_fixed_by_first_token_puts_all_credit_on_the_first_segment():
     torch.manual_seed(1)
     module = make(num_anchors=2, num_continuations=3, reward="tests.modules.rewards.starts_with_one")
     rollout, _ = module.make_rollout(batch(module))
-    positions, adv, r = rollout.extras["anchor_positions"], rollout.extras["advantages"], rollout.extras["rewards"]
-    u0 = rollout.extras["anchor_values"][:, 0]
+    positions, adv, r = rollout.anchor_positions, rollout.advantages, rollout.rewards
+    u0 = rollout.anchor_values[:, 0]
     for n in range(rollout.num_samples):
         s1 = int(positions[n, 1])
         torch.testing.assert_close(adv[n, :s1], (r[n] - u0[n]).expand(s1))
@@ -100,8 +100,8 @@ def test_fresh_start_value_is_the_mean_of_fresh_samples():
     module = make(num_anchors=0, num_continuations=4, start_value="fresh")
     rollout, _ = module.make_rollout(batch(module))
     # with M = 0 the only segment is the whole response: A_t = RM(W) − Û(0) for every token
-    u0 = rollout.extras["anchor_values"][:, 0]
-    adv, mask, r = rollout.extras["advantages"], rollout.completion_mask, rollout.extras["rewards"]
+    u0 = rollout.anchor_values[:, 0]
+    adv, mask, r = rollout.advantages, rollout.completion_mask, rollout.rewards
     torch.testing.assert_close(adv, (r - u0)[:, None] * mask)
     # Û(0) is a mean of K=4 rewards, so it lies on the grid {k/4 · step}: check it is within the reward range
     assert (u0 >= r.min() - 1) .all() and torch.isfinite(u0).all()

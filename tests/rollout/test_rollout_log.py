@@ -25,6 +25,6 @@ def test_logged_rollouts_rescore_to_the_trained_rewards(tmp_path):
     assert samples.group_index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]  # unique across steps
     assert samples.metadata[3] == {"answer": "34"}
     rescored = reward(samples).rewards
-    torch.testing.assert_close(rescored, torch.cat([first.extras["rewards"], second.extras["rewards"]]))
+    torch.testing.assert_close(rescored, torch.cat([first.rewards, second.rewards]))
     # token ids survive, so token-length rewards re-score identically
     assert samples.completion_mask.sum().item() == int(first.completion_mask.sum() + second.completion_mask.sum())
