@@ -115,3 +115,18 @@ def build_anchor_values(
     at_end = anchor_positions[:, 1:-1] == anchor_positions[:, -1:]
     interior = torch.where(at_end, final_rewards[:, None].expand_as(continuation_means), continuation_means)
     return torch.cat([u0[:, None], interior, final_rewards[:, None]], dim=1)
+
+
+def continuation_means(scores: Tensor, sample_index: Tensor, anchor_column: Tensor, shape: tuple[int, int]) -> Tensor:
+    """Û(s) per anchor: the mean of the continuation rewards that landed in each (sample, anchor column) cell.
+
+    Û[n, j] = (1/K_nj) Σ_{c: sample_index[c] = n, anchor_column[c] = j} scores[c], with K_nj the number of such
+    continuations; NaN in cells with none (no continuation was sampled there). (C,), (C,), (C,) -> ``shape``.
+    """
+    means = torch.full(shape, float("nan"), dtype=scores.dtype, device=scores.device)
+    flat = sample_index.to(scores.device) * shape[1] + anchor_column.to(scores.device)
+    sums = torch.zeros(shape[0] * shape[1], dtype=scores.dtype, device=scores.device).index_add_(0, flat, scores)
+    counts = torch.zeros_like(sums).index_add_(0, flat, torch.ones_like(scores))
+    filled = counts > 0
+    means.view(-1)[filled] = sums[filled] / counts[filled]
+    return means

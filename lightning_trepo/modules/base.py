@@ -46,11 +46,7 @@ from lightning_trepo.modules.sharding import (
 )
 from lightning_trepo.ops import masked_mean
 from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan
-from lightning_trepo.rollout.logging import (
-    RolloutWriter,
-    reward_metrics,
-    rollout_metrics,
-)
+from lightning_trepo.rollout.logging import RolloutWriter, step_metrics, timed
 from lightning_trepo.rollout.policy import (
     AdapterDisabled,
     PolicyConfig,
@@ -281,37 +277,31 @@ class RLModule(LightningModule):
         return [(rewards[i], {k: v[i] for k, v in metrics.items()}) for i in range(len(sizes))]
 
     def make_rollout(self, batch: dict[str, Any]) -> tuple[Rollout, dict[str, Tensor]]:
-        """plan -> generate -> score -> behaviour/ref log-probs -> advantages."""
-        plan = self.rollout_plan()
-        calls_before = self.engine.generate_calls
-        rollout = self.engine.rollout(self.policy, plan, reward_prompts(batch), batch["prompt_ids"], batch["metadata"], self.device)
-        t0 = time.perf_counter()
-        baseline = rollout.baseline
-        scored = self.score_many([rollout] if baseline is None else [rollout, baseline])
-        rewards, components = scored[0]
-        if baseline is not None:
-            rollout.baseline_rewards = scored[1][0]
-        t_score = time.perf_counter() - t0
+        """plan -> generate -> score -> extend -> behaviour/ref log-probs -> advantages."""
+        plan, calls_before = self.rollout_plan(), self.engine.generate_calls
+        rollout = self.engine.rollout(self.policy, plan, reward_prompts(batch), batch["prompt_ids"], batch["metadata"],
+                                      self.device)
+        with timed(rollout.timings, "score"):
+            rewards, components = self.score_rollout(rollout)
         rollout, extend_metrics = self.extend_rollout(rollout, rewards)
-        t1 = time.perf_counter()
-        rollout.old_logprobs, rollout.values = self.behaviour_logprobs(rollout)
-        if plan.need_ref_logprobs and self.ref_model is not None:
-            rollout.ref_logprobs = self.frozen_logprobs(self.ref_model, rollout)
-        rollout.rewards = torch.nan_to_num(rewards, nan=0.0)
-        rollout.advantages, advantage_metrics = self.compute_advantages(rollout, rollout.rewards)
-        t_logprob = time.perf_counter() - t1
-        rollout.timings.update(score=t_score, logprobs=t_logprob)
-        metrics = {**rollout_metrics(rollout, rewards), **reward_metrics(rewards, components)}
-        metrics.update({"time/generate": torch.tensor(rollout.timings["generate"]),
-                        "time/score": torch.tensor(t_score), "time/logprobs": torch.tensor(t_logprob)})
-        gen_t = rollout.timings["generate"]
-        metrics["rollout/generate_calls"] = torch.tensor(float(self.engine.generate_calls - calls_before))
-        metrics["perf/tokens_per_s"] = torch.tensor(float(rollout.completion_mask.sum()) / max(gen_t, 1e-9))
-        metrics.update(extend_metrics)
-        metrics.update(advantage_metrics)
+        with timed(rollout.timings, "logprobs"):
+            rollout.old_logprobs, rollout.values = self.behaviour_logprobs(rollout)
+            if plan.need_ref_logprobs and self.ref_model is not None:
+                rollout.ref_logprobs = self.frozen_logprobs(self.ref_model, rollout)
+            rollout.rewards = torch.nan_to_num(rewards, nan=0.0)
+            rollout.advantages, advantage_metrics = self.compute_advantages(rollout, rollout.rewards)
         if self._writer is not None and self.global_rank == 0:
             self._writer.write(self.global_step, rollout, rewards, components)
-        return rollout, metrics
+        metrics = step_metrics(rollout, rewards, components, self.engine.generate_calls - calls_before)
+        return rollout, {**metrics, **extend_metrics, **advantage_metrics}
+
+    def score_rollout(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
+        """The samples' rewards and per-node metrics; a planned greedy baseline is scored in the same reward-tree
+        call and its rewards go in ``rollout.baseline_rewards``."""
+        if rollout.baseline is None:
+            return self.score(rollout)
+        (rewards, components), (rollout.baseline_rewards, _) = self.score_many([rollout, rollout.baseline])
+        return rewards, components
 
     def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor, Tensor | None]:
         """π_old log-probs (N, L), once per rollout, and the behaviour values (N, L) of algorithms with a critic
