@@ -91,9 +91,9 @@ def make_strategy(name: str, dry_run: bool):
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         return ModelParallelStrategy()
-    if dry_run:  # Lightning's DeepSpeedStrategy refuses the CPU; the test suite's subclass lifts that check
+    if dry_run:  # Lightning's DeepSpeedStrategy refuses the CPU; this CPU-only subclass lifts that check
         sys.path.insert(0, str(ROOT))
-        from tests.distributed.cpu_deepspeed import CPUDeepSpeedStrategy
+        from benchmarks.cpu_deepspeed import CPUDeepSpeedStrategy
 
         return CPUDeepSpeedStrategy(stage=2, logging_batch_size_per_gpu=1)
     from lightning.pytorch.strategies import DeepSpeedStrategy
@@ -178,13 +178,7 @@ def run_child(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------- driver
 def runs_to_do(args: argparse.Namespace) -> list[str]:
-    wanted = args.only or [f"{s}:{a}" for s in STRATEGIES for a in ALGORITHMS]
-    try:
-        from lightning_trepo import TRePO  # noqa: F401
-    except ImportError:
-        print("lightning_trepo.TRePO is not available yet: skipping the TRePO runs")
-        wanted = [w for w in wanted if not w.endswith(":trepo")]
-    return wanted
+    return args.only or [f"{s}:{a}" for s in STRATEGIES for a in ALGORITHMS]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,8 +22,7 @@ from typing import Any
 from lightning_trepo.data.sources import BuiltinTaskSource
 from lightning_trepo.evaluation import EvalResult, evaluate_policy
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = ROOT / "configs" / "trepo.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "trepo.yaml"  # shipped in the package (configs/ links here)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:

@@ -178,3 +178,12 @@ def test_smollm2_loads_and_takes_one_tiny_step(tmp_path):
     assert cli.trainer.global_step == 1
     assert "<|im_start|>" in cli.datamodule._encoded["train"].prompts[0]  # chat template applied
     assert all(torch.isfinite(p).all() for p in cli.model.policy.parameters())
+
+
+def test_demo_default_config_ships_inside_the_package():
+    import lightning_trepo
+    from lightning_trepo.demo import DEFAULT_CONFIG
+
+    package = Path(lightning_trepo.__file__).resolve().parent
+    assert DEFAULT_CONFIG.is_file() and DEFAULT_CONFIG.is_relative_to(package)  # package data, not the checkout
+    assert yaml.safe_load(DEFAULT_CONFIG.read_text())["model"]["class_path"] == "lightning_trepo.TRePO"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-PAPER = "https://arxiv.org/abs/2506.02553"
 GRPO_SCALES = ("group", "batch", "none")
 
 

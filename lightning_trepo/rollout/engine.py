@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -241,14 +241,8 @@ class RolloutEngine:
         )
 
     def continue_from(self, model: nn.Module, prefix_ids: list[list[int]], num_return: int,
-                      sampling: SamplingConfig) -> tuple[Generated, Tensor, Tensor]:
-        """Sample ``num_return`` continuations of each token prefix in one batched pass (each prefix prefilled once).
-        Returns the generated continuations and the left-padded prefixes (ids, mask)."""
+                      sampling: SamplingConfig) -> Generated:
+        """Sample ``num_return`` continuations of each token prefix in one batched pass (each prefix prefilled once)."""
         device = next(model.parameters()).device
         ids, mask = left_pad(prefix_ids, self.pad_id, device)
-        return self.generate(model, ids, mask, sampling, num_return, share_prefix=True), ids, mask
-
-
-def with_sampling(plan: RolloutPlan, **changes: Any) -> RolloutPlan:
-    """A copy of ``plan`` with some sampling settings changed."""
-    return replace(plan, sampling=replace(plan.sampling, **changes))
+        return self.generate(model, ids, mask, sampling, num_return, share_prefix=True)

@@ -263,7 +263,7 @@ def scenario_fsdp2(out: Path) -> None:
 
 
 def scenario_deepspeed(out: Path) -> None:
-    from tests.distributed.cpu_deepspeed import CPUDeepSpeedStrategy
+    from benchmarks.cpu_deepspeed import CPUDeepSpeedStrategy
 
     fit_sharded(CPUDeepSpeedStrategy(stage=2, logging_batch_size_per_gpu=1), "zero2", out)
     fit_sharded(CPUDeepSpeedStrategy(stage=3, logging_batch_size_per_gpu=1), "zero3", out)
