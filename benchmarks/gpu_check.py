@@ -66,7 +66,7 @@ def build_random_model(path: Path, dry_run: bool) -> int:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from lightning_trepo.rollout.policy import build_char_tokenizer
+    from lightning_trepo.policy import build_char_tokenizer
 
     tok = build_char_tokenizer()
     shape = TINY_MODEL if dry_run else GPU_MODEL

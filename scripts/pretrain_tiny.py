@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from lightning_trepo.data.tasks import generate_task  # noqa: E402
 from lightning_trepo.evaluation import evaluate_policy, heldout_rows  # noqa: E402
+from lightning_trepo.policy import TinyModelConfig, build_char_tokenizer, build_tiny_model  # noqa: E402
 from lightning_trepo.rollout.engine import SamplingConfig  # noqa: E402
-from lightning_trepo.rollout.policy import TinyModelConfig, build_char_tokenizer, build_tiny_model  # noqa: E402
 from reward_models import NumericAnswer  # noqa: E402
 
 DEFAULT_OUT = ROOT / "lightning_trepo" / "assets" / "tiny-arith"
@@ -164,7 +164,7 @@ def train(args: argparse.Namespace) -> tuple[torch.nn.Module, object, dict]:
 
 def measure(out: Path, report_size: int) -> dict:
     """Held-out numbers of the SAVED directory, loaded the way the trainer loads ``builtin:tiny-arith``."""
-    from lightning_trepo.rollout.policy import PolicyConfig, load_policy
+    from lightning_trepo.policy import PolicyConfig, load_policy
 
     model, tokenizer = load_policy(PolicyConfig(model_path=str(out)))
     report = {}

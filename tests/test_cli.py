@@ -124,7 +124,7 @@ def test_model_path_that_does_not_exist_names_it(tmp_path):
 
 
 def test_fit_with_local_hf_model_directory(tmp_path):
-    from lightning_trepo.rollout.policy import PolicyConfig, TinyModelConfig, load_policy
+    from lightning_trepo.policy import PolicyConfig, TinyModelConfig, load_policy
 
     model, tok = load_policy(PolicyConfig(tiny=TinyModelConfig(n_layer=1, n_embd=32, n_head=2)))
     model.save_pretrained(tmp_path / "hf")

@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from lightning_trepo.evaluation import evaluate_policy, heldout_rows, mean_pass_at_k, pass_at_k
+from lightning_trepo.policy import ASSETS, PolicyConfig, load_policy
 from lightning_trepo.rollout.engine import SamplingConfig
-from lightning_trepo.rollout.policy import ASSETS, PolicyConfig, load_policy
 from reward_models import NumericAnswer, Reward
 
 ROOT = Path(__file__).resolve().parents[1]

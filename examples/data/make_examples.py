@@ -39,7 +39,7 @@ def chats(plain: list[dict[str, str]]) -> list[dict]:
 def main() -> None:
     import datasets
 
-    from lightning_trepo.rollout.policy import PolicyConfig, load_tokenizer
+    from lightning_trepo.policy import PolicyConfig, load_tokenizer
 
     plain = rows()
     (HERE / "addition.jsonl").write_text("".join(json.dumps(r) + "\n" for r in plain))

@@ -22,8 +22,8 @@ from torch import Tensor
 
 from lightning_trepo.algorithms.kl import kl_estimate
 from lightning_trepo.algorithms.losses import aggregate, clipped_surrogate_loss
-from lightning_trepo.export import drop_frozen_base, hparams_ignore, restore_frozen_base
 from lightning_trepo.checkpointing import load_run_state, save_run_state
+from lightning_trepo.export import drop_frozen_base, hparams_ignore, restore_frozen_base
 from lightning_trepo.modules.config import (
     OptimizerFactory,
     RolloutConfig,
@@ -45,14 +45,10 @@ from lightning_trepo.modules.sharding import (
     visiting,
 )
 from lightning_trepo.ops import masked_mean
+from lightning_trepo.policy import AdapterDisabled, PolicyConfig, load_tokenizer
 from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan
 from lightning_trepo.rollout.logging import RolloutWriter, step_metrics, timed
-from lightning_trepo.rollout.policy import (
-    AdapterDisabled,
-    PolicyConfig,
-    load_tokenizer,
-    sequence_logprobs,
-)
+from lightning_trepo.rollout.logprobs import sequence_logprobs
 from lightning_trepo.types import LossOutput, Rollout
 from reward_models import Reward, RewardOutput, Samples, TrainerState
 

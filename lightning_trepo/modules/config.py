@@ -7,9 +7,9 @@ from typing import Any, Callable, Iterable, Literal
 import torch
 
 from lightning_trepo.errors import check_choice, require
+from lightning_trepo.policy import PolicyConfig, TinyModelConfig
 from lightning_trepo.rollout.decoding import Decoder
 from lightning_trepo.rollout.engine import SamplingConfig
-from lightning_trepo.rollout.policy import PolicyConfig, TinyModelConfig
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"]
 KLEstimator = Literal["k1", "k2", "k3"]

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from lightning_trepo.rollout.policy import AdapterDisabled, PolicyConfig, apply_lora, is_lora, load_policy
+from lightning_trepo.policy import AdapterDisabled, PolicyConfig, apply_lora, is_lora, load_policy
 
 
 # ---------------------------------------------------------------------------------------------- detection

@@ -29,6 +29,7 @@ from lightning_trepo.modules.base import (
     UpdateConfig,
     default_optimizer,
 )
+from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.rollout.continuations import (
     BoundaryMarker,
     Continuations,
@@ -37,7 +38,6 @@ from lightning_trepo.rollout.continuations import (
 )
 from lightning_trepo.rollout.engine import RolloutPlan
 from lightning_trepo.rollout.logging import timed
-from lightning_trepo.rollout.policy import PolicyConfig
 from lightning_trepo.types import Rollout
 from reward_models import Reward, Samples
 

@@ -19,8 +19,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_trepo import GRPO, SamplingConfig, UpdateConfig
+from lightning_trepo.policy import LoraConfig, PolicyConfig, load_policy
 from lightning_trepo.rollout.engine import Generated, RolloutEngine, completion_mask_from_eos, left_pad, right_pad
-from lightning_trepo.rollout.policy import LoraConfig, PolicyConfig, load_policy
 from reward_models import FunctionReward
 from tests.helpers import TINY, datamodule, rollout_cfg
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lightning_trepo.policy import PolicyConfig, TinyModelConfig, load_policy
 from lightning_trepo.rollout.decoding import pad_to_buckets, row_bucket
 from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan, SamplingConfig, left_pad
-from lightning_trepo.rollout.policy import PolicyConfig, TinyModelConfig, load_policy
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_trepo.rollout.engine import (RolloutEngine, RolloutPlan, SamplingConfig, completion_mask_from_eos,
-                                            left_pad)
-from lightning_trepo.rollout.policy import PolicyConfig, TinyModelConfig, load_policy, sequence_logprobs
+from lightning_trepo.policy import PolicyConfig, TinyModelConfig, load_policy
+from lightning_trepo.rollout.engine import (
+    RolloutEngine,
+    RolloutPlan,
+    SamplingConfig,
+    completion_mask_from_eos,
+    left_pad,
+)
+from lightning_trepo.rollout.logprobs import sequence_logprobs
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from lightning_trepo.ops import entropy_from_logits, token_logprobs
-from lightning_trepo.rollout.logprobs import chunk_rows, fused_head_supported, linear_token_logprobs
-from lightning_trepo.rollout.policy import (PolicyConfig, TinyModelConfig, completion_logits, load_policy,
-                                            sequence_logprobs)
+from lightning_trepo.policy import PolicyConfig, TinyModelConfig, load_policy
+from lightning_trepo.rollout.logprobs import (
+    chunk_rows,
+    completion_logits,
+    fused_head_supported,
+    linear_token_logprobs,
+    sequence_logprobs,
+)
 
 
 def _full(hidden, weight, bias, targets, temperature):
