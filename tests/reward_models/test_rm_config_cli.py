@@ -140,6 +140,7 @@ def test_summarize_nan_rate():
     assert table[0]["mean"] == 2 and table[0]["std"] == 1 and table[0]["nan_rate"] == 0.5
 
 
+@pytest.mark.slow  # a subprocess: a fresh interpreter imports lightning and transformers (seconds of startup)
 def test_serve_reward_entry_point_over_loopback():
     """``serve-reward`` as a process (what the console script runs), scored by RemoteReward."""
     import subprocess

@@ -161,6 +161,7 @@ def test_a_run_that_lost_isolation_is_an_error(monkeypatch):
         reward(samples(["def f():\n    return 1"], [{"tests": ["assert f() == 1"]}]))
 
 
+@pytest.mark.slow  # a subprocess: a fresh interpreter imports lightning and transformers (seconds of startup)
 def test_hostile_completions_leave_the_serve_reward_process_up(monkeypatch):
     """The reported attack: one HTTP request to ``serve-reward`` with configs/rewards/code.yaml, whose
     completion kills its parent (the server, by ppid and by pid), forges pass lines, loops."""
