@@ -120,11 +120,11 @@ def main() -> None:
     disagreements = []
     for group, cases in groups.items():
         scores = {name: score_each(checker, cases) for name, checker in checkers.items()}
-        accs = [sum(int(r == t) for r, (_, _, t) in zip(scores[n], cases)) / len(cases) for n in checkers]
+        accs = [sum(int(r == t) for r, (_, _, t) in zip(scores[n], cases, strict=False)) / len(cases) for n in checkers]
         na, mv = scores["NumericAnswer"], scores["MathVerify"]
-        agree = sum(int(x == y) for x, y in zip(na, mv)) / len(cases)
+        agree = sum(int(x == y) for x, y in zip(na, mv, strict=False)) / len(cases)
         print(f"{group:<7} {len(cases):>5} " + " ".join(f"{a:>18.1%}" for a in accs) + f" {agree:>8.1%}")
-        disagreements += [(group, c, g, t, x, y) for (c, g, t), x, y in zip(cases, na, mv) if x != y]
+        disagreements += [(group, c, g, t, x, y) for (c, g, t), x, y in zip(cases, na, mv, strict=False) if x != y]
     print("(accuracy against the hand labels; NA = MV: share of cases where NumericAnswer and MathVerify agree)")
     print("\nspeed, one batch of the tasks group (samples/s): " + ", ".join(
         f"{name} {speed(checker, groups['tasks']):,.0f}" for name, checker in checkers.items()))

@@ -139,9 +139,9 @@ def plot(results: list[dict[str, Any]], path: Path, target: float) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for r in results:
         pts = r["points"]
-        for ax, key in zip(axes, ("tokens", "seconds")):
+        for ax, key in zip(axes, ("tokens", "seconds"), strict=False):
             ax.plot([p[key] for p in pts], [p["accuracy"] for p in pts], marker=".", label=r["algorithm"])
-    for ax, label in zip(axes, ("generated tokens (training)", "training wall time (s)")):
+    for ax, label in zip(axes, ("generated tokens (training)", "training wall time (s)"), strict=False):
         ax.axhline(target, color="grey", ls="--", lw=1)
         ax.set(xlabel=label, ylim=(0, 1.02))
         ax.grid(alpha=0.3)

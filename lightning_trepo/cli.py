@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from argparse import RawDescriptionHelpFormatter
-from typing import Callable
+from collections.abc import Callable
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 

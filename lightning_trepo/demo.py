@@ -75,7 +75,7 @@ def table(before: EvalResult, after: EvalResult, label: str) -> str:
 
 def write_samples(path: Path, before: EvalResult, after: EvalResult, show: int) -> None:
     lines = ["# Held-out sample completions (greedy before -> greedy after; then sampled after)", ""]
-    for b, a in list(zip(before.records, after.records))[:show]:
+    for b, a in list(zip(before.records, after.records, strict=False))[:show]:
         mark = lambda r: "ok" if r >= 1 else "wrong"  # noqa: E731
         lines.append(f"- prompt `{b['prompt']!r}` answer `{b['answer']}`: before `{b['greedy']!r}` "
                      f"({mark(b['greedy_reward'])}) -> after `{a['greedy']!r}` ({mark(a['greedy_reward'])}); "

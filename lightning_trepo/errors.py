@@ -15,9 +15,10 @@ import os
 import re
 import sys
 import typing
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Iterator
+from typing import Any
 
 DEBUG_ENV = "LIGHTNING_TREPO_DEBUG"
 DEBUG_HINT = f"(full traceback: add --debug or set {DEBUG_ENV}=1)"

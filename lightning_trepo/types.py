@@ -89,4 +89,5 @@ class LossOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.metrics = {k: v.detach() if isinstance(v, Tensor) else torch.tensor(float(v)) for k, v in self.metrics.items()}
+        self.metrics = {k: v.detach() if isinstance(v, Tensor) else torch.tensor(float(v))
+                        for k, v in self.metrics.items()}

@@ -12,9 +12,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,7 +35,7 @@ class RewardError(RuntimeError):
         where = "/".join(path) if path else "<root>"
         super().__init__(f"reward component {where!r} ({component}) failed: {message}")
 
-    def prefixed(self, name: str) -> "RewardError":
+    def prefixed(self, name: str) -> RewardError:
         """The same error one level up the tree, under child name ``name``."""
         return RewardError((name, *self.path), self.component, self.message)
 
@@ -88,7 +89,7 @@ class Reward:
         finally:
             self.last_latency_s = time.perf_counter() - start
 
-    def call_child(self, name: str, child: "Reward", samples: Samples) -> RewardOutput:
+    def call_child(self, name: str, child: Reward, samples: Samples) -> RewardOutput:
         """Call ``child``; an error it raises is re-raised with ``name`` prepended to its path."""
         try:
             return child(samples)
@@ -123,11 +124,11 @@ class Reward:
         finally:
             pool.shutdown(wait=False)
 
-    def children(self) -> Mapping[str, "Reward"]:
+    def children(self) -> Mapping[str, Reward]:
         """Named child rewards (empty for leaves)."""
         return {}
 
-    def to(self, device: torch.device | str) -> "Reward":
+    def to(self, device: torch.device | str) -> Reward:
         """Move any model this node holds (and its children's) to ``device``."""
         for child in self.children().values():
             child.to(device)
@@ -166,7 +167,7 @@ def dedup_index(samples: Samples) -> tuple[list[int], Tensor]:
     first: dict[tuple[Any, ...], int] = {}
     unique: list[int] = []
     inverse: list[int] = []
-    for i, (p, c, m, ln) in enumerate(zip(samples.prompts, samples.completions, samples.metadata, lengths)):
+    for i, (p, c, m, ln) in enumerate(zip(samples.prompts, samples.completions, samples.metadata, lengths, strict=True)):
         key = (p, c, json.dumps(m, sort_keys=True, default=repr), ln)
         if key not in first:
             first[key] = len(unique)

@@ -12,7 +12,8 @@ NaN means "does not apply to this sample". Each combinator's docstring states it
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor

@@ -106,7 +106,7 @@ class JudgeReward(Reward):
         self.device = torch.device("cpu")
         self.last_outputs: list[str] = []
 
-    def to(self, device: torch.device | str) -> "JudgeReward":
+    def to(self, device: torch.device | str) -> JudgeReward:
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
@@ -114,7 +114,7 @@ class JudgeReward(Reward):
     def prompts(self, samples: Samples) -> list[str]:
         """The exact strings the judge is given."""
         out = []
-        for i, (p, c, meta) in enumerate(zip(samples.prompts, samples.completions, samples.metadata)):
+        for i, (p, c, meta) in enumerate(zip(samples.prompts, samples.completions, samples.metadata, strict=True)):
             messages = [{"role": "system", "content": self.system}] if self.system else []
             messages.append({"role": "user", "content": fill_template(self.template, p, c, meta, i)})
             out.append(chat_text(self.tokenizer, messages, self.use_chat_template, add_generation_prompt=True))

@@ -62,7 +62,7 @@ class LearnedReward(Reward):
         self.model = freeze(model)
         self.device = torch.device("cpu")
 
-    def to(self, device: torch.device | str) -> "LearnedReward":
+    def to(self, device: torch.device | str) -> LearnedReward:
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
@@ -72,7 +72,7 @@ class LearnedReward(Reward):
         return [
             chat_text(self.tokenizer, [{"role": "user", "content": p}, {"role": "assistant", "content": c}],
                       self.use_chat_template, add_generation_prompt=False)
-            for p, c in zip(samples.prompts, samples.completions)
+            for p, c in zip(samples.prompts, samples.completions, strict=True)
         ]
 
     @torch.inference_mode()

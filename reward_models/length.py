@@ -82,7 +82,7 @@ class RepetitionPenalty(Reward):
             raise ValueError("RepetitionPenalty: unit='token' needs Samples.completion_ids")
         ids = samples.completion_ids
         mask = samples.completion_mask if samples.completion_mask is not None else torch.ones_like(ids)
-        return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+        return [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
 
     def score(self, samples: Samples) -> list[float]:
         out = []

@@ -17,7 +17,6 @@ import torch
 from reward_models.base import MISSING, Reward, check_missing, metadata_value
 from reward_models.types import RewardOutput, Samples
 
-
 _DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
 
 

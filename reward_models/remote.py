@@ -166,7 +166,7 @@ def _check_containers(body: bytes, limit: int) -> None:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "RewardServer"
+    server: RewardServer
     protocol_version = "HTTP/1.0"
 
     def setup(self) -> None:

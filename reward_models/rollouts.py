@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -30,7 +31,7 @@ def _ids_lists(samples: Samples) -> list[list[int]] | None:
     if samples.completion_ids is None:
         return None
     mask = samples.completion_mask if samples.completion_mask is not None else torch.ones_like(samples.completion_ids)
-    return [row[m.bool()].tolist() for row, m in zip(samples.completion_ids, mask)]
+    return [row[m.bool()].tolist() for row, m in zip(samples.completion_ids, mask, strict=True)]
 
 
 def _padded(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +89,7 @@ def samples_from_rows(rows: list[dict[str, Any]], where: list[str] | None = None
     where = where or [f"row {i}" for i in range(len(rows))]
     by_prompt: dict[tuple[Any, str], int] = {}
     groups, metadata = [], []
-    for row, loc in zip(rows, where):
+    for row, loc in zip(rows, where, strict=True):
         _check_row(row, loc)
         meta = dict(row.get("metadata") or {})
         meta.update({k: v for k, v in row.items() if k not in RESERVED})

@@ -78,7 +78,7 @@ class NumericAnswer(Reward):
         """Same brackets, same length, every value within the tolerance of the reference's."""
         if x[0] != y[0] or len(x[1]) != len(y[1]):
             return False
-        return all(abs(a - b) <= (self.tolerance * abs(b) if self.relative else self.tolerance) for a, b in zip(x[1], y[1]))
+        return all(abs(a - b) <= (self.tolerance * abs(b) if self.relative else self.tolerance) for a, b in zip(x[1], y[1], strict=True))
 
 
 def _normalize_text(text: str, ignore_case: bool, whitespace: bool) -> str:

@@ -214,7 +214,8 @@ class RLModule(LightningModule):
                                      clip_low=u.clip_low, clip_high=u.clip_high, aggregation=u.aggregation)
         loss, metrics = out.loss, dict(out.metrics)
         if batch.ref_logprobs is not None and u.kl_coef != 0.0 and self.kl_in_loss():
-            kl = aggregate(kl_estimate(logprobs, batch.ref_logprobs, u.kl_estimator), batch.completion_mask, u.aggregation)
+            kl_tokens = kl_estimate(logprobs, batch.ref_logprobs, u.kl_estimator)
+            kl = aggregate(kl_tokens, batch.completion_mask, u.aggregation)
             loss = loss + u.kl_coef * kl
             metrics["kl"] = kl
         if entropy is not None:
@@ -262,7 +263,8 @@ class RLModule(LightningModule):
 
         samples = Samples(prompts=[p for r in rollouts for p in r.prompts],
                           completions=[c for r in rollouts for c in r.completions],
-                          completion_ids=cat("completion_ids", self.engine.pad_id), completion_mask=cat("completion_mask", 0),
+                          completion_ids=cat("completion_ids", self.engine.pad_id),
+                          completion_mask=cat("completion_mask", 0),
                           group_index=torch.cat([r.group_index.cpu() for r in rollouts]),
                           metadata=[m for r in rollouts for m in r.metadata])
         out = self.score_samples(samples)

@@ -1,8 +1,9 @@
 """The typed settings every algorithm shares (they are the YAML schema under ``model.init_args``)."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -90,7 +91,8 @@ class UpdateConfig:
         """Cross-check with the data: each minibatch needs at least one of the B * G samples of a rollout."""
         samples = group_size * batch_size
         require(self.num_minibatches <= samples, "update.num_minibatches", self.num_minibatches,
-                f"at most {samples} (data.batch_size {batch_size} x rollout.group_size {group_size} samples per rollout)")
+                f"at most {samples} (data.batch_size {batch_size} x rollout.group_size {group_size} samples per "
+                "rollout)")
 
     @property
     def steps_per_rollout(self) -> int:

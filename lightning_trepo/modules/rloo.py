@@ -51,5 +51,6 @@ class RLOO(RLModule):
             kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, u.kl_estimator)
             rewards = kl_penalized_rewards(rewards, kl, mask, u.kl_coef)
             kl_sum = (kl * mask).sum(-1)
-            metrics = {"kl/sequence": kl_sum.mean().detach().cpu(), "reward/kl_penalized": rewards.mean().detach().cpu()}
+            metrics = {"kl/sequence": kl_sum.mean().detach().cpu(),
+                       "reward/kl_penalized": rewards.mean().detach().cpu()}
         return rloo_advantages(rewards, rollout.group_size), metrics

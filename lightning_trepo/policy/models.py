@@ -49,7 +49,8 @@ class LoraConfig:
     dropout: float = 0.0
     """Dropout on the adapter input (0 keeps behaviour and training log-probs identical)."""
     target_modules: list[str] | str | None = None
-    """Module names to adapt (e.g. [q_proj, v_proj]), ``all-linear``, or None for peft's default for the architecture."""
+    """Module names to adapt (e.g. [q_proj, v_proj]), ``all-linear``, or None for peft's default for the
+    architecture."""
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -81,7 +82,8 @@ class PolicyConfig:
     gradient_checkpointing: bool = False
     """Trade compute for activation memory (non-reentrant checkpointing of every transformer block)."""
     lora: LoraConfig | None = None
-    """Train LoRA adapters instead of every weight; the reference is the adapter-disabled policy. None = full fine-tuning."""
+    """Train LoRA adapters instead of every weight; the reference is the adapter-disabled policy. None = full
+    fine-tuning."""
     offload_reference: bool = False
     """Keep the frozen reference on the CPU between uses (moved to the device for its log-probs once per rollout;
     CPU-offloaded shards under FSDP2, ``offload_param`` under ZeRO-3)."""

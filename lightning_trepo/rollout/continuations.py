@@ -47,7 +47,7 @@ def sample_continuations(engine: RolloutEngine, model: nn.Module, rollout: Rollo
     device = rollout.completion_ids.device
     starts = anchor_positions[rows, cols]
     prefixes: list[list[int]] = []
-    for n, s in zip(rows.tolist(), starts.tolist()):
+    for n, s in zip(rows.tolist(), starts.tolist(), strict=True):
         prompt = rollout.prompt_ids[n][rollout.prompt_mask[n].bool()].tolist()
         prefixes.append(prompt + rollout.completion_ids[n, :s].tolist())
     budget = sampling.max_new_tokens - starts  # same total length limit as the original response
@@ -59,7 +59,7 @@ def sample_continuations(engine: RolloutEngine, model: nn.Module, rollout: Rollo
     rep_budget = budget.repeat_interleave(k)
     rep_rows = rows.repeat_interleave(k)
     pieces = []
-    for i, (n, s) in enumerate(zip(rep_rows.tolist(), rep_starts)):
+    for i, (n, s) in enumerate(zip(rep_rows.tolist(), rep_starts, strict=True)):
         cont = gen.completion_ids[i][: int(rep_budget[i])]
         cont = cont[gen.completion_mask[i][: int(rep_budget[i])].bool()]
         pieces.append(torch.cat([rollout.completion_ids[n, :s], cont.to(device)]))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -163,7 +164,7 @@ class RolloutEngine:
             model.train(was_training)
         completion_ids = right_pad(chunks, self.pad_id)
         completion_mask, truncated = completion_mask_from_eos(completion_ids, self.eos_ids)
-        completion_ids = torch.where(completion_mask.bool(), completion_ids, torch.full_like(completion_ids, self.pad_id))
+        completion_ids = completion_ids.masked_fill(~completion_mask.bool(), self.pad_id)
         self.generate_calls += calls
         self.generated_tokens += int(completion_mask.sum())
         return Generated(completion_ids, completion_mask, truncated, calls)

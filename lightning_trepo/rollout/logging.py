@@ -94,8 +94,8 @@ class RolloutWriter:
         samples = Samples(prompts=rollout.prompts, completions=rollout.completions,
                           completion_ids=rollout.completion_ids.cpu(), completion_mask=rollout.completion_mask.cpu(),
                           group_index=group_index, metadata=rollout.metadata)
-        output = RewardOutput(rewards=rewards.detach().cpu(), metrics={k: v.detach().cpu() for k, v in components.items()
-                                                                       if v.dim() and v.shape[0] == len(samples)})
+        per_sample = {k: v.detach().cpu() for k, v in components.items() if v.dim() and v.shape[0] == len(samples)}
+        output = RewardOutput(rewards=rewards.detach().cpu(), metrics=per_sample)
         with open(self.path, "a", encoding="utf-8") as fh:
             for row in samples_to_rows(samples, output):
                 fh.write(json.dumps({"step": int(step), **row}, default=str) + "\n")

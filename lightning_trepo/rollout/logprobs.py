@@ -16,8 +16,9 @@ working: the head's hooks still run, only its (N, L, V) output is never made.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F

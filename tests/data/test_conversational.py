@@ -81,5 +81,5 @@ def test_training_passes_trl_arguments_to_the_reward(tmp_path) -> None:
     assert first["solution"] == ["1", "1", "2", "2"]
     assert all(c == [{"role": "assistant", "content": c[0]["content"]}] for c in first["completions"])
     assert all(1 <= len(ids) <= 3 for ids in first["completion_ids"])  # real tokens only, at most max_new_tokens
-    for ids, c in zip(first["completion_ids"], first["completions"]):
+    for ids, c in zip(first["completion_ids"], first["completions"], strict=True):
         assert module.tokenizer.decode(ids, skip_special_tokens=True) == c[0]["content"]

@@ -62,7 +62,7 @@ def launch(args: list[str], nprocs: int, timeout: float, logdir: Path) -> list[R
                 break
             time.sleep(0.2)
     finally:
-        for p, c in zip(procs, codes):
+        for p, c in zip(procs, codes, strict=True):
             if c is None and p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()

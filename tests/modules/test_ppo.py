@@ -98,7 +98,7 @@ def test_value_params_in_optimizer_and_value_loss_decreases_on_a_fixed_rollout(v
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-    assert losses[-1] < 0.6 * losses[0] and all(b < a for a, b in zip(losses[:5], losses[1:5])), losses
+    assert losses[-1] < 0.6 * losses[0] and all(b < a for a, b in zip(losses[:5], losses[1:5], strict=False)), losses
     assert "value/explained_variance_update" in out.metrics
     assert all(torch.equal(v, policy_params(module)[k]) for k, v in before.items())
     fresh = make(value_model=value_model)

@@ -41,7 +41,7 @@ def test_segment_differences_telescope_to_reward_minus_start_value():
         ends = sorted(set(positions[n, 1:].tolist()))  # distinct segment ends s_j (1-based)
         total = sum(float(adv[n, s - 1]) for s in ends)
         assert abs(total - float(rewards[n] - loo[n])) < 1e-5
-        for a, b in zip([0] + ends[:-1], ends):  # constant within each segment
+        for a, b in zip([0] + ends[:-1], ends, strict=True):  # constant within each segment
             assert torch.allclose(adv[n, a:b], adv[n, b - 1].expand(b - a))
     values = rollout.anchor_values
     torch.testing.assert_close(values[:, -1], rewards)  # Û(T) = RM(W) exactly

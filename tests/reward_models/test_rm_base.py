@@ -2,9 +2,9 @@ import time
 
 import pytest
 import torch
+from rm_helpers import Const, assert_close, indexed, nan, samples
 
 from reward_models import FunctionReward, Guard, Reward, RewardError, RewardOutput, Samples, WeightedSum
-from rm_helpers import Const, assert_close, indexed, nan, samples
 
 
 class CountLen(Reward):

@@ -2,10 +2,10 @@
 import time
 
 import pytest
+from rm_helpers import assert_close, nan, samples
 
 from reward_models.code import CodeExecution, extract_code, normalize_output, parse_tests
 from reward_models.sandbox import ISOLATION_FEATURES, SandboxLimits, run_sandboxed
-from rm_helpers import assert_close, nan, samples
 
 FAST = SandboxLimits(cpu_time=1, wall_time=3, memory_mb=256, max_output_bytes=10_000)
 

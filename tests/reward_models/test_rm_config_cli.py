@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rm_helpers import assert_close, nan, samples
 
 from reward_models import Normalize, Reward, WeightedSum
 from reward_models.cli import score_main, summarize
 from reward_models.config import build_reward
 from reward_models.rollouts import read_rollouts, samples_to_rows, write_rollouts
-from rm_helpers import assert_close, nan, samples
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "rewards").rglob("*.yaml"))
@@ -133,8 +133,9 @@ def test_score_main_errors_exit_2(tmp_path, capsys):
 
 
 def test_summarize_nan_rate():
-    from reward_models import RewardOutput
     import torch
+
+    from reward_models import RewardOutput
 
     table = summarize(RewardOutput(torch.tensor([1.0, nan, 3.0, nan])), {})
     assert table[0]["mean"] == 2 and table[0]["std"] == 1 and table[0]["nan_rate"] == 0.5

@@ -14,11 +14,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from rm_helpers import Const, assert_close, indexed, nan, samples
 
 from reward_models import FunctionReward, RewardError, WeightedSum
 from reward_models.cli import score_main
 from reward_models.remote import RemoteReward
-from rm_helpers import Const, assert_close, indexed, nan, samples
 
 FAULTS = {  # function in rm_faults -> what the error must say
     "raises": "ValueError: fault: scorer crashed",

@@ -3,12 +3,12 @@ import math
 
 import pytest
 import torch
+from rm_helpers import assert_close, nan, samples
+from rm_tiny_hf import save_bang_rm, save_parrot_lm, save_random_rm
 
 from reward_models import RewardError
 from reward_models.judge import JudgeReward, fill_template, parse_score
 from reward_models.learned import LearnedReward
-from rm_helpers import assert_close, nan, samples
-from rm_tiny_hf import save_bang_rm, save_parrot_lm, save_random_rm
 
 BANG = 1 / math.sqrt(0.5 + 1e-5)  # LayerNorm of [1, -1, 0, 0]: mean 0, var 2/4, GPT-2 eps 1e-5
 

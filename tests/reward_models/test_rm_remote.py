@@ -7,10 +7,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-
-from reward_models import Gate, NumericAnswer, Normalize, RewardError, TagFormat, WeightedSum
-from reward_models.remote import RemoteReward, RewardServer, group_chunks
 from rm_helpers import Const, assert_close, nan, samples
+
+from reward_models import Gate, Normalize, NumericAnswer, RewardError, TagFormat, WeightedSum
+from reward_models.remote import RemoteReward, RewardServer, group_chunks
 
 EPS = 1e-6
 

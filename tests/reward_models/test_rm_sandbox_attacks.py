@@ -7,11 +7,11 @@ import threading
 import urllib.request
 
 import pytest
+from rm_helpers import assert_close, samples
 
 from reward_models.code import CodeExecution
 from reward_models.remote import RemoteReward, RewardServer
 from reward_models.sandbox import ISOLATION_FEATURES, SandboxLimits, run_sandboxed
-from rm_helpers import assert_close, samples
 
 FAST = SandboxLimits(cpu_time=1, wall_time=3, memory_mb=256, max_output_bytes=10_000)
 SECRET = "trepo-test-secret-4f1c"

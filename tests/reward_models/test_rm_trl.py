@@ -10,13 +10,13 @@ import threading
 from pathlib import Path
 
 import pytest
+import rm_trl_functions
 import torch
 import yaml
+from rm_helpers import assert_close, nan
 
-import rm_trl_functions
 from reward_models import PROMPT_MESSAGES_KEY, FunctionReward, RewardError, Samples, TrainerState
 from reward_models.config import build_reward
-from rm_helpers import assert_close, nan
 
 pytest.importorskip("trl.rewards", reason="needs the test extra: pip install 'lightning-trepo[trl]'")
 

@@ -40,7 +40,7 @@ def test_chunked_values_and_gradients_equal_the_full_computation(chunk, temperat
     torch.testing.assert_close(lp, ref_lp, atol=1e-6, rtol=0)
     torch.testing.assert_close(ent, ref_ent.detach(), atol=1e-6, rtol=0)
     assert not ent.requires_grad
-    for got, want in zip(grads, ref_grads):
+    for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
