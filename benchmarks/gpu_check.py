@@ -236,7 +236,8 @@ def run_with_timeout(cmd: list[str], timeout: float) -> tuple[bool, str]:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    head = f"{'run':14} {'steps':>5} {'s/step':>7} {'tok/s':>9} {'gen tok/s':>10} {'peak GiB':>9} {'reserved':>9} {'wall s':>7}"
+    head = (f"{'run':14} {'steps':>5} {'s/step':>7} {'tok/s':>9} {'gen tok/s':>10} {'peak GiB':>9} {'reserved':>9} "
+            f"{'wall s':>7}")
     print(head)
     print("-" * len(head))
     for r in results:

@@ -71,7 +71,9 @@ class TrepoCLI(LightningCLI):
             print(f"exported the trained policy to {out}")
 
     def _parse_ckpt_path(self) -> None:
-        refuse_foreign_checkpoint(self.config)  # a broken or foreign --ckpt_path, before its hyper-parameters are adopted
+        refuse_foreign_checkpoint(
+            self.config
+        )  # a broken or foreign --ckpt_path, before its hyper-parameters are adopted
         super()._parse_ckpt_path()
 
 

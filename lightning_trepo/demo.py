@@ -22,7 +22,9 @@ from typing import Any
 from lightning_trepo.data.sources import BuiltinTaskSource
 from lightning_trepo.evaluation import EvalResult, evaluate_policy
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "trepo.yaml"  # shipped in the package (configs/ links here)
+DEFAULT_CONFIG = (
+    Path(__file__).resolve().parent / "configs" / "trepo.yaml"
+)  # shipped in the package (configs/ links here)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -131,7 +133,9 @@ def report(results: dict[str, Any], before: EvalResult, after: EvalResult, val_n
     log_dir.mkdir(parents=True, exist_ok=True)
     (log_dir / "demo_table.md").write_text(text + "\n")
     write_samples(log_dir / "samples.md", before, after, show)
-    title = f"{algo}: held-out greedy accuracy {before.greedy_accuracy:.0%} -> {after.greedy_accuracy:.0%} in {steps} steps"
+    title = (
+        f"{algo}: held-out greedy accuracy {before.greedy_accuracy:.0%} -> {after.greedy_accuracy:.0%} in {steps} steps"
+    )
     results["plot"] = str(plot_training_curves(
         log_dir / "metrics.csv", log_dir / "demo.png", title=title, val_keys=("val/accuracy", f"val/pass@{val_n}"),
         extra_points={"before (demo eval)": (0, before.greedy_accuracy),

@@ -103,7 +103,9 @@ class Reward:
             check_output(out, n, self.component_name())
         except Exception as err:  # noqa: BLE001 - the policy decides; never silent
             if self.on_error == "nan":
-                log.warning("reward component %s failed, scoring NaN: %s: %s", self.component_name(), type(err).__name__, err)
+                log.warning(
+                    "reward component %s failed, scoring NaN: %s: %s", self.component_name(), type(err).__name__, err
+                )
                 return RewardOutput(torch.full((n,), math.nan), {"failed": torch.ones(n)})
             if isinstance(err, RewardError):
                 raise
@@ -155,7 +157,9 @@ def check_output(out: RewardOutput, n: int, component: str) -> None:
         raise ValueError(f"reward component {component} returned infinite rewards at samples {infinite[:8]}")
     for key, value in out.metrics.items():
         if value.shape != (n,):
-            raise ValueError(f"reward component {component} metric {key!r} has shape {tuple(value.shape)}, expected ({n},)")
+            raise ValueError(
+                f"reward component {component} metric {key!r} has shape {tuple(value.shape)}, expected ({n},)"
+            )
 
 
 def dedup_index(samples: Samples) -> tuple[list[int], Tensor]:
@@ -167,7 +171,9 @@ def dedup_index(samples: Samples) -> tuple[list[int], Tensor]:
     first: dict[tuple[Any, ...], int] = {}
     unique: list[int] = []
     inverse: list[int] = []
-    for i, (p, c, m, ln) in enumerate(zip(samples.prompts, samples.completions, samples.metadata, lengths, strict=True)):
+    for i, (p, c, m, ln) in enumerate(
+        zip(samples.prompts, samples.completions, samples.metadata, lengths, strict=True)
+    ):
         key = (p, c, json.dumps(m, sort_keys=True, default=repr), ln)
         if key not in first:
             first[key] = len(unique)
@@ -261,7 +267,9 @@ class FunctionReward(Reward):
                 raise ValueError(f"FunctionReward factory {self.fn_path!r} failed with factory_args="
                                  f"{self.factory_args}: {type(err).__name__}: {err}") from err
             if not callable(target):
-                raise TypeError(f"FunctionReward factory {self.fn_path!r} returned {type(target).__name__}, not a function")
+                raise TypeError(
+                    f"FunctionReward factory {self.fn_path!r} returned {type(target).__name__}, not a function"
+                )
         elif not callable(target):
             raise TypeError(f"FunctionReward fn {self.fn_path!r} is not callable")
         return target

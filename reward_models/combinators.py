@@ -91,7 +91,9 @@ class WeightedSum(_Many):
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(self.components))
         if unknown:
-            raise ValueError(f"WeightedSum: weights for unknown components {unknown}; components are {list(self.components)}")
+            raise ValueError(
+                f"WeightedSum: weights for unknown components {unknown}; components are {list(self.components)}"
+            )
         self.weights = {name: float(weights.get(name, 1.0)) for name in self.components}
 
     def reduce(self, stacked: Tensor) -> Tensor:

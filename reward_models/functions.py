@@ -96,7 +96,9 @@ def signature_names(fn: Callable[..., Any]) -> tuple[set[str], bool]:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return set(), True
-    names = {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    names = {
+        p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
     return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 

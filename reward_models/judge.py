@@ -18,7 +18,9 @@ DEFAULT_TEMPLATE = (
 DEFAULT_PATTERN = r"(?i)score\s*[:=]?\s*(-?\d+(?:\.\d+)?)"
 
 
-def parse_score(text: str, pattern: str | re.Pattern[str], low: float | None = None, high: float | None = None) -> float | None:
+def parse_score(
+    text: str, pattern: str | re.Pattern[str], low: float | None = None, high: float | None = None
+) -> float | None:
     """The number in the first match of ``pattern`` (its group 1 if it has one), or None.
 
     With ``low`` and ``high`` set, a score outside ``[low, high]`` is None and an inside one is
@@ -101,7 +103,9 @@ class JudgeReward(Reward):
         self.use_chat_template, self.system = use_chat_template, system
         self.set_policy(on_error, timeout)
         self.tokenizer = load_tokenizer(self.path, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True, dtype=resolve_dtype(dtype, "JudgeReward"))
+        model = AutoModelForCausalLM.from_pretrained(
+            self.path, local_files_only=True, dtype=resolve_dtype(dtype, "JudgeReward")
+        )
         self.model = freeze(model)
         self.device = torch.device("cpu")
         self.last_outputs: list[str] = []

@@ -57,7 +57,9 @@ class LearnedReward(Reward):
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
         if not 0 <= label_index < model.config.num_labels:
-            raise ValueError(f"LearnedReward: label_index {label_index} out of range for {model.config.num_labels} labels")
+            raise ValueError(
+                f"LearnedReward: label_index {label_index} out of range for {model.config.num_labels} labels"
+            )
         self.label_index = label_index
         self.model = freeze(model)
         self.device = torch.device("cpu")

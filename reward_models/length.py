@@ -45,8 +45,14 @@ class OverlongPenalty(Reward):
 
     def __init__(self, max_length: int, buffer_length: int, penalty_factor: float = 1.0) -> None:
         if not 0 < buffer_length <= max_length:
-            raise ValueError(f"OverlongPenalty: need 0 < buffer_length <= max_length, got {buffer_length}, {max_length}")
-        self.max_length, self.buffer_length, self.penalty_factor = int(max_length), int(buffer_length), float(penalty_factor)
+            raise ValueError(
+                f"OverlongPenalty: need 0 < buffer_length <= max_length, got {buffer_length}, {max_length}"
+            )
+        self.max_length, self.buffer_length, self.penalty_factor = (
+            int(max_length),
+            int(buffer_length),
+            float(penalty_factor),
+        )
 
     def score(self, samples: Samples) -> Tensor:
         length = samples.lengths()

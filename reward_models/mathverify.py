@@ -87,7 +87,9 @@ class MathVerify(Reward):
             parsed = self._mv.parse(candidate, parsing_timeout=self._timer())
             if parsed:
                 return parsed
-        raise ValueError(f"MathVerify: metadata row {i} {self.answer_key!r}={value!r} is not an answer math-verify can parse")
+        raise ValueError(
+            f"MathVerify: metadata row {i} {self.answer_key!r}={value!r} is not an answer math-verify can parse"
+        )
 
     def forward(self, samples: Samples) -> RewardOutput:
         rewards, extracted, golds = [], [], {}

@@ -20,7 +20,17 @@ import torch
 from reward_models.types import RewardOutput, Samples, TrainerState
 
 # written outputs of a training run (lightning_trepo's RolloutWriter: step, reward, components), not inputs
-RESERVED = {"prompt", "completion", "metadata", "group_index", "completion_ids", "reward", "metrics", "step", "components"}
+RESERVED = {
+    "prompt",
+    "completion",
+    "metadata",
+    "group_index",
+    "completion_ids",
+    "reward",
+    "metrics",
+    "step",
+    "components",
+}
 
 
 def _finite_or_none(values: Iterable[float]) -> list[float | None]:
@@ -95,7 +105,9 @@ def samples_from_rows(rows: list[dict[str, Any]], where: list[str] | None = None
         meta.update({k: v for k, v in row.items() if k not in RESERVED})
         metadata.append(meta)
         g = row.get("group_index")
-        groups.append(int(g) if g is not None else by_prompt.setdefault((row.get("step"), row["prompt"]), len(by_prompt)))
+        groups.append(
+            int(g) if g is not None else by_prompt.setdefault((row.get("step"), row["prompt"]), len(by_prompt))
+        )
     has_ids = [r.get("completion_ids") is not None for r in rows]
     if any(has_ids) and not all(has_ids):
         first = where[has_ids.index(not has_ids[0])]
@@ -199,4 +211,6 @@ def output_from_payload(payload: dict[str, Any], n: int) -> RewardOutput:
         return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
 
     metrics = payload.get("metrics") or {}
-    return RewardOutput(tensor(payload.get("rewards"), "rewards"), {k: tensor(v, f"metrics.{k}") for k, v in metrics.items()})
+    return RewardOutput(
+        tensor(payload.get("rewards"), "rewards"), {k: tensor(v, f"metrics.{k}") for k, v in metrics.items()}
+    )

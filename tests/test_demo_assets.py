@@ -96,7 +96,9 @@ def test_evaluate_policy_threshold_and_records(tiny):
     model, tok = tiny
     rows = heldout_rows("addition", 6)
     always = Always()
-    res = evaluate_policy(model, tok, rows, always, num_samples=3, ks=(1, 3, 5), sampling=SamplingConfig(max_new_tokens=4))
+    res = evaluate_policy(
+        model, tok, rows, always, num_samples=3, ks=(1, 3, 5), sampling=SamplingConfig(max_new_tokens=4)
+    )
     assert res.greedy_accuracy == 1.0 and res.pass_at_k == {1: 1.0, 3: 1.0}  # k=5 > n=3 is skipped
     assert len(res.records) == 6 and all(len(r["samples"]) == 3 for r in res.records)
     strict = evaluate_policy(model, tok, rows, always, num_samples=0, threshold=1.5,

@@ -29,4 +29,6 @@ def test_select_leaves_a_per_prompt_baseline_alone_even_when_its_size_is_n():
 
 def test_baseline_fields_are_rollout_level_and_results_are_per_sample():
     assert "baseline_rewards" not in Rollout.PER_SAMPLE and "baseline" not in Rollout.PER_SAMPLE
-    assert {"prompt_ids", "completion_mask", "metadata", "advantages", "rewards", "anchor_values"} <= set(Rollout.PER_SAMPLE)
+    assert {"prompt_ids", "completion_mask", "metadata", "advantages", "rewards", "anchor_values"} <= set(
+        Rollout.PER_SAMPLE
+    )

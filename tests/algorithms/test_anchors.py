@@ -103,8 +103,12 @@ def test_boundary_anchors_are_stopping_times() -> None:
 def test_build_anchor_values_uses_rm_at_padding_anchors() -> None:
     positions = torch.tensor([[0, 2, 5, 7], [0, 2, 4, 4]])
     cont = torch.tensor([[0.2, 0.4], [0.3, float("nan")]], dtype=F64)  # no continuation at a padding anchor
-    values = build_anchor_values(torch.tensor([0.1, 0.5], dtype=F64), cont, torch.tensor([1.0, 2.0], dtype=F64), positions)
-    torch.testing.assert_close(values, torch.tensor([[0.1, 0.2, 0.4, 1.0], [0.5, 0.3, 2.0, 2.0]], dtype=F64), rtol=0, atol=0)
+    values = build_anchor_values(
+        torch.tensor([0.1, 0.5], dtype=F64), cont, torch.tensor([1.0, 2.0], dtype=F64), positions
+    )
+    torch.testing.assert_close(
+        values, torch.tensor([[0.1, 0.2, 0.4, 1.0], [0.5, 0.3, 2.0, 2.0]], dtype=F64), rtol=0, atol=0
+    )
     with pytest.raises(ValueError, match=r"\(N, M\) = \(2, 2\)"):
         build_anchor_values(torch.zeros(2), torch.zeros(2, 3), torch.zeros(2), positions)
 

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.distributed
 
 def assert_trained(run):
     for r in run:
-        moved = max(max(abs(a - b) for a, b in zip(r["full_params"][k], r["initial"][k], strict=True)) for k in r["initial"])
+        moved = max(
+            max(abs(a - b) for a, b in zip(r["full_params"][k], r["initial"][k], strict=True)) for k in r["initial"]
+        )
         assert moved > 1e-4, "the policy did not change"
         assert all(torch.isfinite(torch.tensor(v)) for v in r["metrics"].values())
         assert not r["ref_in_optimizer"]
@@ -76,7 +78,11 @@ def test_deepspeed_zero3_trains_and_uneven_generation_does_not_hang(deepspeed_ru
 def test_sharded_strategies_compute_the_same_update(fsdp2_run, deepspeed_run):
     # same seed, same data layout, same rollouts: FSDP2, ZeRO-2 and ZeRO-3 are different memory layouts of
     # the same data-parallel SGD step, so the trained weights agree to float rounding
-    runs = {"fsdp2": load(fsdp2_run, "fsdp2"), "zero2": load(deepspeed_run, "zero2"), "zero3": load(deepspeed_run, "zero3")}
+    runs = {
+        "fsdp2": load(fsdp2_run, "fsdp2"),
+        "zero2": load(deepspeed_run, "zero2"),
+        "zero3": load(deepspeed_run, "zero3"),
+    }
     ref = runs["fsdp2"][0]["full_params"]
     for name, run in runs.items():
         for k in ref:

@@ -111,11 +111,19 @@ def test_score_main_prints_statistics(tmp_path, capsys):
     rows = [{"prompt": "q", "completion": c, "metadata": {"answer": 4}} for c in ["4", "5", "4", "x"]]
     rollouts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tree = tmp_path / "tree.yaml"
-    tree.write_text(yaml.safe_dump({
-        "class_path": "reward_models.WeightedSum",
-        "init_args": {"components": {"ok": {"class_path": "reward_models.NumericAnswer"},
-                                     "fmt": {"class_path": "reward_models.RegexFormat", "init_args": {"pattern": "^x$"}}}},
-    }))
+    tree.write_text(
+        yaml.safe_dump(
+            {
+                "class_path": "reward_models.WeightedSum",
+                "init_args": {
+                    "components": {
+                        "ok": {"class_path": "reward_models.NumericAnswer"},
+                        "fmt": {"class_path": "reward_models.RegexFormat", "init_args": {"pattern": "^x$"}},
+                    }
+                },
+            }
+        )
+    )
     assert score_main(["--rollouts", str(rollouts), "--reward", str(tree), "--json", "--batch-size", "2"]) == 0
     table = {r["component"]: r for r in json.loads(capsys.readouterr().out)}
     # ok = [1, 0, 1, 0] -> mean 0.5, std 0.5; fmt = [0, 0, 0, 1]; total = [1, 0, 1, 1] -> mean 0.75

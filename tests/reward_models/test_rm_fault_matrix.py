@@ -38,7 +38,10 @@ def tree(fault: str, policy: str) -> WeightedSum:
 @pytest.mark.parametrize("fault", FAULTS)
 def test_fault_under_raise_names_the_path(fault):
     start = time.perf_counter()
-    with pytest.raises(RewardError, match=rf"reward component 'bad' \(FunctionReward\(rm_faults\.{fault}\)\) failed: .*" + FAULTS[fault]) as info:
+    with pytest.raises(
+        RewardError,
+        match=rf"reward component 'bad' \(FunctionReward\(rm_faults\.{fault}\)\) failed: .*" + FAULTS[fault],
+    ) as info:
         tree(fault, "raise")(indexed(2))
     assert info.value.path == ("bad",)
     assert time.perf_counter() - start < 1.5  # the hang is cut at 0.2 s

@@ -43,7 +43,9 @@ def test_learned_reward_batching_is_invariant(tmp_path):
     save_random_rm(tmp_path)
     s = samples(["short", "a little longer one", "x" * 40, ""], prompts=["p: ", "q: ", "r", ""])
     batched = LearnedReward(str(tmp_path), batch_size=4, label_index=1)(s).rewards
-    single = torch.cat([LearnedReward(str(tmp_path), batch_size=1, label_index=1)(s.select([i])).rewards for i in range(4)])
+    single = torch.cat(
+        [LearnedReward(str(tmp_path), batch_size=1, label_index=1)(s.select([i])).rewards for i in range(4)]
+    )
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
 
 

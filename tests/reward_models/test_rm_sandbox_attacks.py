@@ -53,7 +53,8 @@ def test_sees_only_its_own_processes():
 def test_forged_result_lines_score_zero():
     # write pass lines, signed-looking ones too, to every open descriptor, then leave before the tests run
     prog = ("import os\nfor fd in map(int, os.listdir('/proc/self/fd')):\n    try:\n"
-            "        os.write(fd, b'T 0 1\\nT 0 1 ' + b'0' * 32 + b'\\nI {}\\n')\n    except OSError:\n        pass\nos._exit(0)")
+            "        os.write(fd, b'T 0 1\\nT 0 1 ' + b'0' * 32 + b'\\nI {}\\n')\n"
+            "    except OSError:\n        pass\nos._exit(0)")
     res = run_sandboxed(prog, ["assert 1 == 2"], limits=FAST)
     assert res.tests == [False]
     reward = CodeExecution(cpu_time=1, wall_time=3)(samples([prog], [{"tests": ["assert 1 == 2"]}]))

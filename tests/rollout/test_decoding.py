@@ -142,7 +142,9 @@ def test_shared_prefix_continuations_sample_what_repeated_prefixes_sample(tiny, 
     torch.manual_seed(7)
     repeated = engine.generate(model, ids, mask, sampling, num_return=2)
     assert torch.equal(shared.completion_ids, repeated.completion_ids)
-    assert shared.completion_ids.shape[0] == 10 and shared.num_calls == repeated.num_calls == (1 if max_batch_size == 256 else 3)
+    assert shared.completion_ids.shape[0] == 10 and shared.num_calls == repeated.num_calls == (
+        1 if max_batch_size == 256 else 3
+    )
 
 
 def test_shared_prefix_prefills_each_prefix_once(tiny, monkeypatch):
