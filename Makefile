@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install clean test-fast
+.PHONY: demo test install clean test-fast lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,7 +28,10 @@ DEMO_ARGS ?= --max-steps 60
 demo: $(STAMP)
 	$(BIN)/python -m lightning_trepo.demo $(DEMO_ARGS)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q -x --timeout=900
 
 test-fast: $(STAMP)

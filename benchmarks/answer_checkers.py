@@ -94,7 +94,9 @@ def score_each(checker, cases: list[Case]) -> list[float]:
     out = []
     for completion, ref, _ in cases:
         try:
-            out.append(checker(Samples(prompts=["p"], completions=[completion], metadata=[{"answer": ref}])).rewards.item())
+            out.append(
+                checker(Samples(prompts=["p"], completions=[completion], metadata=[{"answer": ref}])).rewards.item()
+            )
         except RewardError:
             out.append(-1.0)
     return out
@@ -114,17 +116,21 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=50, help="held-out rows per built-in task")
     args = parser.parse_args()
     groups = {"tasks": task_cases(args.size), "prose": PROSE, "latex": LATEX, "hacks": HACKS}
-    checkers = {"NumericAnswer": NumericAnswer(), "MathVerify": MathVerify(), "MathVerify(latex)": MathVerify(extraction="latex")}
+    checkers = {
+        "NumericAnswer": NumericAnswer(),
+        "MathVerify": MathVerify(),
+        "MathVerify(latex)": MathVerify(extraction="latex"),
+    }
     speed(checkers["MathVerify"], LATEX[:3])  # warm-up: the first parse builds math-verify's grammar
     print(f"{'group':<7} {'cases':>5} " + " ".join(f"{name:>18}" for name in checkers) + f" {'NA = MV':>8}")
     disagreements = []
     for group, cases in groups.items():
         scores = {name: score_each(checker, cases) for name, checker in checkers.items()}
-        accs = [sum(int(r == t) for r, (_, _, t) in zip(scores[n], cases)) / len(cases) for n in checkers]
+        accs = [sum(int(r == t) for r, (_, _, t) in zip(scores[n], cases, strict=False)) / len(cases) for n in checkers]
         na, mv = scores["NumericAnswer"], scores["MathVerify"]
-        agree = sum(int(x == y) for x, y in zip(na, mv)) / len(cases)
+        agree = sum(int(x == y) for x, y in zip(na, mv, strict=False)) / len(cases)
         print(f"{group:<7} {len(cases):>5} " + " ".join(f"{a:>18.1%}" for a in accs) + f" {agree:>8.1%}")
-        disagreements += [(group, c, g, t, x, y) for (c, g, t), x, y in zip(cases, na, mv) if x != y]
+        disagreements += [(group, c, g, t, x, y) for (c, g, t), x, y in zip(cases, na, mv, strict=False) if x != y]
     print("(accuracy against the hand labels; NA = MV: share of cases where NumericAnswer and MathVerify agree)")
     print("\nspeed, one batch of the tasks group (samples/s): " + ", ".join(
         f"{name} {speed(checker, groups['tasks']):,.0f}" for name, checker in checkers.items()))
@@ -132,7 +138,10 @@ def main() -> None:
     patterns = Counter((group, re.sub(r"\d+", "9", c), re.sub(r"\d+", "9", g), t, x, y)
                        for group, c, g, t, x, y in disagreements)
     for (group, c, g, t, x, y), count in patterns.items():
-        print(f"  {count:>4} x {group:<6} {c!r:<32} ref {g!r:<14} truth {t}  NumericAnswer {x:+.0f}  MathVerify {y:+.0f}")
+        print(
+            f"  {count:>4} x {group:<6} {c!r:<32} ref {g!r:<14} truth {t}  NumericAnswer {x:+.0f}  MathVerify {y:+.0f}"
+        )
+
 
 if __name__ == "__main__":
     main()

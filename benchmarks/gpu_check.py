@@ -66,7 +66,7 @@ def build_random_model(path: Path, dry_run: bool) -> int:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from lightning_trepo.rollout.policy import build_char_tokenizer
+    from lightning_trepo.policy import build_char_tokenizer
 
     tok = build_char_tokenizer()
     shape = TINY_MODEL if dry_run else GPU_MODEL
@@ -91,9 +91,9 @@ def make_strategy(name: str, dry_run: bool):
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         return ModelParallelStrategy()
-    if dry_run:  # Lightning's DeepSpeedStrategy refuses the CPU; the test suite's subclass lifts that check
+    if dry_run:  # Lightning's DeepSpeedStrategy refuses the CPU; this CPU-only subclass lifts that check
         sys.path.insert(0, str(ROOT))
-        from tests.distributed.cpu_deepspeed import CPUDeepSpeedStrategy
+        from benchmarks.cpu_deepspeed import CPUDeepSpeedStrategy
 
         return CPUDeepSpeedStrategy(stage=2, logging_batch_size_per_gpu=1)
     from lightning.pytorch.strategies import DeepSpeedStrategy
@@ -178,13 +178,7 @@ def run_child(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------------------------- driver
 def runs_to_do(args: argparse.Namespace) -> list[str]:
-    wanted = args.only or [f"{s}:{a}" for s in STRATEGIES for a in ALGORITHMS]
-    try:
-        from lightning_trepo import TRePO  # noqa: F401
-    except ImportError:
-        print("lightning_trepo.TRePO is not available yet: skipping the TRePO runs")
-        wanted = [w for w in wanted if not w.endswith(":trepo")]
-    return wanted
+    return args.only or [f"{s}:{a}" for s in STRATEGIES for a in ALGORITHMS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +236,8 @@ def run_with_timeout(cmd: list[str], timeout: float) -> tuple[bool, str]:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    head = f"{'run':14} {'steps':>5} {'s/step':>7} {'tok/s':>9} {'gen tok/s':>10} {'peak GiB':>9} {'reserved':>9} {'wall s':>7}"
+    head = (f"{'run':14} {'steps':>5} {'s/step':>7} {'tok/s':>9} {'gen tok/s':>10} {'peak GiB':>9} {'reserved':>9} "
+            f"{'wall s':>7}")
     print(head)
     print("-" * len(head))
     for r in results:

@@ -52,7 +52,8 @@ class BudgetTracker(Callback):
     """Counts training-generated tokens and training wall time, evaluates held-out accuracy, stops at the budget."""
 
     def __init__(self, rows: list[dict], budget: str, limit: float, eval_every: int, dense: int = 20) -> None:
-        """Evaluates after each of the first ``dense`` steps (where most learning happens), then every ``eval_every``."""
+        """Evaluates after each of the first ``dense`` steps (where most learning happens), then every
+        ``eval_every``."""
         self.rows, self.budget, self.limit, self.eval_every, self.dense = rows, budget, limit, eval_every, dense
         self.points: list[dict[str, float]] = []
         self.train_seconds, self._t = 0.0, 0.0
@@ -127,7 +128,8 @@ def machine() -> str:
     except (OSError, StopIteration):
         cpu = platform.processor() or "unknown CPU"
     cores = os.cpu_count()
-    return f"{cpu} ({cores} cores), {torch.get_num_threads()} torch threads, torch {torch.__version__}, {platform.system()}"
+    threads = torch.get_num_threads()
+    return f"{cpu} ({cores} cores), {threads} torch threads, torch {torch.__version__}, {platform.system()}"
 
 
 def plot(results: list[dict[str, Any]], path: Path, target: float) -> None:
@@ -139,9 +141,9 @@ def plot(results: list[dict[str, Any]], path: Path, target: float) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for r in results:
         pts = r["points"]
-        for ax, key in zip(axes, ("tokens", "seconds")):
+        for ax, key in zip(axes, ("tokens", "seconds"), strict=False):
             ax.plot([p[key] for p in pts], [p["accuracy"] for p in pts], marker=".", label=r["algorithm"])
-    for ax, label in zip(axes, ("generated tokens (training)", "training wall time (s)")):
+    for ax, label in zip(axes, ("generated tokens (training)", "training wall time (s)"), strict=False):
         ax.axhline(target, color="grey", ls="--", lw=1)
         ax.set(xlabel=label, ylim=(0, 1.02))
         ax.grid(alpha=0.3)

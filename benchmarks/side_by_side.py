@@ -57,7 +57,7 @@ def build(model_dir: str, tokenizer: str | None, shape: str) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from lightning_trepo.rollout.policy import build_char_tokenizer
+    from lightning_trepo.policy import build_char_tokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer) if tokenizer else build_char_tokenizer()
     if tok.pad_token is None:

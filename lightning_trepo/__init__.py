@@ -14,7 +14,7 @@ _EXPORTS = {
     "RLModule": "lightning_trepo.modules", "RolloutConfig": "lightning_trepo.modules",
     "UpdateConfig": "lightning_trepo.modules", "PromptDataModule": "lightning_trepo.data",
     "RolloutPlan": "lightning_trepo.rollout.engine", "SamplingConfig": "lightning_trepo.rollout.engine",
-    "PolicyConfig": "lightning_trepo.rollout.policy", "TinyModelConfig": "lightning_trepo.rollout.policy",
+    "PolicyConfig": "lightning_trepo.policy", "TinyModelConfig": "lightning_trepo.policy",
     "LossOutput": "lightning_trepo.types", "Rollout": "lightning_trepo.types",
 }
 __all__ = list(_EXPORTS)

@@ -13,7 +13,8 @@ import os
 import sys
 import warnings
 from argparse import RawDescriptionHelpFormatter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -80,7 +81,9 @@ class TrepoCLI(LightningCLI):
             print(f"exported the trained policy to {out}")
 
     def _parse_ckpt_path(self) -> None:
-        refuse_foreign_checkpoint(self.config)  # a broken or foreign --ckpt_path, before its hyper-parameters are adopted
+        refuse_foreign_checkpoint(
+            self.config
+        )  # a broken or foreign --ckpt_path, before its hyper-parameters are adopted
         super()._parse_ckpt_path()
 
 

@@ -22,8 +22,9 @@ from typing import Any
 from lightning_trepo.data.sources import BuiltinTaskSource
 from lightning_trepo.evaluation import EvalResult, evaluate_policy
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = ROOT / "configs" / "trepo.yaml"
+DEFAULT_CONFIG = (
+    Path(__file__).resolve().parent / "configs" / "trepo.yaml"
+)  # shipped in the package (configs/ links here)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -76,7 +77,7 @@ def table(before: EvalResult, after: EvalResult, label: str) -> str:
 
 def write_samples(path: Path, before: EvalResult, after: EvalResult, show: int) -> None:
     lines = ["# Held-out sample completions (greedy before -> greedy after; then sampled after)", ""]
-    for b, a in list(zip(before.records, after.records))[:show]:
+    for b, a in list(zip(before.records, after.records, strict=False))[:show]:
         mark = lambda r: "ok" if r >= 1 else "wrong"  # noqa: E731
         lines.append(f"- prompt `{b['prompt']!r}` answer `{b['answer']}`: before `{b['greedy']!r}` "
                      f"({mark(b['greedy_reward'])}) -> after `{a['greedy']!r}` ({mark(a['greedy_reward'])}); "
@@ -132,7 +133,9 @@ def report(results: dict[str, Any], before: EvalResult, after: EvalResult, val_n
     log_dir.mkdir(parents=True, exist_ok=True)
     (log_dir / "demo_table.md").write_text(text + "\n")
     write_samples(log_dir / "samples.md", before, after, show)
-    title = f"{algo}: held-out greedy accuracy {before.greedy_accuracy:.0%} -> {after.greedy_accuracy:.0%} in {steps} steps"
+    title = (
+        f"{algo}: held-out greedy accuracy {before.greedy_accuracy:.0%} -> {after.greedy_accuracy:.0%} in {steps} steps"
+    )
     results["plot"] = str(plot_training_curves(
         log_dir / "metrics.csv", log_dir / "demo.png", title=title, val_keys=("val/accuracy", f"val/pass@{val_n}"),
         extra_points={"before (demo eval)": (0, before.greedy_accuracy),

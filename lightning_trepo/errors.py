@@ -15,9 +15,10 @@ import os
 import re
 import sys
 import typing
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Iterator
+from typing import Any
 
 DEBUG_ENV = "LIGHTNING_TREPO_DEBUG"
 DEBUG_HINT = f"(full traceback: add --debug or set {DEBUG_ENV}=1)"
@@ -26,7 +27,9 @@ DEBUG_HINT = f"(full traceback: add --debug or set {DEBUG_ENV}=1)"
 class ConfigError(ValueError):
     """A setting is invalid: ``key`` (dotted, as in the YAML), the bad ``value`` and what is ``accepted``."""
 
-    def __init__(self, key: str, value: Any, accepted: str, problem: str = "", section: str = "model.init_args") -> None:
+    def __init__(
+        self, key: str, value: Any, accepted: str, problem: str = "", section: str = "model.init_args"
+    ) -> None:
         self.key = f"{section}.{key}" if section else key
         self.value, self.accepted, self.problem = value, accepted, problem
         text = f"{self.key} = {value!r}: {problem + '; ' if problem else ''}accepted: {accepted}"
@@ -70,7 +73,9 @@ def _hints(obj: type) -> dict[str, Any]:
     if dataclasses.is_dataclass(obj):
         return {f.name: hints.get(f.name) for f in dataclasses.fields(obj)}
     params = inspect.signature(obj.__init__).parameters
-    return {n: hints.get(n) for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return {
+        n: hints.get(n) for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
 
 
 def _nested_class(hint: Any) -> type | None:
@@ -359,5 +364,14 @@ def reporting_errors(debug: bool) -> Iterator[None]:
             sys.exit(2 if kind == "configuration error" else 1)
 
 
-__all__ = ["ConfigError", "InputError", "TrainingHalted", "check_choice", "require", "reporting_errors", "debug_requested", "describe",
-           "schema_keys"]
+__all__ = [
+    "ConfigError",
+    "InputError",
+    "TrainingHalted",
+    "check_choice",
+    "require",
+    "reporting_errors",
+    "debug_requested",
+    "describe",
+    "schema_keys",
+]

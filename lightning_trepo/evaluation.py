@@ -13,8 +13,9 @@ as ``RLModule.validation_step`` (``rollout.val_success_threshold``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
-from lightning_trepo.rollout.policy import LoraConfig, PolicyConfig, TinyModelConfig, is_lora, load_policy
+from lightning_trepo.policy import LoraConfig, PolicyConfig, TinyModelConfig, is_lora, load_policy
 
 BASE_OMITTED = "lora_frozen_base_omitted"
 """Checkpoint key: True when the frozen base weights of a LoRA policy were left out of ``state_dict``."""
@@ -192,7 +192,7 @@ def _align_generation_config(model: nn.Module, tokenizer: Any) -> None:
 
 
 def _base_path(cfg: PolicyConfig) -> str | None:
-    from lightning_trepo.rollout.policy import resolve_model_path
+    from lightning_trepo.policy import resolve_model_path
 
     return str(Path(resolve_model_path(cfg.model_path)).resolve()) if cfg.model_path else None
 

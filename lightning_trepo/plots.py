@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["read_metrics", "metric_series", "plot_training_curves"]
 

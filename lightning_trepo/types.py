@@ -9,31 +9,53 @@ Shapes used throughout the project:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 
+def _per_sample(*default: Any) -> Any:
+    """A per-sample field: one row per sample, sliced by :meth:`Rollout.select` (``default``: optional field)."""
+    if default:
+        return field(default=default[0], metadata={"per_sample": True})
+    return field(metadata={"per_sample": True})
+
+
 @dataclass
 class Rollout:
-    """What the rollout engine hands to an algorithm: N sampled responses and their bookkeeping."""
+    """What the rollout engine hands to an algorithm: N sampled responses and their bookkeeping.
 
-    prompt_ids: Tensor  # (N, P) left padded
-    prompt_mask: Tensor  # (N, P) 1 = real prompt token
-    completion_ids: Tensor  # (N, L) right padded
-    completion_mask: Tensor  # (N, L) 1 = real completion token (EOS included)
-    group_index: Tensor  # (N,) long, index of the prompt within the batch
+    Fields marked per-sample (``PER_SAMPLE``) hold one row per sample and are what :meth:`select` slices; the
+    rest describe the whole rollout. The engine fills the samples (and a planned greedy ``baseline``), the
+    module fills the scores, log-probs and advantages, an algorithm the fields its plan declares.
+    """
+
+    prompt_ids: Tensor = _per_sample()  # (N, P) left padded
+    prompt_mask: Tensor = _per_sample()  # (N, P) 1 = real prompt token
+    completion_ids: Tensor = _per_sample()  # (N, L) right padded
+    completion_mask: Tensor = _per_sample()  # (N, L) 1 = real completion token (EOS included)
+    group_index: Tensor = _per_sample()  # (N,) long, index of the prompt within the batch
     group_size: int  # G
-    prompts: list[str]  # (N,) prompt text as the policy saw it
-    completions: list[str]  # (N,) decoded completion text (special tokens stripped)
-    metadata: list[dict[str, Any]]  # (N,) the dataset row's other columns
-    truncated: Tensor  # (N,) bool, no EOS within max_new_tokens
-    old_logprobs: Tensor | None = None  # (N, L) behaviour-policy token log-probs
-    ref_logprobs: Tensor | None = None  # (N, L) reference-policy token log-probs
-    values: Tensor | None = None  # (N, L) value estimates (PPO)
-    extras: dict[str, Any] = field(default_factory=dict)  # plan-specific results (baselines, continuations)
+    prompts: list[str] = _per_sample()  # (N,) prompt text as the policy saw it
+    completions: list[str] = _per_sample()  # (N,) decoded completion text (special tokens stripped)
+    metadata: list[dict[str, Any]] = _per_sample()  # (N,) the dataset row's other columns
+    truncated: Tensor = _per_sample()  # (N,) bool, no EOS within max_new_tokens
+    old_logprobs: Tensor | None = _per_sample(None)  # (N, L) behaviour-policy token log-probs
+    ref_logprobs: Tensor | None = _per_sample(None)  # (N, L) reference-policy token log-probs
+    values: Tensor | None = _per_sample(None)  # (N, L) behaviour value estimates (PPO)
+    rewards: Tensor | None = _per_sample(None)  # (N,) the trained rewards (NaN = 0)
+    advantages: Tensor | None = _per_sample(None)  # (N,) or (N, L) what the policy loss weighs
+    returns: Tensor | None = _per_sample(None)  # (N, L) value targets (PPO)
+    token_rewards: Tensor | None = _per_sample(None)  # (N, L) per-token rewards GAE reads (PPO)
+    anchor_positions: Tensor | None = _per_sample(None)  # (N, M+2) anchor positions s_0 = 0 .. s_{M+1} = T (TRePO)
+    anchor_values: Tensor | None = _per_sample(None)  # (N, M+2) Û at each anchor (TRePO)
+    baseline: Rollout | None = None  # B greedy responses, one per prompt (ReMax's plan)
+    baseline_rewards: Tensor | None = None  # (B,) the greedy responses' rewards
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per rollout phase (generate, score, ...)
+
+    PER_SAMPLE: ClassVar[tuple[str, ...]]
 
     @property
     def num_samples(self) -> int:
@@ -44,31 +66,19 @@ class Rollout:
         """(N,) number of real completion tokens of each sample."""
         return self.completion_mask.sum(-1)
 
-    def select(self, index: Tensor) -> "Rollout":
-        """Rows ``index`` of every per-sample field (used for minibatches). Text fields follow."""
+    def select(self, index: Tensor) -> Rollout:
+        """Rows ``index`` of every per-sample field (used for minibatches and chunks); the rest is shared."""
         idx = index.tolist()
 
         def pick(x: Any) -> Any:
-            if isinstance(x, Tensor) and x.dim() > 0 and x.shape[0] == self.num_samples:
-                return x[index]
-            return x
+            if x is None:
+                return None
+            return [x[i] for i in idx] if isinstance(x, list) else x[index]
 
-        return Rollout(
-            prompt_ids=pick(self.prompt_ids),
-            prompt_mask=pick(self.prompt_mask),
-            completion_ids=pick(self.completion_ids),
-            completion_mask=pick(self.completion_mask),
-            group_index=pick(self.group_index),
-            group_size=self.group_size,
-            prompts=[self.prompts[i] for i in idx],
-            completions=[self.completions[i] for i in idx],
-            metadata=[self.metadata[i] for i in idx],
-            truncated=pick(self.truncated),
-            old_logprobs=pick(self.old_logprobs),
-            ref_logprobs=pick(self.ref_logprobs),
-            values=pick(self.values),
-            extras={k: pick(v) for k, v in self.extras.items()},
-        )
+        return replace(self, **{name: pick(getattr(self, name)) for name in self.PER_SAMPLE})
+
+
+Rollout.PER_SAMPLE = tuple(f.name for f in fields(Rollout) if f.metadata.get("per_sample"))
 
 
 @dataclass
@@ -79,4 +89,5 @@ class LossOutput:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.metrics = {k: v.detach() if isinstance(v, Tensor) else torch.tensor(float(v)) for k, v in self.metrics.items()}
+        self.metrics = {k: v.detach() if isinstance(v, Tensor) else torch.tensor(float(v))
+                        for k, v in self.metrics.items()}

@@ -35,10 +35,12 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 0x40
 NOBODY = 65534
 # syscall numbers per machine; "deny" are refused with EPERM for every sandboxed program
 SYSCALLS = {
-    "x86_64": {"audit": 0xC000003E, "mount_setattr": 442, "open_tree": 428, "move_mount": 429, "clone": 56, "clone3": 435, "fork": [57, 58], "capset": 126,
+    "x86_64": {"audit": 0xC000003E, "mount_setattr": 442, "open_tree": 428, "move_mount": 429, "clone": 56,
+               "clone3": 435, "fork": [57, 58], "capset": 126,
                "deny": [272, 308, 165, 166, 155, 161, 101, 428, 429, 430, 431, 432, 433, 442, 321, 323, 248, 249,
                         250, 298, 310, 311]},
-    "aarch64": {"audit": 0xC00000B7, "mount_setattr": 442, "open_tree": 428, "move_mount": 429, "clone": 220, "clone3": 435, "fork": [], "capset": 91,
+    "aarch64": {"audit": 0xC00000B7, "mount_setattr": 442, "open_tree": 428, "move_mount": 429, "clone": 220,
+                "clone3": 435, "fork": [], "capset": 91,
                 "deny": [97, 268, 40, 39, 41, 51, 117, 428, 429, 430, 431, 432, 433, 442, 280, 282, 217, 218,
                          219, 241, 270, 271]},
 }
@@ -210,7 +212,8 @@ def runner(libc, cfg, program, tests, held, status_w):
     fork the program and hand its wait status to the setup process through ``status_w``."""
     os.setsid()
     parent = held.pop("parent")
-    proc = held["user_namespace"] and libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0
+    proc = held["user_namespace"] and libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                                                 None) == 0
     held["pid_namespace"] = bool(proc) and os.getpid() == 1
     die_with_parent(libc, 0 if os.getpid() == 1 else parent)
     pid = os.fork()

@@ -12,9 +12,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,7 +35,7 @@ class RewardError(RuntimeError):
         where = "/".join(path) if path else "<root>"
         super().__init__(f"reward component {where!r} ({component}) failed: {message}")
 
-    def prefixed(self, name: str) -> "RewardError":
+    def prefixed(self, name: str) -> RewardError:
         """The same error one level up the tree, under child name ``name``."""
         return RewardError((name, *self.path), self.component, self.message)
 
@@ -88,7 +89,7 @@ class Reward:
         finally:
             self.last_latency_s = time.perf_counter() - start
 
-    def call_child(self, name: str, child: "Reward", samples: Samples) -> RewardOutput:
+    def call_child(self, name: str, child: Reward, samples: Samples) -> RewardOutput:
         """Call ``child``; an error it raises is re-raised with ``name`` prepended to its path."""
         try:
             return child(samples)
@@ -102,7 +103,9 @@ class Reward:
             check_output(out, n, self.component_name())
         except Exception as err:  # noqa: BLE001 - the policy decides; never silent
             if self.on_error == "nan":
-                log.warning("reward component %s failed, scoring NaN: %s: %s", self.component_name(), type(err).__name__, err)
+                log.warning(
+                    "reward component %s failed, scoring NaN: %s: %s", self.component_name(), type(err).__name__, err
+                )
                 return RewardOutput(torch.full((n,), math.nan), {"failed": torch.ones(n)})
             if isinstance(err, RewardError):
                 raise
@@ -123,11 +126,11 @@ class Reward:
         finally:
             pool.shutdown(wait=False)
 
-    def children(self) -> Mapping[str, "Reward"]:
+    def children(self) -> Mapping[str, Reward]:
         """Named child rewards (empty for leaves)."""
         return {}
 
-    def to(self, device: torch.device | str) -> "Reward":
+    def to(self, device: torch.device | str) -> Reward:
         """Move any model this node holds (and its children's) to ``device``."""
         for child in self.children().values():
             child.to(device)
@@ -154,7 +157,9 @@ def check_output(out: RewardOutput, n: int, component: str) -> None:
         raise ValueError(f"reward component {component} returned infinite rewards at samples {infinite[:8]}")
     for key, value in out.metrics.items():
         if value.shape != (n,):
-            raise ValueError(f"reward component {component} metric {key!r} has shape {tuple(value.shape)}, expected ({n},)")
+            raise ValueError(
+                f"reward component {component} metric {key!r} has shape {tuple(value.shape)}, expected ({n},)"
+            )
 
 
 def dedup_index(samples: Samples) -> tuple[list[int], Tensor]:
@@ -166,7 +171,9 @@ def dedup_index(samples: Samples) -> tuple[list[int], Tensor]:
     first: dict[tuple[Any, ...], int] = {}
     unique: list[int] = []
     inverse: list[int] = []
-    for i, (p, c, m, ln) in enumerate(zip(samples.prompts, samples.completions, samples.metadata, lengths)):
+    for i, (p, c, m, ln) in enumerate(
+        zip(samples.prompts, samples.completions, samples.metadata, lengths, strict=True)
+    ):
         key = (p, c, json.dumps(m, sort_keys=True, default=repr), ln)
         if key not in first:
             first[key] = len(unique)
@@ -260,7 +267,9 @@ class FunctionReward(Reward):
                 raise ValueError(f"FunctionReward factory {self.fn_path!r} failed with factory_args="
                                  f"{self.factory_args}: {type(err).__name__}: {err}") from err
             if not callable(target):
-                raise TypeError(f"FunctionReward factory {self.fn_path!r} returned {type(target).__name__}, not a function")
+                raise TypeError(
+                    f"FunctionReward factory {self.fn_path!r} returned {type(target).__name__}, not a function"
+                )
         elif not callable(target):
             raise TypeError(f"FunctionReward fn {self.fn_path!r} is not callable")
         return target

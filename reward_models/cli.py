@@ -113,10 +113,15 @@ def score_main(argv: list[str] | None = None) -> int:
 
 def format_table(table: list[dict[str, Any]], n: int, source: str) -> str:
     width = max([len("component")] + [len(r["component"]) for r in table])
-    lines = [f"{n} rollouts from {source}", f"{'component':<{width}}  {'mean':>10} {'std':>10} {'nan%':>7} {'latency_s':>10}"]
+    lines = [
+        f"{n} rollouts from {source}",
+        f"{'component':<{width}}  {'mean':>10} {'std':>10} {'nan%':>7} {'latency_s':>10}",
+    ]
     for r in table:
         lat = "" if r["latency_s"] is None else f"{r['latency_s']:.4f}"
-        lines.append(f"{r['component']:<{width}}  {r['mean']:>10.4f} {r['std']:>10.4f} {100 * r['nan_rate']:>6.1f}% {lat:>10}")
+        lines.append(
+            f"{r['component']:<{width}}  {r['mean']:>10.4f} {r['std']:>10.4f} {100 * r['nan_rate']:>6.1f}% {lat:>10}"
+        )
     return "\n".join(lines)
 
 

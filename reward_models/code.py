@@ -52,7 +52,7 @@ def parse_tests(value: Any, i: int, key: str) -> tuple[str, list[Any]]:
     if isinstance(value, str):
         return "assert", [value]
     if isinstance(value, dict) and "inputs" in value and "outputs" in value:
-        value = [{"input": a, "output": b} for a, b in zip(value["inputs"], value["outputs"])]
+        value = [{"input": a, "output": b} for a, b in zip(value["inputs"], value["outputs"], strict=False)]
     if isinstance(value, list) and value and all(isinstance(t, str) for t in value):
         return "assert", list(value)
     if isinstance(value, list) and value and all(isinstance(t, dict) and "input" in t and "output" in t for t in value):

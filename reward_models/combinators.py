@@ -12,7 +12,8 @@ NaN means "does not apply to this sample". Each combinator's docstring states it
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -90,7 +91,9 @@ class WeightedSum(_Many):
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(self.components))
         if unknown:
-            raise ValueError(f"WeightedSum: weights for unknown components {unknown}; components are {list(self.components)}")
+            raise ValueError(
+                f"WeightedSum: weights for unknown components {unknown}; components are {list(self.components)}"
+            )
         self.weights = {name: float(weights.get(name, 1.0)) for name in self.components}
 
     def reduce(self, stacked: Tensor) -> Tensor:

@@ -1,8 +1,9 @@
 """Build a reward tree from YAML with jsonargparse, the mechanism LightningCLI uses for ``model.init_args.reward``."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 

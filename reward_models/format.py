@@ -104,7 +104,9 @@ class JsonFormat(Reward):
     """1.0 if the completion holds valid JSON and, when ``required_keys`` is set, it is an object
     with all of them. Metric ``valid``: the JSON parsed (whatever its keys)."""
 
-    def __init__(self, required_keys: list[str] | None = None, extract: Literal["auto", "full", "fenced"] = "auto") -> None:
+    def __init__(
+        self, required_keys: list[str] | None = None, extract: Literal["auto", "full", "fenced"] = "auto"
+    ) -> None:
         if extract not in ("auto", "full", "fenced"):
             raise ValueError(f"JsonFormat: extract must be 'auto', 'full' or 'fenced', got {extract!r}")
         self.required_keys, self.extract = list(required_keys or []), extract
@@ -113,7 +115,9 @@ class JsonFormat(Reward):
         rewards, valid = [], []
         for completion in samples.completions:
             ok, value = parse_json(completion, self.extract)
-            has_keys = not self.required_keys or (isinstance(value, dict) and all(k in value for k in self.required_keys))
+            has_keys = not self.required_keys or (
+                isinstance(value, dict) and all(k in value for k in self.required_keys)
+            )
             valid.append(float(ok))
             rewards.append(float(ok and has_keys))
         return RewardOutput(torch.tensor(rewards), {"valid": torch.tensor(valid)})

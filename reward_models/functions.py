@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from reward_models.types import PROMPT_MESSAGES_KEY, Samples, TrainerState
+
 
 @dataclass
 class CallLog:
@@ -44,7 +46,7 @@ def function_prompts(samples: Samples, conversational: bool) -> list[Any]:
     if not conversational:
         return list(samples.prompts)
     return [messages if messages is not None else [{"role": "user", "content": prompt}]
-            for prompt, messages in zip(samples.prompts, samples.prompt_messages)]
+            for prompt, messages in zip(samples.prompts, samples.prompt_messages, strict=True)]
 
 
 def function_completions(samples: Samples, conversational: bool) -> list[Any]:
@@ -62,7 +64,7 @@ def completion_id_lists(samples: Samples) -> list[list[int]] | None:
     if samples.completion_mask is None:
         return [row.tolist() for row in ids]
     mask = samples.completion_mask.cpu().bool()
-    return [row[keep].tolist() for row, keep in zip(ids, mask)]
+    return [row[keep].tolist() for row, keep in zip(ids, mask, strict=True)]
 
 
 def dataset_columns(samples: Samples) -> dict[str, list[Any]]:
@@ -94,7 +96,9 @@ def signature_names(fn: Callable[..., Any]) -> tuple[set[str], bool]:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return set(), True
-    names = {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    names = {
+        p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
     return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 

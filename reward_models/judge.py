@@ -18,7 +18,9 @@ DEFAULT_TEMPLATE = (
 DEFAULT_PATTERN = r"(?i)score\s*[:=]?\s*(-?\d+(?:\.\d+)?)"
 
 
-def parse_score(text: str, pattern: str | re.Pattern[str], low: float | None = None, high: float | None = None) -> float | None:
+def parse_score(
+    text: str, pattern: str | re.Pattern[str], low: float | None = None, high: float | None = None
+) -> float | None:
     """The number in the first match of ``pattern`` (its group 1 if it has one), or None.
 
     With ``low`` and ``high`` set, a score outside ``[low, high]`` is None and an inside one is
@@ -101,12 +103,14 @@ class JudgeReward(Reward):
         self.use_chat_template, self.system = use_chat_template, system
         self.set_policy(on_error, timeout)
         self.tokenizer = load_tokenizer(self.path, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True, dtype=resolve_dtype(dtype, "JudgeReward"))
+        model = AutoModelForCausalLM.from_pretrained(
+            self.path, local_files_only=True, dtype=resolve_dtype(dtype, "JudgeReward")
+        )
         self.model = freeze(model)
         self.device = torch.device("cpu")
         self.last_outputs: list[str] = []
 
-    def to(self, device: torch.device | str) -> "JudgeReward":
+    def to(self, device: torch.device | str) -> JudgeReward:
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
@@ -114,7 +118,7 @@ class JudgeReward(Reward):
     def prompts(self, samples: Samples) -> list[str]:
         """The exact strings the judge is given."""
         out = []
-        for i, (p, c, meta) in enumerate(zip(samples.prompts, samples.completions, samples.metadata)):
+        for i, (p, c, meta) in enumerate(zip(samples.prompts, samples.completions, samples.metadata, strict=True)):
             messages = [{"role": "system", "content": self.system}] if self.system else []
             messages.append({"role": "user", "content": fill_template(self.template, p, c, meta, i)})
             out.append(chat_text(self.tokenizer, messages, self.use_chat_template, add_generation_prompt=True))

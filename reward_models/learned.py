@@ -57,12 +57,14 @@ class LearnedReward(Reward):
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
         if not 0 <= label_index < model.config.num_labels:
-            raise ValueError(f"LearnedReward: label_index {label_index} out of range for {model.config.num_labels} labels")
+            raise ValueError(
+                f"LearnedReward: label_index {label_index} out of range for {model.config.num_labels} labels"
+            )
         self.label_index = label_index
         self.model = freeze(model)
         self.device = torch.device("cpu")
 
-    def to(self, device: torch.device | str) -> "LearnedReward":
+    def to(self, device: torch.device | str) -> LearnedReward:
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
@@ -72,7 +74,7 @@ class LearnedReward(Reward):
         return [
             chat_text(self.tokenizer, [{"role": "user", "content": p}, {"role": "assistant", "content": c}],
                       self.use_chat_template, add_generation_prompt=False)
-            for p, c in zip(samples.prompts, samples.completions)
+            for p, c in zip(samples.prompts, samples.completions, strict=True)
         ]
 
     @torch.inference_mode()

@@ -45,8 +45,14 @@ class OverlongPenalty(Reward):
 
     def __init__(self, max_length: int, buffer_length: int, penalty_factor: float = 1.0) -> None:
         if not 0 < buffer_length <= max_length:
-            raise ValueError(f"OverlongPenalty: need 0 < buffer_length <= max_length, got {buffer_length}, {max_length}")
-        self.max_length, self.buffer_length, self.penalty_factor = int(max_length), int(buffer_length), float(penalty_factor)
+            raise ValueError(
+                f"OverlongPenalty: need 0 < buffer_length <= max_length, got {buffer_length}, {max_length}"
+            )
+        self.max_length, self.buffer_length, self.penalty_factor = (
+            int(max_length),
+            int(buffer_length),
+            float(penalty_factor),
+        )
 
     def score(self, samples: Samples) -> Tensor:
         length = samples.lengths()
@@ -82,7 +88,7 @@ class RepetitionPenalty(Reward):
             raise ValueError("RepetitionPenalty: unit='token' needs Samples.completion_ids")
         ids = samples.completion_ids
         mask = samples.completion_mask if samples.completion_mask is not None else torch.ones_like(ids)
-        return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+        return [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
 
     def score(self, samples: Samples) -> list[float]:
         out = []

@@ -17,7 +17,6 @@ import torch
 from reward_models.base import MISSING, Reward, check_missing, metadata_value
 from reward_models.types import RewardOutput, Samples
 
-
 _DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
 
 
@@ -88,7 +87,9 @@ class MathVerify(Reward):
             parsed = self._mv.parse(candidate, parsing_timeout=self._timer())
             if parsed:
                 return parsed
-        raise ValueError(f"MathVerify: metadata row {i} {self.answer_key!r}={value!r} is not an answer math-verify can parse")
+        raise ValueError(
+            f"MathVerify: metadata row {i} {self.answer_key!r}={value!r} is not an answer math-verify can parse"
+        )
 
     def forward(self, samples: Samples) -> RewardOutput:
         rewards, extracted, golds = [], [], {}

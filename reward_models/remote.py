@@ -98,8 +98,12 @@ class RemoteReward(Reward):
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def _post(self, body: bytes) -> dict[str, Any]:
-        request = urllib.request.Request(f"{self.url}/score", data=body, method="POST",
-                                         headers={"Content-Type": "application/json", **self._auth_headers(), **self.headers})
+        request = urllib.request.Request(
+            f"{self.url}/score",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", **self._auth_headers(), **self.headers},
+        )
         for attempt in range(self.retries + 1):
             try:
                 with urllib.request.urlopen(request, timeout=self.request_timeout) as response:
@@ -112,7 +116,9 @@ class RemoteReward(Reward):
                     raise RuntimeError(f"reward server {self.url} answered HTTP {err.code}: {message}") from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
                 if attempt == self.retries:
-                    raise ConnectionError(f"reward server {self.url} unreachable after {attempt + 1} attempts: {err}") from err
+                    raise ConnectionError(
+                        f"reward server {self.url} unreachable after {attempt + 1} attempts: {err}"
+                    ) from err
             time.sleep(self.backoff * 2**attempt)
         raise AssertionError("unreachable")
 
@@ -166,7 +172,7 @@ def _check_containers(body: bytes, limit: int) -> None:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "RewardServer"
+    server: RewardServer
     protocol_version = "HTTP/1.0"
 
     def setup(self) -> None:

@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
 from reward_models.types import RewardOutput, Samples, TrainerState
 
 # written outputs of a training run (lightning_trepo's RolloutWriter: step, reward, components), not inputs
-RESERVED = {"prompt", "completion", "metadata", "group_index", "completion_ids", "reward", "metrics", "step", "components"}
+RESERVED = {
+    "prompt",
+    "completion",
+    "metadata",
+    "group_index",
+    "completion_ids",
+    "reward",
+    "metrics",
+    "step",
+    "components",
+}
 
 
 def _finite_or_none(values: Iterable[float]) -> list[float | None]:
@@ -30,7 +41,7 @@ def _ids_lists(samples: Samples) -> list[list[int]] | None:
     if samples.completion_ids is None:
         return None
     mask = samples.completion_mask if samples.completion_mask is not None else torch.ones_like(samples.completion_ids)
-    return [row[m.bool()].tolist() for row, m in zip(samples.completion_ids, mask)]
+    return [row[m.bool()].tolist() for row, m in zip(samples.completion_ids, mask, strict=True)]
 
 
 def _padded(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,13 +99,15 @@ def samples_from_rows(rows: list[dict[str, Any]], where: list[str] | None = None
     where = where or [f"row {i}" for i in range(len(rows))]
     by_prompt: dict[tuple[Any, str], int] = {}
     groups, metadata = [], []
-    for row, loc in zip(rows, where):
+    for row, loc in zip(rows, where, strict=True):
         _check_row(row, loc)
         meta = dict(row.get("metadata") or {})
         meta.update({k: v for k, v in row.items() if k not in RESERVED})
         metadata.append(meta)
         g = row.get("group_index")
-        groups.append(int(g) if g is not None else by_prompt.setdefault((row.get("step"), row["prompt"]), len(by_prompt)))
+        groups.append(
+            int(g) if g is not None else by_prompt.setdefault((row.get("step"), row["prompt"]), len(by_prompt))
+        )
     has_ids = [r.get("completion_ids") is not None for r in rows]
     if any(has_ids) and not all(has_ids):
         first = where[has_ids.index(not has_ids[0])]
@@ -198,4 +211,6 @@ def output_from_payload(payload: dict[str, Any], n: int) -> RewardOutput:
         return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
 
     metrics = payload.get("metrics") or {}
-    return RewardOutput(tensor(payload.get("rewards"), "rewards"), {k: tensor(v, f"metrics.{k}") for k, v in metrics.items()})
+    return RewardOutput(
+        tensor(payload.get("rewards"), "rewards"), {k: tensor(v, f"metrics.{k}") for k, v in metrics.items()}
+    )

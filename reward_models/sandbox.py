@@ -172,7 +172,7 @@ def _spawn(cfg: dict, io_dir: Path, limits: SandboxLimits, python: str, n_tests:
     return result
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def probe_isolation(python: str | None = None, max_processes: int = 1) -> tuple[tuple[str, bool], ...]:
     """The isolation features a trivial sandboxed run gets on this machine (cached per interpreter)."""
     res = run_sandboxed("pass", [], limits=SandboxLimits(max_processes=max_processes), python=python)

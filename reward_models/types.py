@@ -1,12 +1,12 @@
 """Containers passed through a reward tree. Importable without lightning_trepo."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
-
 
 #: Metadata key under which the data layer records the chat a prompt was rendered from (a list of
 #: ``{"role", "content"}`` messages) when the policy's chat template produced the prompt. It rides
@@ -61,7 +61,7 @@ class Samples:
     def __len__(self) -> int:
         return len(self.completions)
 
-    def select(self, index: Sequence[int]) -> "Samples":
+    def select(self, index: Sequence[int]) -> Samples:
         """The sub-batch of rows ``index`` (in that order)."""
         idx = list(index)
         t = torch.as_tensor(idx, dtype=torch.long)

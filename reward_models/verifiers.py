@@ -78,7 +78,10 @@ class NumericAnswer(Reward):
         """Same brackets, same length, every value within the tolerance of the reference's."""
         if x[0] != y[0] or len(x[1]) != len(y[1]):
             return False
-        return all(abs(a - b) <= (self.tolerance * abs(b) if self.relative else self.tolerance) for a, b in zip(x[1], y[1]))
+        return all(
+            abs(a - b) <= (self.tolerance * abs(b) if self.relative else self.tolerance)
+            for a, b in zip(x[1], y[1], strict=True)
+        )
 
 
 def _normalize_text(text: str, ignore_case: bool, whitespace: bool) -> str:
@@ -151,7 +154,9 @@ class RegexMatch(Reward):
             try:
                 regex = re.compile(str(pattern), self.flags)
             except re.error as err:
-                raise ValueError(f"RegexMatch: metadata row {i} {self.pattern_key!r}={pattern!r} is not a regex: {err}") from err
+                raise ValueError(
+                    f"RegexMatch: metadata row {i} {self.pattern_key!r}={pattern!r} is not a regex: {err}"
+                ) from err
             match = regex.fullmatch(completion.strip()) if self.fullmatch else regex.search(completion)
             out.append(float(match is not None))
         return out
@@ -197,7 +202,9 @@ class MultipleChoice(Reward):
         m = re.match(rf"\s*\(?([{re.escape(self.letters)}])(?![A-Za-z])", str(ref).upper())
         letter = m.group(1) if m else None
         if letter is None:
-            raise ValueError(f"MultipleChoice: metadata row {i} {self.answer_key!r}={ref!r} is not one of {self.letters!r}")
+            raise ValueError(
+                f"MultipleChoice: metadata row {i} {self.answer_key!r}={ref!r} is not one of {self.letters!r}"
+            )
         return letter
 
     def score(self, samples: Samples) -> list[float | None]:

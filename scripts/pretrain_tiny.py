@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from lightning_trepo.data.tasks import generate_task  # noqa: E402
 from lightning_trepo.evaluation import evaluate_policy, heldout_rows  # noqa: E402
+from lightning_trepo.policy import TinyModelConfig, build_char_tokenizer, build_tiny_model  # noqa: E402
 from lightning_trepo.rollout.engine import SamplingConfig  # noqa: E402
-from lightning_trepo.rollout.policy import TinyModelConfig, build_char_tokenizer, build_tiny_model  # noqa: E402
 from reward_models import NumericAnswer  # noqa: E402
 
 DEFAULT_OUT = ROOT / "lightning_trepo" / "assets" / "tiny-arith"
@@ -164,7 +164,7 @@ def train(args: argparse.Namespace) -> tuple[torch.nn.Module, object, dict]:
 
 def measure(out: Path, report_size: int) -> dict:
     """Held-out numbers of the SAVED directory, loaded the way the trainer loads ``builtin:tiny-arith``."""
-    from lightning_trepo.rollout.policy import PolicyConfig, load_policy
+    from lightning_trepo.policy import PolicyConfig, load_policy
 
     model, tokenizer = load_policy(PolicyConfig(model_path=str(out)))
     report = {}
@@ -189,14 +189,15 @@ def readme(record: dict) -> str:
     return f"""# tiny-arith: the shipped starting policy of `make demo`
 
 A GPT-2-style character model ({record['shape']['n_layer']} layers, {record['shape']['n_embd']} hidden,
-{record['shape']['n_head']} heads, context {record['shape']['n_positions']}, {record['parameters']:,} parameters) with the
-project's character tokenizer (`build_char_tokenizer`). Load it with `policy.model_path: builtin:tiny-arith`.
+{record['shape']['n_head']} heads, context {record['shape']['n_positions']}, {record['parameters']:,} parameters)
+with the project's character tokenizer (`build_char_tokenizer`). Load it with `policy.model_path: builtin:tiny-arith`.
 
 **How it was made** (`python scripts/pretrain_tiny.py`, seed {record['args']['seed']}, {record['steps']} steps of
-batch {record['args']['batch_size']}, AdamW lr {record['args']['lr']} with warmup + cosine decay, torch {record['torch']},
-{record['args']['threads']} threads, {record['train_seconds']:.0f} s on a shared 2-core CPU): supervised next-token loss on the completions of the
-built-in tasks' TRAIN splits ({', '.join(f'{k} {v}' for k, v in record['train_mix'].items())} rows). The targets
-come from a *sloppy student*: in every sum each carry is forgotten with probability {record['args']['forget_carry']}
+batch {record['args']['batch_size']}, AdamW lr {record['args']['lr']} with warmup + cosine decay,
+torch {record['torch']}, {record['args']['threads']} threads, {record['train_seconds']:.0f} s on a shared 2-core CPU):
+supervised next-token loss on the completions of the built-in tasks' TRAIN splits
+({', '.join(f'{k} {v}' for k, v in record['train_mix'].items())} rows). The targets come from a *sloppy student*:
+in every sum each carry is forgotten with probability {record['args']['forget_carry']}
 (independently per digit, redrawn each time a row is used), e.g. `38+47=` -> `75` about 60% of the time.
 The model learns the habit: it can carry but mostly does not, so greedy decoding is right on sums
 without a carry and wrong on most others, while samples are often right. That is the deliberately
@@ -211,7 +212,8 @@ partial start of the RL demo: the response-level reward "is the number right?" h
 {rows}
 
 Starting accuracy used by the tests (`test_check` in training.json): greedy on the first
-{record['test_check']['size']} held-out addition prompts (seed 0), max_new_tokens {record['test_check']['max_new_tokens']}:
+{record['test_check']['size']} held-out addition prompts (seed 0),
+max_new_tokens {record['test_check']['max_new_tokens']}:
 **{record['test_check']['greedy_accuracy']:.1%}**. Addition pass@8 at the start: {add['pass@8']:.1%}.
 """
 

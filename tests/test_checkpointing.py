@@ -164,7 +164,9 @@ def test_nan_skip_leaves_the_weights_exactly_as_before_the_step(tmp_path):
     poisoned.poison_steps = (1,)
     pl.seed_everything(3)
     with pytest.warns(UserWarning, match="non-finite"):
-        trainer(tmp_path / "b", max_steps=2, callbacks=[NonFiniteGuard()]).fit(poisoned, datamodule=datamodule(batch_size=2))
+        trainer(tmp_path / "b", max_steps=2, callbacks=[NonFiniteGuard()]).fit(
+            poisoned, datamodule=datamodule(batch_size=2)
+        )
     for k, v in policy_params(clean).items():
         assert torch.equal(policy_params(poisoned)[k], v)  # step 1 was dropped entirely
 
@@ -197,7 +199,9 @@ def _console(tmp_path: Path, save_dir: str, *extra: str) -> subprocess.Completed
         callbacks.append({"class_path": "tests.test_checkpointing.KillAt", "init_args": {"step": 5}})
         extra = tuple(e for e in extra if e != "--kill")
     reward = {"class_path": "reward_models.FunctionReward", "init_args": {"fn": "tests.modules.rewards.length_reward"}}
-    overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}, "model": {"init_args": {"reward": reward}}}))
+    overlay.write_text(
+        yaml.safe_dump({"trainer": {"callbacks": callbacks}, "model": {"init_args": {"reward": reward}}})
+    )
     cmd = [sys.executable, "-m", "lightning_trepo", "fit", "--config", str(ROOT / "configs" / "grpo.yaml"),
            "--config", str(overlay), "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0",
            "--model.init_args.policy.model_path", "null", "--model.init_args.rollout.group_size", "2",

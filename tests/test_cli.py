@@ -69,6 +69,7 @@ def cli_parse_only(args: list[str]):
                       auto_configure_optimizers=False).config
 
 
+@pytest.mark.slow  # a subprocess: a fresh interpreter imports lightning and transformers (seconds of startup)
 def test_fit_smoke_through_console_script(tmp_path):
     cmd = [sys.executable, "-m", "lightning_trepo", "fit", "--config", str(ROOT / "configs" / "grpo.yaml"), *SMALL,
            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
@@ -123,8 +124,9 @@ def test_model_path_that_does_not_exist_names_it(tmp_path):
              str(tmp_path / "missing-model")])
 
 
+@pytest.mark.slow  # a subprocess: a fresh interpreter imports lightning and transformers (seconds of startup)
 def test_fit_with_local_hf_model_directory(tmp_path):
-    from lightning_trepo.rollout.policy import PolicyConfig, TinyModelConfig, load_policy
+    from lightning_trepo.policy import PolicyConfig, TinyModelConfig, load_policy
 
     model, tok = load_policy(PolicyConfig(tiny=TinyModelConfig(n_layer=1, n_embd=32, n_head=2)))
     model.save_pretrained(tmp_path / "hf")

@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from lightning_trepo.evaluation import evaluate_policy, heldout_rows, mean_pass_at_k, pass_at_k
+from lightning_trepo.policy import ASSETS, PolicyConfig, load_policy
 from lightning_trepo.rollout.engine import SamplingConfig
-from lightning_trepo.rollout.policy import ASSETS, PolicyConfig, load_policy
 from reward_models import NumericAnswer, Reward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,9 @@ def test_evaluate_policy_threshold_and_records(tiny):
     model, tok = tiny
     rows = heldout_rows("addition", 6)
     always = Always()
-    res = evaluate_policy(model, tok, rows, always, num_samples=3, ks=(1, 3, 5), sampling=SamplingConfig(max_new_tokens=4))
+    res = evaluate_policy(
+        model, tok, rows, always, num_samples=3, ks=(1, 3, 5), sampling=SamplingConfig(max_new_tokens=4)
+    )
     assert res.greedy_accuracy == 1.0 and res.pass_at_k == {1: 1.0, 3: 1.0}  # k=5 > n=3 is skipped
     assert len(res.records) == 6 and all(len(r["samples"]) == 3 for r in res.records)
     strict = evaluate_policy(model, tok, rows, always, num_samples=0, threshold=1.5,
@@ -178,3 +180,12 @@ def test_smollm2_loads_and_takes_one_tiny_step(tmp_path):
     assert cli.trainer.global_step == 1
     assert "<|im_start|>" in cli.datamodule._encoded["train"].prompts[0]  # chat template applied
     assert all(torch.isfinite(p).all() for p in cli.model.policy.parameters())
+
+
+def test_demo_default_config_ships_inside_the_package():
+    import lightning_trepo
+    from lightning_trepo.demo import DEFAULT_CONFIG
+
+    package = Path(lightning_trepo.__file__).resolve().parent
+    assert DEFAULT_CONFIG.is_file() and DEFAULT_CONFIG.is_relative_to(package)  # package data, not the checkout
+    assert yaml.safe_load(DEFAULT_CONFIG.read_text())["model"]["class_path"] == "lightning_trepo.TRePO"

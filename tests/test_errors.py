@@ -46,7 +46,8 @@ def report(capsys, monkeypatch, *args: str) -> str:
     (["--model.init_args.rollout.sampling.max_new_tokens", "0"],
      ["max_new_tokens must be >= 1 (got 0)", "config key: model.init_args.rollout.sampling.max_new_tokens"]),
     (["--model.init_args.rolout.group_size", "4"],
-     ["unknown config key: model.init_args.rolout.group_size (value 4)", "did you mean model.init_args.rollout.group_size?"]),
+     ["unknown config key: model.init_args.rolout.group_size (value 4)",
+      "did you mean model.init_args.rollout.group_size?"]),
     (["--model.init_args.rollout.group_size", "1"],
      ["model.init_args.rollout.group_size = 1", "accepted: an integer >= 2", "group of one"]),
     (["--model.init_args.advantage_scale", "stdd"],
@@ -57,7 +58,8 @@ def report(capsys, monkeypatch, *args: str) -> str:
     (["--model.init_args.update.clip_low", "1.0"], ["model.init_args.update.clip_low = 1.0", "0 <= clip_low < 1"]),
     (["--model.init_args.update.num_minibatches", "64", "--data.batch_size", "2"],
      ["model.init_args.update.num_minibatches = 64", "at most 16 (data.batch_size 2 x rollout.group_size 8"]),
-    (["--trainer.max_stepz", "3"], ["unknown config key: trainer.max_stepz (value 3)", "did you mean trainer.max_steps?"]),
+    (["--trainer.max_stepz", "3"],
+     ["unknown config key: trainer.max_stepz (value 3)", "did you mean trainer.max_steps?"]),
     (["--data.batch_sise", "3"], ["unknown config key: data.batch_sise (value 3)", "did you mean data.batch_size?"]),
     (["--model.init_args.reward.init_args.answer_kee", "x"],
      ["unknown config key: model.init_args.reward.init_args.answer_kee",
@@ -109,7 +111,8 @@ def test_debug_flag_and_env_keep_the_full_traceback(monkeypatch):
 @pytest.mark.slow
 def test_console_script_report_is_short_end_to_end(tmp_path):
     # the real process: no usage dump, no namespace dump, exit status 2
-    cmd = [sys.executable, "-m", "lightning_trepo", "fit", "--config", GRPO_YAML, "--model.init_args.rollout.group_size",
+    cmd = [sys.executable, "-m", "lightning_trepo", "fit", "--config", GRPO_YAML,
+           "--model.init_args.rollout.group_size",
            "1"]
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2

@@ -22,7 +22,9 @@ def rows() -> list[dict[str, str]]:
     """64 problems of the built-in addition task (train split), renamed to the columns a user's file might have."""
     from lightning_trepo.data import generate_task
 
-    return [{"question": r["prompt"], "solution": r["answer"]} for r in generate_task("addition", "train", 64, 7, 2, True)]
+    return [
+        {"question": r["prompt"], "solution": r["answer"]} for r in generate_task("addition", "train", 64, 7, 2, True)
+    ]
 
 
 def chats(plain: list[dict[str, str]]) -> list[dict]:
@@ -39,7 +41,7 @@ def chats(plain: list[dict[str, str]]) -> list[dict]:
 def main() -> None:
     import datasets
 
-    from lightning_trepo.rollout.policy import PolicyConfig, load_tokenizer
+    from lightning_trepo.policy import PolicyConfig, load_tokenizer
 
     plain = rows()
     (HERE / "addition.jsonl").write_text("".join(json.dumps(r) + "\n" for r in plain))

@@ -18,6 +18,7 @@ from lightning_trepo.algorithms.anchors import (
     anchor_positions_from_offsets,
     boundary_anchor_positions,
     build_anchor_values,
+    continuation_means,
     fixed_anchor_offsets,
 )
 from lightning_trepo.algorithms.kl import KL_KINDS, kl_estimate, kl_penalized_rewards
@@ -40,6 +41,7 @@ __all__ = [
     "boundary_anchor_positions",
     "build_anchor_values",
     "clipped_surrogate_loss",
+    "continuation_means",
     "explained_variance",
     "fixed_anchor_offsets",
     "gae",

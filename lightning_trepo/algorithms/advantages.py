@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-PAPER = "https://arxiv.org/abs/2506.02553"
 GRPO_SCALES = ("group", "batch", "none")
 
 
@@ -117,7 +116,8 @@ def remax_advantages(rewards: Tensor, baseline_rewards: Tensor, group_size: int 
     if group_size is not None:
         num_prompts = _grouped(rewards, group_size).shape[0]
         if b not in (n, num_prompts):
-            raise ValueError(f"baseline_rewards has {b} entries; expected N={n} or B={num_prompts} (group_size={group_size})")
+            raise ValueError(f"baseline_rewards has {b} entries; expected N={n} or B={num_prompts} "
+                             f"(group_size={group_size})")
     elif b == 0 or n % b != 0:
         raise ValueError(f"baseline_rewards has {b} entries; expected N={n} (one per sample) or B dividing N")
     if b == n:
@@ -173,7 +173,8 @@ def segment_advantages(anchor_values: Tensor, anchor_positions: Tensor, mask: Te
     if anchor_positions.dim() != 2 or anchor_positions.shape[1] < 2:
         raise ValueError(f"anchor_positions must have shape (N, M+2) with M >= 0, got {tuple(anchor_positions.shape)}")
     if anchor_values.shape != anchor_positions.shape:
-        raise ValueError(f"anchor_values {tuple(anchor_values.shape)} and anchor_positions {tuple(anchor_positions.shape)} differ")
+        raise ValueError(f"anchor_values {tuple(anchor_values.shape)} and anchor_positions "
+                         f"{tuple(anchor_positions.shape)} differ")
     if anchor_positions.shape[0] != mask.shape[0]:
         raise ValueError(f"anchor_positions has {anchor_positions.shape[0]} rows, mask has {mask.shape[0]}")
     if anchor_positions.is_floating_point():

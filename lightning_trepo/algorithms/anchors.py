@@ -41,7 +41,8 @@ def fixed_anchor_offsets(
         offsets = torch.arange(every, max_len, every)[:num_anchors]
         return offsets if num_samples is None else offsets.expand(num_samples, -1).clone()
     if num_anchors > max_len - 1:
-        raise ValueError(f"cannot draw {num_anchors} distinct interior offsets from 1..{max_len - 1} (max_len={max_len})")
+        raise ValueError(f"cannot draw {num_anchors} distinct interior offsets from 1..{max_len - 1} "
+                         f"(max_len={max_len})")
     rows = 1 if num_samples is None else num_samples
     keys = torch.rand(rows, max_len - 1, generator=generator)
     offsets = keys.argsort(dim=1)[:, :num_anchors].sort(dim=1).values + 1
@@ -109,9 +110,25 @@ def build_anchor_values(
     """
     n, width = anchor_positions.shape
     if continuation_means.shape != (n, width - 2):
-        raise ValueError(f"continuation_means must have shape (N, M) = {(n, width - 2)}, got {tuple(continuation_means.shape)}")
+        raise ValueError(f"continuation_means must have shape (N, M) = {(n, width - 2)}, "
+                         f"got {tuple(continuation_means.shape)}")
     if u0.shape != (n,) or final_rewards.shape != (n,):
         raise ValueError(f"u0 {tuple(u0.shape)} and final_rewards {tuple(final_rewards.shape)} must have shape ({n},)")
     at_end = anchor_positions[:, 1:-1] == anchor_positions[:, -1:]
     interior = torch.where(at_end, final_rewards[:, None].expand_as(continuation_means), continuation_means)
     return torch.cat([u0[:, None], interior, final_rewards[:, None]], dim=1)
+
+
+def continuation_means(scores: Tensor, sample_index: Tensor, anchor_column: Tensor, shape: tuple[int, int]) -> Tensor:
+    """Û(s) per anchor: the mean of the continuation rewards that landed in each (sample, anchor column) cell.
+
+    Û[n, j] = (1/K_nj) Σ_{c: sample_index[c] = n, anchor_column[c] = j} scores[c], with K_nj the number of such
+    continuations; NaN in cells with none (no continuation was sampled there). (C,), (C,), (C,) -> ``shape``.
+    """
+    means = torch.full(shape, float("nan"), dtype=scores.dtype, device=scores.device)
+    flat = sample_index.to(scores.device) * shape[1] + anchor_column.to(scores.device)
+    sums = torch.zeros(shape[0] * shape[1], dtype=scores.dtype, device=scores.device).index_add_(0, flat, scores)
+    counts = torch.zeros_like(sums).index_add_(0, flat, torch.ones_like(scores))
+    filled = counts > 0
+    means.view(-1)[filled] = sums[filled] / counts[filled]
+    return means

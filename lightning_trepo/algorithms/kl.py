@@ -13,7 +13,8 @@ KL_KINDS = ("k1", "k2", "k3")
 
 
 def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k3", clamp: float | None = None) -> Tensor:
-    """Per-token KL(π‖π_ref) estimate: k1 = log π - log π_ref; k2 = ½(log π - log π_ref)²; k3 = e^Δ - Δ - 1, Δ = log π_ref - log π.
+    """Per-token KL(π‖π_ref) estimate: k1 = log π - log π_ref; k2 = ½(log π - log π_ref)²;
+    k3 = e^Δ - Δ - 1, Δ = log π_ref - log π.
 
     Schulman, http://joschu.net/blog/kl-approx.html (k3 is the GRPO choice, https://arxiv.org/abs/2402.03300).
     ``clamp`` optionally clips Δ to [-clamp, clamp] before k3's exponential (as verl's low_var_kl).
@@ -22,7 +23,8 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k3", clamp:
     if kind not in KL_KINDS:
         raise ValueError(f"unknown KL estimator {kind!r}; valid: {', '.join(KL_KINDS)}")
     if logprobs.shape != ref_logprobs.shape:
-        raise ValueError(f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} differ in shape")
+        raise ValueError(f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} "
+                         "differ in shape")
     delta = ref_logprobs - logprobs
     if kind == "k1":
         return -delta
@@ -40,6 +42,7 @@ def kl_penalized_rewards(rewards: Tensor, kl: Tensor, mask: Tensor, kl_coef: flo
     treated as part of the reward, so it is detached.
     """
     if kl.shape != mask.shape or rewards.shape != (mask.shape[0],):
-        raise ValueError(f"need rewards (N,), kl and mask (N, L); got {tuple(rewards.shape)}, {tuple(kl.shape)}, {tuple(mask.shape)}")
+        raise ValueError(f"need rewards (N,), kl and mask (N, L); got {tuple(rewards.shape)}, {tuple(kl.shape)}, "
+                         f"{tuple(mask.shape)}")
     per_seq = torch.where(mask.bool(), kl.detach(), torch.zeros_like(kl)).sum(-1)
     return rewards - kl_coef * per_seq

@@ -34,7 +34,8 @@ def _token_advantages(advantages: Tensor, mask: Tensor) -> Tensor:
         return advantages.detach()[:, None].expand(mask.shape)
     if advantages.shape == mask.shape:
         return advantages.detach()
-    raise ValueError(f"advantages must have shape (N,) = ({mask.shape[0]},) or (N, L) = {tuple(mask.shape)}, got {tuple(advantages.shape)}")
+    raise ValueError(f"advantages must have shape (N,) = ({mask.shape[0]},) or (N, L) = {tuple(mask.shape)}, "
+                     f"got {tuple(advantages.shape)}")
 
 
 def aggregate(per_token: Tensor, mask: Tensor, mode: str = "token_mean", norm_length: int | None = None) -> Tensor:

@@ -146,11 +146,11 @@ def encode_rows(
     ids: list[list[int]] = [[] for _ in rows]
     for templated in (True, False):
         where = [i for i, (_, chat) in enumerate(rendered) if (chat is not None) == templated]
-        for i, row_ids in zip(where, _tokenize(tokenizer, [texts[i] for i in where], not templated)):
+        for i, row_ids in zip(where, _tokenize(tokenizer, [texts[i] for i in where], not templated), strict=True):
             ids[i] = row_ids
     _limit(ids, texts, tokenizer, max_prompt_length, overlong_prompt, source)
     metadata = [{k: v for k, v in row.items() if k not in (prompt_column, messages_column)} for row in rows]
-    for meta, (_, chat) in zip(metadata, rendered):
+    for meta, (_, chat) in zip(metadata, rendered, strict=True):
         if chat is not None:  # the chat reaches the rewards (TRL passes conversational prompts as messages)
             meta[PROMPT_MESSAGES_KEY] = [dict(m) for m in chat]
     raw = [_raw_prompt(row, prompt_column, messages_column) for row in rows]

@@ -7,8 +7,9 @@ and a run resumed mid-epoch continues with the next unseen batch.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset

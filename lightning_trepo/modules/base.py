@@ -22,8 +22,8 @@ from torch import Tensor
 
 from lightning_trepo.algorithms.kl import kl_estimate
 from lightning_trepo.algorithms.losses import aggregate, clipped_surrogate_loss
-from lightning_trepo.export import drop_frozen_base, hparams_ignore, restore_frozen_base
 from lightning_trepo.checkpointing import load_run_state, save_run_state
+from lightning_trepo.export import drop_frozen_base, hparams_ignore, restore_frozen_base
 from lightning_trepo.modules.config import (
     OptimizerFactory,
     RolloutConfig,
@@ -45,18 +45,10 @@ from lightning_trepo.modules.sharding import (
     visiting,
 )
 from lightning_trepo.ops import masked_mean
+from lightning_trepo.policy import AdapterDisabled, PolicyConfig, load_tokenizer
 from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan
-from lightning_trepo.rollout.logging import (
-    RolloutWriter,
-    reward_metrics,
-    rollout_metrics,
-)
-from lightning_trepo.rollout.policy import (
-    AdapterDisabled,
-    PolicyConfig,
-    load_tokenizer,
-    sequence_logprobs,
-)
+from lightning_trepo.rollout.logging import RolloutWriter, step_metrics, timed
+from lightning_trepo.rollout.logprobs import sequence_logprobs
 from lightning_trepo.types import LossOutput, Rollout
 from reward_models import Reward, RewardOutput, Samples, TrainerState
 
@@ -95,6 +87,7 @@ class RLModule(LightningModule):
         self._engine: RolloutEngine | None = None
         self._writer = RolloutWriter(rollout.log_path) if rollout.log_path else None
         self._t_loss: float | None = None
+        self._perm: tuple[Rollout, Tensor] | None = None  # the minibatch permutation of the cached rollout
 
     # ------------------------------------------------------------------ model lifecycle
     def configure_model(self) -> None:
@@ -194,8 +187,9 @@ class RLModule(LightningModule):
         return RolloutPlan(group_size=self.rollout_cfg.group_size, sampling=self.rollout_cfg.sampling,
                            need_ref_logprobs=self.ref_model is not None)
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Tensor:
-        """(N,) or (N, L) advantages from the (N,) rewards. Every algorithm overrides this."""
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """(N,) or (N, L) advantages from the (N,) rewards, and the scalar metrics of that computation.
+        Every algorithm overrides this."""
         raise NotImplementedError
 
     def compute_loss(self, batch: Rollout) -> LossOutput:
@@ -216,11 +210,12 @@ class RLModule(LightningModule):
     def policy_loss(self, batch: Rollout, logprobs: Tensor, entropy: Tensor | None) -> LossOutput:
         """The clipped surrogate (+ KL when :meth:`kl_in_loss`) from already computed log-probs (N, L)."""
         u = self.update_cfg
-        out = clipped_surrogate_loss(logprobs, batch.old_logprobs, batch.extras["advantages"], batch.completion_mask,
+        out = clipped_surrogate_loss(logprobs, batch.old_logprobs, batch.advantages, batch.completion_mask,
                                      clip_low=u.clip_low, clip_high=u.clip_high, aggregation=u.aggregation)
         loss, metrics = out.loss, dict(out.metrics)
         if batch.ref_logprobs is not None and u.kl_coef != 0.0 and self.kl_in_loss():
-            kl = aggregate(kl_estimate(logprobs, batch.ref_logprobs, u.kl_estimator), batch.completion_mask, u.aggregation)
+            kl_tokens = kl_estimate(logprobs, batch.ref_logprobs, u.kl_estimator)
+            kl = aggregate(kl_tokens, batch.completion_mask, u.aggregation)
             loss = loss + u.kl_coef * kl
             metrics["kl"] = kl
         if entropy is not None:
@@ -268,7 +263,8 @@ class RLModule(LightningModule):
 
         samples = Samples(prompts=[p for r in rollouts for p in r.prompts],
                           completions=[c for r in rollouts for c in r.completions],
-                          completion_ids=cat("completion_ids", self.engine.pad_id), completion_mask=cat("completion_mask", 0),
+                          completion_ids=cat("completion_ids", self.engine.pad_id),
+                          completion_mask=cat("completion_mask", 0),
                           group_index=torch.cat([r.group_index.cpu() for r in rollouts]),
                           metadata=[m for r in rollouts for m in r.metadata])
         out = self.score_samples(samples)
@@ -279,55 +275,50 @@ class RLModule(LightningModule):
         return [(rewards[i], {k: v[i] for k, v in metrics.items()}) for i in range(len(sizes))]
 
     def make_rollout(self, batch: dict[str, Any]) -> tuple[Rollout, dict[str, Tensor]]:
-        """plan -> generate -> score -> behaviour/ref log-probs -> advantages."""
-        plan = self.rollout_plan()
-        calls_before = self.engine.generate_calls
-        rollout = self.engine.rollout(self.policy, plan, reward_prompts(batch), batch["prompt_ids"], batch["metadata"], self.device)
-        t0 = time.perf_counter()
-        baseline = rollout.extras.get("baseline")
-        scored = self.score_many([rollout] if baseline is None else [rollout, baseline])
-        rewards, components = scored[0]
-        if baseline is not None:
-            rollout.extras["baseline_rewards"] = scored[1][0]
-        t_score = time.perf_counter() - t0
-        rollout = self.extend_rollout(rollout, rewards)
-        t1 = time.perf_counter()
-        rollout.old_logprobs = self.behaviour_logprobs(rollout)
-        if plan.need_ref_logprobs and self.ref_model is not None:
-            rollout.ref_logprobs = self.frozen_logprobs(self.ref_model, rollout)
-        rewards_used = torch.nan_to_num(rewards, nan=0.0)
-        rollout.extras["rewards"] = rewards_used
-        rollout.extras["advantages"] = self.compute_advantages(rollout, rewards_used)
-        t_logprob = time.perf_counter() - t1
-        metrics = {**rollout_metrics(rollout, rewards), **reward_metrics(rewards, components)}
-        metrics.update({"time/generate": torch.tensor(rollout.extras["time_generate"]),
-                        "time/score": torch.tensor(t_score), "time/logprobs": torch.tensor(t_logprob)})
-        gen_t = rollout.extras["time_generate"]
-        metrics["rollout/generate_calls"] = torch.tensor(float(self.engine.generate_calls - calls_before))
-        metrics["perf/tokens_per_s"] = torch.tensor(float(rollout.completion_mask.sum()) / max(gen_t, 1e-9))
-        metrics.update(rollout.extras.pop("metrics", {}))  # scalars an algorithm's compute_advantages left there
+        """plan -> generate -> score -> extend -> behaviour/ref log-probs -> advantages."""
+        plan, calls_before = self.rollout_plan(), self.engine.generate_calls
+        rollout = self.engine.rollout(self.policy, plan, reward_prompts(batch), batch["prompt_ids"], batch["metadata"],
+                                      self.device)
+        with timed(rollout.timings, "score"):
+            rewards, components = self.score_rollout(rollout)
+        rollout, extend_metrics = self.extend_rollout(rollout, rewards)
+        with timed(rollout.timings, "logprobs"):
+            rollout.old_logprobs, rollout.values = self.behaviour_logprobs(rollout)
+            if plan.need_ref_logprobs and self.ref_model is not None:
+                rollout.ref_logprobs = self.frozen_logprobs(self.ref_model, rollout)
+            rollout.rewards = torch.nan_to_num(rewards, nan=0.0)
+            rollout.advantages, advantage_metrics = self.compute_advantages(rollout, rollout.rewards)
         if self._writer is not None and self.global_rank == 0:
             self._writer.write(self.global_step, rollout, rewards, components)
-        return rollout, metrics
+        metrics = step_metrics(rollout, rewards, components, self.engine.generate_calls - calls_before)
+        return rollout, {**metrics, **extend_metrics, **advantage_metrics}
 
-    def behaviour_logprobs(self, rollout: Rollout) -> Tensor:
-        """π_old log-probs (N, L), once per rollout; PPO overrides it to fill ``rollout.values`` in the same pass."""
-        return self.frozen_logprobs(self.policy, rollout)
+    def score_rollout(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
+        """The samples' rewards and per-node metrics; a planned greedy baseline is scored in the same reward-tree
+        call and its rewards go in ``rollout.baseline_rewards``."""
+        if rollout.baseline is None:
+            return self.score(rollout)
+        (rewards, components), (rollout.baseline_rewards, _) = self.score_many([rollout, rollout.baseline])
+        return rewards, components
 
-    def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> Rollout:
-        """Hook for plans that need more than samples (e.g. TRePO continuations). Default: none."""
-        return rollout
+    def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor, Tensor | None]:
+        """π_old log-probs (N, L), once per rollout, and the behaviour values (N, L) of algorithms with a critic
+        (None here; PPO overrides this to return both from one pass)."""
+        return self.frozen_logprobs(self.policy, rollout), None
+
+    def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
+        """Hook for plans that need more than samples (e.g. TRePO continuations): the extended rollout and the
+        metrics of the extension. Default: none."""
+        return rollout, {}
 
     def minibatch(self, rollout: Rollout, rollout_step: int) -> Rollout:
         """Minibatch ``rollout_step % num_minibatches`` of a fixed per-rollout permutation of the samples."""
         k = self.update_cfg.num_minibatches
         if k == 1:
             return rollout
-        perm = rollout.extras.get("perm")
-        if perm is None:
-            perm = torch.randperm(rollout.num_samples, device=rollout.completion_ids.device)
-            rollout.extras["perm"] = perm
-        chunks = perm.chunk(k)
+        if self._perm is None or self._perm[0] is not rollout:
+            self._perm = (rollout, torch.randperm(rollout.num_samples, device=rollout.completion_ids.device))
+        chunks = self._perm[1].chunk(k)
         return rollout.select(chunks[rollout_step % k])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

@@ -1,15 +1,16 @@
 """The typed settings every algorithm shares (they are the YAML schema under ``model.init_args``)."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 import torch
 
 from lightning_trepo.errors import check_choice, require
+from lightning_trepo.policy import PolicyConfig, TinyModelConfig
 from lightning_trepo.rollout.decoding import Decoder
 from lightning_trepo.rollout.engine import SamplingConfig
-from lightning_trepo.rollout.policy import PolicyConfig, TinyModelConfig
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"]
 KLEstimator = Literal["k1", "k2", "k3"]
@@ -90,7 +91,8 @@ class UpdateConfig:
         """Cross-check with the data: each minibatch needs at least one of the B * G samples of a rollout."""
         samples = group_size * batch_size
         require(self.num_minibatches <= samples, "update.num_minibatches", self.num_minibatches,
-                f"at most {samples} (data.batch_size {batch_size} x rollout.group_size {group_size} samples per rollout)")
+                f"at most {samples} (data.batch_size {batch_size} x rollout.group_size {group_size} samples per "
+                "rollout)")
 
     @property
     def steps_per_rollout(self) -> int:

@@ -28,12 +28,8 @@ from lightning_trepo.modules.base import (
 )
 from lightning_trepo.modules.sharding import build_policy
 from lightning_trepo.ops import masked_mean, masked_whiten
-from lightning_trepo.rollout.logprobs import fused_head_supported
-from lightning_trepo.rollout.policy import (
-    PolicyConfig,
-    completion_logits,
-    sequence_logprobs,
-)
+from lightning_trepo.policy import PolicyConfig
+from lightning_trepo.rollout.logprobs import completion_logits, fused_head_supported, sequence_logprobs
 from lightning_trepo.types import LossOutput, Rollout
 from reward_models import Reward
 
@@ -156,35 +152,35 @@ class PPO(RLModule):
         return SimpleNamespace(logits=self.critic(**inputs).last_hidden_state)
 
     @torch.no_grad()
-    def behaviour_logprobs(self, rollout: Rollout) -> Tensor:
-        """π_old log-probs and the behaviour values ``rollout.values`` from one pass, in chunks."""
+    def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
+        """π_old log-probs and the behaviour values V_old (N, L), from one pass, in chunks."""
         index = torch.arange(rollout.num_samples, device=rollout.completion_ids.device)
         parts = [self.logprobs_and_values(rollout.select(i)) for i in index.split(self.rollout_cfg.max_generate_batch)]
-        rollout.values = torch.cat([values for _, _, values in parts])
-        return torch.cat([logprobs for logprobs, _, _ in parts])
+        return torch.cat([logprobs for logprobs, _, _ in parts]), torch.cat([values for _, _, values in parts])
 
     # ------------------------------------------------------------------ algorithm
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Tensor:
-        """r_t = −β·kl_t + RM(W)·[t = T]; GAE(γ, λ) → advantages (N, L), returns in ``extras['returns']``."""
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """r_t = −β·kl_t + RM(W)·[t = T]; GAE(γ, λ) → advantages (N, L); the token rewards and the value targets
+        go in the rollout's declared ``token_rewards`` and ``returns`` fields."""
         u, mask = self.update_cfg, rollout.completion_mask
         kl = None
         if u.kl_coef != 0.0 and rollout.ref_logprobs is not None:
             kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, u.kl_estimator)
         token_rewards = token_level_rewards(rewards.float(), mask, kl, u.kl_coef)
         advantages, returns = gae(token_rewards, rollout.values, mask, gamma=self.gamma, lam=self.lam)
-        rollout.extras.update(token_rewards=token_rewards, returns=returns)
+        rollout.token_rewards, rollout.returns = token_rewards, returns
         metrics = {"value/explained_variance": explained_variance(rollout.values, returns, mask),
                    "value/returns_mean": masked_mean(returns, mask)}
         if kl is not None:
             metrics["kl/token_mean"] = masked_mean(kl, mask)
-        rollout.extras["metrics"] = {k: v.detach().float().cpu() for k, v in metrics.items()}
-        return masked_whiten(advantages, mask) if self.whiten_advantages else advantages
+        advantages = masked_whiten(advantages, mask) if self.whiten_advantages else advantages
+        return advantages, {k: v.detach().float().cpu() for k, v in metrics.items()}
 
     def compute_loss(self, batch: Rollout) -> LossOutput:
         """Clipped surrogate + ``vf_coef`` · clipped value loss, both from one forward of the policy."""
         logprobs, entropy, values = self.logprobs_and_values(batch, with_entropy=self.entropy_logged())
         out = self.policy_loss(batch, logprobs, entropy)
-        v = value_loss(values, batch.values, batch.extras["returns"], batch.completion_mask, clip=self.value_clip,
+        v = value_loss(values, batch.values, batch.returns, batch.completion_mask, clip=self.value_clip,
                        aggregation=self.update_cfg.aggregation)
         metrics = {**out.metrics, "loss/surrogate": out.loss, "loss/value": v.loss,
                    "value/clip_frac": v.metrics["value_clip_frac"], "value/mean": v.metrics["value_mean"],

@@ -15,7 +15,7 @@ from torch import Tensor
 from lightning_trepo.algorithms.advantages import reinforce_advantages
 from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
-from lightning_trepo.rollout.policy import PolicyConfig
+from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.types import Rollout
 from reward_models import Reward
 
@@ -71,11 +71,10 @@ class REINFORCE(RLModule):
         self.baseline_mean.mul_(m).add_((1.0 - m) * batch_mean.to(self.baseline_mean))
         self.baseline_updates.add_(1)
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Tensor:
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         advantages = reinforce_advantages(rewards)
-        if self.baseline == "running_mean":
-            b = self.current_baseline()  # from past rollouts only: independent of these samples, so unbiased
-            advantages = advantages - b.to(advantages)
-            self.update_baseline(rewards)
-            rollout.extras["metrics"] = {"reward/baseline": b.detach().float().cpu()}
-        return advantages
+        if self.baseline != "running_mean":
+            return advantages, {}
+        b = self.current_baseline()  # from past rollouts only: independent of these samples, so unbiased
+        self.update_baseline(rewards)
+        return advantages - b.to(advantages), {"reward/baseline": b.detach().float().cpu()}

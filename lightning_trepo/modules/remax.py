@@ -24,7 +24,7 @@ class ReMax(RLModule):
     def rollout_plan(self) -> RolloutPlan:
         return replace(super().rollout_plan(), greedy_baseline=True)
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Tensor:
-        greedy = torch.nan_to_num(rollout.extras["baseline_rewards"], nan=0.0)  # NaN = 0, as for the samples
-        rollout.extras["metrics"] = {"reward/greedy": greedy.float().mean().detach().cpu()}
-        return remax_advantages(rewards, greedy, rollout.group_size)
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        greedy = torch.nan_to_num(rollout.baseline_rewards, nan=0.0)  # NaN = 0, as for the samples
+        metrics = {"reward/greedy": greedy.float().mean().detach().cpu()}
+        return remax_advantages(rewards, greedy, rollout.group_size), metrics

@@ -7,7 +7,7 @@ from lightning_trepo.algorithms.advantages import rloo_advantages
 from lightning_trepo.algorithms.kl import kl_estimate, kl_penalized_rewards
 from lightning_trepo.errors import require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
-from lightning_trepo.rollout.policy import PolicyConfig
+from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.types import Rollout
 from reward_models import Reward
 
@@ -44,13 +44,13 @@ class RLOO(RLModule):
     def kl_in_loss(self) -> bool:
         return not self.kl_in_reward
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Tensor:
-        u = self.update_cfg
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        u, metrics = self.update_cfg, {}
         if self.kl_in_reward and u.kl_coef != 0.0 and rollout.ref_logprobs is not None:
             mask = rollout.completion_mask
             kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, u.kl_estimator)
             rewards = kl_penalized_rewards(rewards, kl, mask, u.kl_coef)
             kl_sum = (kl * mask).sum(-1)
-            rollout.extras["metrics"] = {"kl/sequence": kl_sum.mean().detach().cpu(),
-                                         "reward/kl_penalized": rewards.mean().detach().cpu()}
-        return rloo_advantages(rewards, rollout.group_size)
+            metrics = {"kl/sequence": kl_sum.mean().detach().cpu(),
+                       "reward/kl_penalized": rewards.mean().detach().cpu()}
+        return rloo_advantages(rewards, rollout.group_size), metrics

@@ -19,13 +19,14 @@ Lightning's strategies do the distribution (DDP, DeepSpeed ZeRO-2/3, FSDP2 throu
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from lightning_trepo.rollout.policy import AdapterDisabled, PolicyConfig, apply_lora, is_lora, load_policy
+from lightning_trepo.policy import AdapterDisabled, PolicyConfig, apply_lora, is_lora, load_policy
 
 
 # ---------------------------------------------------------------------------------------------- detection
@@ -339,7 +340,8 @@ def _zero3_inference_engine(strategy: Any, model: nn.Module, offload: bool) -> n
 
 @contextmanager
 def visiting(obj: Any, device: torch.device, enabled: bool) -> Iterator[None]:
-    """``obj.to(device)`` for the block and back to the CPU after (e.g. an offloaded reward model); no-op if not enabled."""
+    """``obj.to(device)`` for the block and back to the CPU after (e.g. an offloaded reward model); no-op if not
+    enabled."""
     if not enabled:
         yield
         return

@@ -8,7 +8,6 @@ samples; Û(s) is the mean reward of K continuations of W_{0,s}. No critic: memo
 from __future__ import annotations
 
 import re
-import time
 from typing import Literal
 
 import torch
@@ -19,6 +18,7 @@ from lightning_trepo.algorithms.anchors import (
     anchor_positions_from_offsets,
     boundary_anchor_positions,
     build_anchor_values,
+    continuation_means,
     fixed_anchor_offsets,
 )
 from lightning_trepo.errors import check_choice, require
@@ -29,6 +29,7 @@ from lightning_trepo.modules.base import (
     UpdateConfig,
     default_optimizer,
 )
+from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.rollout.continuations import (
     BoundaryMarker,
     Continuations,
@@ -36,7 +37,7 @@ from lightning_trepo.rollout.continuations import (
     sample_continuations,
 )
 from lightning_trepo.rollout.engine import RolloutPlan
-from lightning_trepo.rollout.policy import PolicyConfig
+from lightning_trepo.rollout.logging import timed
 from lightning_trepo.types import Rollout
 from reward_models import Reward, Samples
 
@@ -121,52 +122,40 @@ class TRePO(RLModule):
             return boundary_anchor_positions(self._marker(rollout.completion_ids), mask, self.num_anchors)
         return anchor_positions_from_offsets(self._offsets.to(mask.device), rollout.lengths)
 
-    def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> Rollout:
+    def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
         """Sample and score K continuations at every valid anchor (one batched pass), build Û."""
-        t0 = time.perf_counter()
-        positions, valid = self.anchors(rollout)
-        rows, cols = request_pairs(valid, fresh_start=self.start_value == "fresh")
-        cont = sample_continuations(self.engine, self.policy, rollout, positions, rows, cols, self.num_continuations,
-                                    self.rollout_cfg.sampling)
-        means = self._continuation_means(rollout, cont, positions.shape)
-        final = torch.nan_to_num(rewards, nan=0.0)
-        u0 = means[:, 0] if self.start_value == "fresh" else leave_one_out_mean(final, rollout.group_size)
-        values = build_anchor_values(u0, means[:, 1:-1], final, positions)
-        rollout.extras.update(anchor_positions=positions, anchor_values=values)
-        rollout.extras["trepo"] = {
-            "continuation_tokens": float(cont.generated_tokens), "continuation_calls": float(cont.num_calls),
-            "anchors_valid_frac": float(valid[:, 1:-1].float().mean()) if self.num_anchors else 0.0,
-            "time_continuations": time.perf_counter() - t0,
-        }
-        return rollout
+        with timed(rollout.timings, "continuations"):
+            positions, valid = self.anchors(rollout)
+            rows, cols = request_pairs(valid, fresh_start=self.start_value == "fresh")
+            cont = sample_continuations(self.engine, self.policy, rollout, positions, rows, cols,
+                                        self.num_continuations, self.rollout_cfg.sampling)
+            means = self._continuation_means(rollout, cont, positions.shape)
+            final = torch.nan_to_num(rewards, nan=0.0)
+            u0 = means[:, 0] if self.start_value == "fresh" else leave_one_out_mean(final, rollout.group_size)
+            rollout.anchor_positions = positions
+            rollout.anchor_values = build_anchor_values(u0, means[:, 1:-1], final, positions)
+        stats = {"continuation_tokens": float(cont.generated_tokens), "continuation_calls": float(cont.num_calls),
+                 "anchors_valid_frac": float(valid[:, 1:-1].float().mean()) if self.num_anchors else 0.0}
+        return rollout, {f"trepo/{k}": torch.tensor(v) for k, v in stats.items()}
 
     def _continuation_means(self, rollout: Rollout, cont: Continuations, shape: torch.Size) -> Tensor:
         """(N, M+2) mean reward of the K continuations per anchor (NaN where none were sampled)."""
-        means = torch.full(shape, float("nan"), device=self.device)
         if cont.sample_index.numel() == 0:
-            return means
+            return torch.full(shape, float("nan"), device=self.device)
         idx = cont.sample_index.tolist()
         samples = Samples(prompts=[rollout.prompts[i] for i in idx], completions=cont.completions,
                           completion_ids=cont.completion_ids.cpu(), completion_mask=cont.completion_mask.cpu(),
                           group_index=rollout.group_index[cont.sample_index].cpu(),
                           metadata=[rollout.metadata[i] for i in idx])
         scores = torch.nan_to_num(self.score_samples(samples).rewards.to(self.device), nan=0.0)
-        flat = cont.sample_index.to(self.device) * shape[1] + cont.anchor_column.to(self.device)
-        sums = torch.zeros(shape[0] * shape[1], device=self.device).index_add_(0, flat, scores)
-        counts = torch.zeros_like(sums).index_add_(0, flat, torch.ones_like(scores))
-        filled = counts > 0
-        means.view(-1)[filled] = sums[filled] / counts[filled]
-        return means
+        return continuation_means(scores, cont.sample_index, cont.anchor_column, (shape[0], shape[1]))
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Tensor:
-        return segment_advantages(rollout.extras["anchor_values"], rollout.extras["anchor_positions"],
-                                  rollout.completion_mask)
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return segment_advantages(rollout.anchor_values, rollout.anchor_positions, rollout.completion_mask), {}
 
     def make_rollout(self, batch: dict) -> tuple[Rollout, dict[str, Tensor]]:
+        """The base's rollout, plus the share of its wall-clock time the continuations took."""
         rollout, metrics = super().make_rollout(batch)
-        stats = rollout.extras["trepo"]
-        t_cont = stats["time_continuations"]
-        total = float(metrics["time/generate"] + metrics["time/score"] + metrics["time/logprobs"]) + t_cont
-        metrics.update({f"trepo/{k}": torch.tensor(v) for k, v in stats.items() if k != "time_continuations"})
-        metrics["trepo/continuation_time_frac"] = torch.tensor(t_cont / max(total, 1e-9))
+        t_cont = rollout.timings["continuations"]
+        metrics["trepo/continuation_time_frac"] = torch.tensor(t_cont / max(sum(rollout.timings.values()), 1e-9))
         return rollout, metrics

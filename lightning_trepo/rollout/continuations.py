@@ -9,7 +9,7 @@ original response would be and U(W_{0,s}) is estimated for the same finite-horiz
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -47,19 +47,19 @@ def sample_continuations(engine: RolloutEngine, model: nn.Module, rollout: Rollo
     device = rollout.completion_ids.device
     starts = anchor_positions[rows, cols]
     prefixes: list[list[int]] = []
-    for n, s in zip(rows.tolist(), starts.tolist()):
+    for n, s in zip(rows.tolist(), starts.tolist(), strict=True):
         prompt = rollout.prompt_ids[n][rollout.prompt_mask[n].bool()].tolist()
         prefixes.append(prompt + rollout.completion_ids[n, :s].tolist())
     budget = sampling.max_new_tokens - starts  # same total length limit as the original response
     # A rank with no valid anchor still calls the engine: under sharded generation it must keep joining
     # the other ranks' collectives (the engine pads its calls to the busiest rank's count).
     longest = int(budget.max()) if budget.numel() else sampling.max_new_tokens
-    gen, _, _ = engine.continue_from(model, prefixes, k, _with_budget(sampling, longest))
+    gen = engine.continue_from(model, prefixes, k, replace(sampling, max_new_tokens=max(longest, 1)))
     rep_starts = starts.repeat_interleave(k).tolist()
     rep_budget = budget.repeat_interleave(k)
     rep_rows = rows.repeat_interleave(k)
     pieces = []
-    for i, (n, s) in enumerate(zip(rep_rows.tolist(), rep_starts)):
+    for i, (n, s) in enumerate(zip(rep_rows.tolist(), rep_starts, strict=True)):
         cont = gen.completion_ids[i][: int(rep_budget[i])]
         cont = cont[gen.completion_mask[i][: int(rep_budget[i])].bool()]
         pieces.append(torch.cat([rollout.completion_ids[n, :s], cont.to(device)]))
@@ -70,11 +70,6 @@ def sample_continuations(engine: RolloutEngine, model: nn.Module, rollout: Rollo
     texts = engine.tokenizer.batch_decode(ids, skip_special_tokens=True)
     generated = int(sum(p.numel() for p in pieces) - sum(rep_starts))
     return Continuations(rep_rows, cols.repeat_interleave(k), ids, mask, texts, generated, gen.num_calls)
-
-
-def _with_budget(sampling: SamplingConfig, max_new_tokens: int) -> SamplingConfig:
-    return SamplingConfig(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                          max_new_tokens=max(int(max_new_tokens), 1), stop_at_eos=sampling.stop_at_eos)
 
 
 class BoundaryMarker:

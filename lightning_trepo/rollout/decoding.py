@@ -58,7 +58,8 @@ def row_bucket(rows: int) -> int:
     return -(-rows // 64) * 64
 
 
-def pad_to_buckets(ids: Tensor, mask: Tensor, pad_id: int, new_tokens: int, bucket_tokens: int) -> tuple[Tensor, Tensor]:
+def pad_to_buckets(ids: Tensor, mask: Tensor, pad_id: int, new_tokens: int,
+                   bucket_tokens: int) -> tuple[Tensor, Tensor]:
     """Left-pad (N, P) prompts so that P + ``new_tokens`` is a multiple of ``bucket_tokens``, and append copies of
     row 0 up to :func:`row_bucket` rows. The caller keeps the first N rows of the output."""
     width = ids.shape[1]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -163,7 +164,7 @@ class RolloutEngine:
             model.train(was_training)
         completion_ids = right_pad(chunks, self.pad_id)
         completion_mask, truncated = completion_mask_from_eos(completion_ids, self.eos_ids)
-        completion_ids = torch.where(completion_mask.bool(), completion_ids, torch.full_like(completion_ids, self.pad_id))
+        completion_ids = completion_ids.masked_fill(~completion_mask.bool(), self.pad_id)
         self.generate_calls += calls
         self.generated_tokens += int(completion_mask.sum())
         return Generated(completion_ids, completion_mask, truncated, calls)
@@ -216,7 +217,7 @@ class RolloutEngine:
                 metadata: list[dict[str, Any]], device: torch.device) -> Rollout:
         """Sample ``plan.group_size`` completions for each of B prompts: one batched generate call
         (more only when N exceeds ``max_batch_size``). A greedy baseline, if planned, goes in
-        ``extras['baseline']`` as a Rollout of B rows."""
+        ``rollout.baseline`` as a Rollout of B rows; the seconds spent in ``rollout.timings['generate']``."""
         g = plan.group_size
         p_ids, p_mask = left_pad(prompt_ids, self.pad_id, device)
         t0 = time.perf_counter()
@@ -224,8 +225,8 @@ class RolloutEngine:
         rollout = self._as_rollout(gen, p_ids, p_mask, prompts, metadata, g)
         if plan.greedy_baseline:  # the greedy response within the samples' own length budget
             greedy = self.generate(model, p_ids, p_mask, plan.sampling, num_return=1, greedy=True)
-            rollout.extras["baseline"] = self._as_rollout(greedy, p_ids, p_mask, prompts, metadata, 1)
-        rollout.extras["time_generate"] = time.perf_counter() - t0
+            rollout.baseline = self._as_rollout(greedy, p_ids, p_mask, prompts, metadata, 1)
+        rollout.timings["generate"] = time.perf_counter() - t0
         return rollout
 
     def _as_rollout(self, gen: Generated, p_ids: Tensor, p_mask: Tensor, prompts: list[str],
@@ -241,14 +242,8 @@ class RolloutEngine:
         )
 
     def continue_from(self, model: nn.Module, prefix_ids: list[list[int]], num_return: int,
-                      sampling: SamplingConfig) -> tuple[Generated, Tensor, Tensor]:
-        """Sample ``num_return`` continuations of each token prefix in one batched pass (each prefix prefilled once).
-        Returns the generated continuations and the left-padded prefixes (ids, mask)."""
+                      sampling: SamplingConfig) -> Generated:
+        """Sample ``num_return`` continuations of each token prefix in one batched pass (each prefix prefilled once)."""
         device = next(model.parameters()).device
         ids, mask = left_pad(prefix_ids, self.pad_id, device)
-        return self.generate(model, ids, mask, sampling, num_return, share_prefix=True), ids, mask
-
-
-def with_sampling(plan: RolloutPlan, **changes: Any) -> RolloutPlan:
-    """A copy of ``plan`` with some sampling settings changed."""
-    return replace(plan, sampling=replace(plan.sampling, **changes))
+        return self.generate(model, ids, mask, sampling, num_return, share_prefix=True)

@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -32,6 +35,27 @@ def rollout_metrics(rollout: Rollout, rewards: Tensor) -> dict[str, Tensor]:
         "reward/zero_std_group_frac": group_zero_std_fraction(finite.cpu(), rollout.group_size),
         "completion/tokens": rollout.completion_mask.sum().float(),
     }
+
+
+def step_metrics(rollout: Rollout, rewards: Tensor, components: dict[str, Tensor],
+                 generate_calls: int) -> dict[str, Tensor]:
+    """What every training rollout logs besides its algorithm's own metrics: lengths, rewards per reward-tree node,
+    seconds per phase (``rollout.timings``), generate calls and generated tokens per second."""
+    seconds = rollout.timings
+    return {**rollout_metrics(rollout, rewards), **reward_metrics(rewards, components),
+            **{f"time/{phase}": torch.tensor(seconds[phase]) for phase in ("generate", "score", "logprobs")},
+            "rollout/generate_calls": torch.tensor(float(generate_calls)),
+            "perf/tokens_per_s": torch.tensor(float(rollout.completion_mask.sum()) / max(seconds["generate"], 1e-9))}
+
+
+@contextmanager
+def timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the wall-clock seconds of the ``with`` body to ``seconds[phase]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 def _nan_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -70,8 +94,8 @@ class RolloutWriter:
         samples = Samples(prompts=rollout.prompts, completions=rollout.completions,
                           completion_ids=rollout.completion_ids.cpu(), completion_mask=rollout.completion_mask.cpu(),
                           group_index=group_index, metadata=rollout.metadata)
-        output = RewardOutput(rewards=rewards.detach().cpu(), metrics={k: v.detach().cpu() for k, v in components.items()
-                                                                       if v.dim() and v.shape[0] == len(samples)})
+        per_sample = {k: v.detach().cpu() for k, v in components.items() if v.dim() and v.shape[0] == len(samples)}
+        output = RewardOutput(rewards=rewards.detach().cpu(), metrics=per_sample)
         with open(self.path, "a", encoding="utf-8") as fh:
             for row in samples_to_rows(samples, output):
                 fh.write(json.dumps({"step": int(step), **row}, default=str) + "\n")

@@ -16,12 +16,15 @@ working: the head's hooks still run, only its (N, L, V) output is never made.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_trepo.ops import entropy_from_logits, token_logprobs
 
 CHUNK_BYTES = 1 << 28  # one chunk's fp32 logits: 256 MiB
 # config attributes of models that rescale or cap the head's logits after it (Gemma 2/3, Cohere, Granite)
@@ -150,3 +153,38 @@ def fused_head_logprobs(head: nn.Module, targets: Tensor, temperature: float, wi
         yield out
     finally:
         del head.forward
+
+
+def completion_logits(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
+                      completion_ids: Tensor, completion_mask: Tensor) -> Tensor:
+    """Logits (N, L, V) that predict each completion token given everything before it.
+
+    Prompts are left padded and completions right padded; position ids follow the attention mask
+    so a left-padded prompt sees the same positions as an unpadded one.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention = torch.cat([prompt_mask, completion_mask], dim=1).long()
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    length = completion_ids.shape[1]
+    out = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                logits_to_keep=length + 1, use_cache=False)
+    return out.logits[:, -length - 1:-1]
+
+
+def sequence_logprobs(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                      completion_mask: Tensor, temperature: float = 1.0, with_entropy: bool = False,
+                      head: nn.Module | None = None) -> tuple[Tensor, Tensor | None]:
+    """Per-token log π(w_t | prefix) at the sampling temperature, (N, L), and optionally the (detached) entropy.
+
+    When the model's LM head is a plain linear layer (``head``, found on ``model`` when not given), the log-probs
+    come from the hidden states chunk by chunk (above): no (N, L, V) logits.
+    """
+    head = head if head is not None else fused_head_supported(model)
+    if head is not None:
+        with fused_head_logprobs(head, completion_ids, temperature, with_entropy) as extra:
+            logprobs = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        return logprobs * completion_mask, extra.get("entropy")
+    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    logprobs = token_logprobs(logits, completion_ids, temperature) * completion_mask
+    entropy = entropy_from_logits(logits.detach(), temperature) if with_entropy else None
+    return logprobs, entropy

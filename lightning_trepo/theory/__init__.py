@@ -7,4 +7,16 @@ from lightning_trepo.theory.estimators import Draws, Moments, moments
 from lightning_trepo.theory.mdp import ExactSolution, ToyMDP, make_toy_mdp, solve
 from lightning_trepo.theory.verify import Config, Row, evaluate, main
 
-__all__ = ["Config", "Draws", "ExactSolution", "Moments", "Row", "ToyMDP", "evaluate", "main", "make_toy_mdp", "moments", "solve"]
+__all__ = [
+    "Config",
+    "Draws",
+    "ExactSolution",
+    "Moments",
+    "Row",
+    "ToyMDP",
+    "evaluate",
+    "main",
+    "make_toy_mdp",
+    "moments",
+    "solve",
+]

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-
 DTYPE = torch.float64
 
 
@@ -136,7 +135,9 @@ def solve(mdp: ToyMDP) -> ExactSolution:
     reward = (mdp.token_rewards[states, tokens] * mask).sum(-1)
     objective = (prob * reward).sum()
     (grad,) = torch.autograd.grad(objective, theta)
-    jac = torch.autograd.functional.jacobian(lambda th: token_logprob_table(th, tokens, states, mask), mdp.logits, vectorize=True)
+    jac = torch.autograd.functional.jacobian(
+        lambda th: token_logprob_table(th, tokens, states, mask), mdp.logits, vectorize=True
+    )
     scores = jac.reshape(*tokens.shape, -1)
     values, variances = prefix_moments(prob.detach(), reward, states, lengths, len(mdp.prefixes))
     return ExactSolution(

@@ -71,19 +71,44 @@ def _specs(cfg: Config) -> list[tuple[str, str, str, Callable[[ExactSolution], e
 
     return [
         ("reinforce", "REINFORCE, A = RM(W) (Thm 1)", "unbiased", est.reinforce),
-        ("reinforce_len", "REINFORCE, seq_mean_token_mean (1/T)", "biased", lambda e: est.reinforce(e, "seq_mean_token_mean")),
-        ("discounted", f"REINFORCE, discounted γ^(T-t), γ={cfg.gamma}", "biased", lambda e: est.discounted_reinforce(e, cfg.gamma)),
+        (
+            "reinforce_len",
+            "REINFORCE, seq_mean_token_mean (1/T)",
+            "biased",
+            lambda e: est.reinforce(e, "seq_mean_token_mean"),
+        ),
+        (
+            "discounted",
+            f"REINFORCE, discounted γ^(T-t), γ={cfg.gamma}",
+            "biased",
+            lambda e: est.discounted_reinforce(e, cfg.gamma),
+        ),
         ("remax", "ReMax, greedy baseline", "unbiased", est.remax),
         ("rloo", f"RLOO, G={g}", "unbiased", lambda e: est.group_estimator(e, g, rloo_advantages)),
-        ("grpo_none", f"GRPO scale=none, G={g}", f"scaled {(g - 1) / g!r}", lambda e: est.group_estimator(e, g, grpo("none"))),
+        (
+            "grpo_none",
+            f"GRPO scale=none, G={g}",
+            f"scaled {(g - 1) / g!r}",
+            lambda e: est.group_estimator(e, g, grpo("none")),
+        ),
         ("grpo_group", f"GRPO scale=group (std), G={g}", "biased", lambda e: est.group_estimator(e, g, grpo("group"))),
         ("thm2", "Thm 2: U(t) - U(t-1), exact U", "unbiased", est.theorem2),
         ("trepo", f"TRePO fixed offsets M={m}, exact U", "unbiased", lambda e: est.fixed_anchors(e, m)),
         ("trepo_mc", f"TRePO fixed offsets M={m}, K={k} MC", "unbiased", lambda e: est.fixed_anchors(e, m, k)),
-        ("trepo_boundary", f"TRePO boundary anchors M={m}", "unbiased", lambda e: est.boundary_anchors(e, cfg.marker, m)),
+        (
+            "trepo_boundary",
+            f"TRePO boundary anchors M={m}",
+            "unbiased",
+            lambda e: est.boundary_anchors(e, cfg.marker, m),
+        ),
         ("trepo_loo", f"TRePO M={m}, Û(0) = LOO, G=2", "unbiased", lambda e: est.trepo_leave_one_out(e, 2, m)),
         ("trepo_half", "TRePO anchor s = T // 2 (not stop. time)", "biased", est.final_length_anchor),
-        ("trepo_interp", f"TRePO M={m}, U interpolated linearly", "biased", lambda e: est.fixed_anchors(e, m, interpolate=True)),
+        (
+            "trepo_interp",
+            f"TRePO M={m}, U interpolated linearly",
+            "biased",
+            lambda e: est.fixed_anchors(e, m, interpolate=True),
+        ),
     ]
 
 
@@ -120,7 +145,11 @@ def format_table(exact: ExactSolution, rows: list[Row], cfg: Config) -> str:
         f"{exact.prob.numel()} responses, {exact.grad.numel()} parameters, J = {float(exact.objective):.6f}, "
         f"|∇J| = {float(exact.grad.norm()):.6f}"
     )
-    lines = [head, "", f"{'estimator':<42} {'n':>2} {'rel.bias':>9} {'scale':>9} {'variance':>9}  {'verdict':<17} {'claim':<17} ok"]
+    lines = [
+        head,
+        "",
+        f"{'estimator':<42} {'n':>2} {'rel.bias':>9} {'scale':>9} {'variance':>9}  {'verdict':<17} {'claim':<17} ok",
+    ]
     for r in rows:
         lines.append(
             f"{r.name:<42} {r.samples:>2} {r.rel_bias:9.2e} {r.scale:9.6f} {r.variance:9.4f}  "
@@ -146,11 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--continuations", type=int, default=2, help="TRePO continuations K per anchor")
     parser.add_argument("--gamma", type=float, default=0.9, help="discount of the biased discounted line")
     args = parser.parse_args(argv)
-    if args.max_len < 4 or not 1 <= args.num_anchors <= args.max_len - 2 or args.group_size < 2 or args.continuations < 1:
+    if (
+        args.max_len < 4
+        or not 1 <= args.num_anchors <= args.max_len - 2
+        or args.group_size < 2
+        or args.continuations < 1
+    ):
         # max_len <= 3 makes T // 2 = min(1, T) a stopping time, and M = max_len - 1 makes every
         # fixed-offset TRePO variant coincide with Theorem 2: the "biased" and "<" claims need room.
         parser.error("need max_len >= 4, 1 <= num_anchors <= max_len - 2, group_size >= 2, continuations >= 1")
-    cfg = Config(args.seed, args.vocab_size, args.max_len, args.group_size, args.num_anchors, args.continuations, args.gamma)
+    cfg = Config(
+        args.seed, args.vocab_size, args.max_len, args.group_size, args.num_anchors, args.continuations, args.gamma
+    )
     start = time.perf_counter()
     exact, rows = evaluate(cfg)
     print(format_table(exact, rows, cfg))

@@ -53,7 +53,15 @@ def test_rloo_equals_scaled_centred_rewards_and_loo_mean() -> None:
     close(leave_one_out_mean(r, 4), ((g.sum(1, keepdim=True) - g) / 3).reshape(-1))
 
 
-@pytest.mark.parametrize("fn", [rloo_advantages, lambda r, g: grpo_advantages(r, g), lambda r, g: grpo_advantages(r, g, "batch"), lambda r, g: grpo_advantages(r, g, "none")])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        rloo_advantages,
+        lambda r, g: grpo_advantages(r, g),
+        lambda r, g: grpo_advantages(r, g, "batch"),
+        lambda r, g: grpo_advantages(r, g, "none"),
+    ],
+)
 def test_constant_group_gives_exact_zeros(fn) -> None:
     # 0.1 * 3 / 3 != 0.1 in floating point: a naive mean would leak ~1e-17 advantages
     r = torch.tensor([0.1, 0.1, 0.1, 0.7, 0.7, 0.7, 1e8 + 1, 1e8 + 1, 1e8 + 1, 1.0, 2.0, 4.0], dtype=F64)
@@ -64,7 +72,9 @@ def test_constant_group_gives_exact_zeros(fn) -> None:
     assert torch.equal(fn(r32, 2), torch.zeros(4))
 
 
-@pytest.mark.parametrize("fn", [rloo_advantages, lambda r, g: grpo_advantages(r, g), lambda r, g: grpo_advantages(r, g, "none")])
+@pytest.mark.parametrize(
+    "fn", [rloo_advantages, lambda r, g: grpo_advantages(r, g), lambda r, g: grpo_advantages(r, g, "none")]
+)
 def test_shift_invariance_within_each_group(fn) -> None:
     gen = torch.Generator().manual_seed(1)
     r = torch.randn(12, dtype=F64, generator=gen)
@@ -171,7 +181,13 @@ def test_gae_padding_invariance() -> None:
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])
     adv, ret = gae(rewards, values, mask, gamma=0.97, lam=0.9)
     pad = torch.full((3, 3), float("nan"), dtype=F64)
-    adv2, ret2 = gae(torch.cat([rewards, pad], 1), torch.cat([values, pad], 1), torch.cat([mask, torch.zeros(3, 3, dtype=mask.dtype)], 1), 0.97, 0.9)
+    adv2, ret2 = gae(
+        torch.cat([rewards, pad], 1),
+        torch.cat([values, pad], 1),
+        torch.cat([mask, torch.zeros(3, 3, dtype=mask.dtype)], 1),
+        0.97,
+        0.9,
+    )
     close(adv2[:, :5], adv)
     close(ret2[:, :5], ret)
     assert torch.equal(adv2[:, 5:], torch.zeros(3, 3, dtype=F64))

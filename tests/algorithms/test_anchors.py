@@ -10,6 +10,7 @@ from lightning_trepo.algorithms.anchors import (
     anchor_positions_from_offsets,
     boundary_anchor_positions,
     build_anchor_values,
+    continuation_means,
     fixed_anchor_offsets,
 )
 
@@ -102,7 +103,29 @@ def test_boundary_anchors_are_stopping_times() -> None:
 def test_build_anchor_values_uses_rm_at_padding_anchors() -> None:
     positions = torch.tensor([[0, 2, 5, 7], [0, 2, 4, 4]])
     cont = torch.tensor([[0.2, 0.4], [0.3, float("nan")]], dtype=F64)  # no continuation at a padding anchor
-    values = build_anchor_values(torch.tensor([0.1, 0.5], dtype=F64), cont, torch.tensor([1.0, 2.0], dtype=F64), positions)
-    torch.testing.assert_close(values, torch.tensor([[0.1, 0.2, 0.4, 1.0], [0.5, 0.3, 2.0, 2.0]], dtype=F64), rtol=0, atol=0)
+    values = build_anchor_values(
+        torch.tensor([0.1, 0.5], dtype=F64), cont, torch.tensor([1.0, 2.0], dtype=F64), positions
+    )
+    torch.testing.assert_close(
+        values, torch.tensor([[0.1, 0.2, 0.4, 1.0], [0.5, 0.3, 2.0, 2.0]], dtype=F64), rtol=0, atol=0
+    )
     with pytest.raises(ValueError, match=r"\(N, M\) = \(2, 2\)"):
         build_anchor_values(torch.zeros(2), torch.zeros(2, 3), torch.zeros(2), positions)
+
+
+def test_continuation_means_average_each_cell_and_leave_empty_cells_nan() -> None:
+    # cells (sample, column) of a (2, 3) grid; continuation rewards landing there:
+    #   (0, 1): 1.0, 0.0, 0.5 -> 1.5 / 3 = 0.5       (1, 1): 2.0 -> 2.0
+    #   (0, 0): 4.0, 2.0      -> 3.0                  (1, 0), (0, 2), (1, 2): none -> NaN
+    scores = torch.tensor([1.0, 4.0, 0.0, 2.0, 0.5, 2.0], dtype=F64)
+    rows = torch.tensor([0, 0, 0, 1, 0, 0])
+    cols = torch.tensor([1, 0, 1, 1, 1, 0])
+    got = continuation_means(scores, rows, cols, (2, 3))
+    nan = math.nan
+    torch.testing.assert_close(got, torch.tensor([[3.0, 0.5, nan], [nan, 2.0, nan]], dtype=F64), equal_nan=True,
+                               rtol=0, atol=1e-12)
+
+
+def test_continuation_means_of_nothing_is_all_nan() -> None:
+    empty = torch.zeros(0, dtype=torch.long)
+    assert continuation_means(torch.zeros(0), empty, empty, (2, 4)).isnan().all()

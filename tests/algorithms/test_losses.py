@@ -54,7 +54,9 @@ def test_aggregate_empty_sequences_give_zero_not_nan() -> None:
 
 
 def test_aggregate_errors() -> None:
-    with pytest.raises(ValueError, match="valid: token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm"):
+    with pytest.raises(
+        ValueError, match="valid: token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm"
+    ):
         aggregate(X, MASK, "mean")
     with pytest.raises(ValueError, match="per_token has shape"):
         aggregate(X[:, :2], MASK, "token_mean")
@@ -108,10 +110,17 @@ def test_clipped_surrogate_clip_higher_and_dual_clip() -> None:
     close(clipped_surrogate_loss(logp, old, adv, mask, clip_high=0.28).loss, (-1.28 + 0.8 + 1.1 - 0.6) / 4)
     # dual clip c = 3 with A = -1, ρ = 5: max(5, 1.2) = 5 is capped at -c·A = 3
     big = torch.tensor([[math.log(5.0)]], dtype=F64)
-    out = clipped_surrogate_loss(big, torch.zeros(1, 1, dtype=F64), torch.tensor([-1.0], dtype=F64), torch.ones(1, 1), dual_clip=3.0)
+    out = clipped_surrogate_loss(
+        big, torch.zeros(1, 1, dtype=F64), torch.tensor([-1.0], dtype=F64), torch.ones(1, 1), dual_clip=3.0
+    )
     close(out.loss, 3.0)
     close(out.metrics["dual_clip_frac"], 1.0, 1e-7)
-    close(clipped_surrogate_loss(big, torch.zeros(1, 1, dtype=F64), torch.tensor([-1.0], dtype=F64), torch.ones(1, 1)).loss, 5.0)
+    close(
+        clipped_surrogate_loss(
+            big, torch.zeros(1, 1, dtype=F64), torch.tensor([-1.0], dtype=F64), torch.ones(1, 1)
+        ).loss,
+        5.0,
+    )
 
 
 def test_clipped_surrogate_on_policy_equals_policy_gradient() -> None:
@@ -130,7 +139,12 @@ def test_clipped_surrogate_on_policy_equals_policy_gradient() -> None:
 def test_clipped_surrogate_padding_invariance_and_errors() -> None:
     logp, old, adv, mask = _ppo_case()
     nan = torch.full((1, 2), float("nan"), dtype=F64)
-    out = clipped_surrogate_loss(torch.cat([logp, nan], 1), torch.cat([old, nan], 1), torch.cat([adv, nan], 1), torch.cat([mask, torch.zeros(1, 2)], 1))
+    out = clipped_surrogate_loss(
+        torch.cat([logp, nan], 1),
+        torch.cat([old, nan], 1),
+        torch.cat([adv, nan], 1),
+        torch.cat([mask, torch.zeros(1, 2)], 1),
+    )
     close(out.loss, 0.025)
     assert all(torch.isfinite(v) for v in out.metrics.values())
     with pytest.raises(ValueError, match="clip_low"):

@@ -31,8 +31,11 @@ def test_trl_conversational_rows_are_rendered_and_keep_their_chat(chat_tokenizer
     rows = trl_rows(2) + [{"prompt": "5+5=", "solution": "10"}]  # a plain row in the same source
     (batch,) = list(make(rows, chat_tokenizer).train_dataloader())
     # conftest.CHAT_TEMPLATE renders "<role>content\n" per message, then "<assistant>"
-    assert batch["prompts"] == ["<system>be brief\n<user>0+1=\n<assistant>", "<system>be brief\n<user>1+1=\n<assistant>",
-                                "<user>5+5=\n<assistant>"]
+    assert batch["prompts"] == [
+        "<system>be brief\n<user>0+1=\n<assistant>",
+        "<system>be brief\n<user>1+1=\n<assistant>",
+        "<user>5+5=\n<assistant>",
+    ]
     assert batch["prompt_ids"][0] == chat_tokenizer(batch["prompts"][0], add_special_tokens=False)["input_ids"]
     assert batch["raw_prompts"] == ["0+1=", "1+1=", "5+5="]  # the last user turn, for judges and learned RMs
     assert batch["metadata"] == [{"solution": "1", PROMPT_MESSAGES_KEY: rows[0]["prompt"]},
@@ -81,5 +84,5 @@ def test_training_passes_trl_arguments_to_the_reward(tmp_path) -> None:
     assert first["solution"] == ["1", "1", "2", "2"]
     assert all(c == [{"role": "assistant", "content": c[0]["content"]}] for c in first["completions"])
     assert all(1 <= len(ids) <= 3 for ids in first["completion_ids"])  # real tokens only, at most max_new_tokens
-    for ids, c in zip(first["completion_ids"], first["completions"]):
+    for ids, c in zip(first["completion_ids"], first["completions"], strict=True):
         assert module.tokenizer.decode(ids, skip_special_tokens=True) == c[0]["content"]

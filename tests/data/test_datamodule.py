@@ -8,6 +8,7 @@ import pytest
 
 from lightning_trepo.data import ListSource, PromptDataModule
 
+
 def numbered(n: int) -> list[dict]:
     """``n`` rows with prompt ``"p<i>"`` and an ``answer`` and ``id`` column."""
     return [{"prompt": f"p{i}", "answer": str(i), "id": i} for i in range(n)]
@@ -31,7 +32,7 @@ def test_default_is_the_builtin_addition_task(char_tokenizer) -> None:
     assert set(first) == {"prompts", "raw_prompts", "prompt_ids", "metadata", "row", "rollout_step", "rollout_id"}
     assert first["raw_prompts"] == first["prompts"]  # no chat template: what rewards read is what the policy sees
     assert len(first["prompts"]) == 8 and first["rollout_step"] == 0 and first["rollout_id"] == 0
-    for text, ids, meta in zip(first["prompts"], first["prompt_ids"], first["metadata"]):
+    for text, ids, meta in zip(first["prompts"], first["prompt_ids"], first["metadata"], strict=True):
         a, b = re.fullmatch(r"(\d+)\+(\d+)=", text).groups()
         assert meta["answer"] == str(int(a) + int(b)) and meta["task"] == "addition"
         assert "prompt" not in meta

@@ -50,7 +50,7 @@ def main(scenario: str, out: Path) -> None:
 
         strategy, gather = ModelParallelStrategy(), fsdp2_full
     else:
-        from tests.distributed.cpu_deepspeed import CPUDeepSpeedStrategy
+        from benchmarks.cpu_deepspeed import CPUDeepSpeedStrategy
 
         strategy, gather = CPUDeepSpeedStrategy(stage=3, logging_batch_size_per_gpu=1), zero3_full
     pl.seed_everything(0)

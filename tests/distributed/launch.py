@@ -62,7 +62,7 @@ def launch(args: list[str], nprocs: int, timeout: float, logdir: Path) -> list[R
                 break
             time.sleep(0.2)
     finally:
-        for p, c in zip(procs, codes):
+        for p, c in zip(procs, codes, strict=True):
             if c is None and p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
@@ -75,8 +75,13 @@ def check(results: list[RankResult]) -> None:
     """Fail with the tail of the log of every rank that did not exit cleanly."""
     bad = [r for r in results if r.returncode != 0]
     if bad:
-        what = "\n".join(f"--- rank {r.rank}: " + ("TIMED OUT (killed)" if r.returncode is None else f"exit {r.returncode}")
-                         + "\n" + r.output[-4000:] for r in bad)
+        what = "\n".join(
+            f"--- rank {r.rank}: "
+            + ("TIMED OUT (killed)" if r.returncode is None else f"exit {r.returncode}")
+            + "\n"
+            + r.output[-4000:]
+            for r in bad
+        )
         raise AssertionError(f"distributed run failed\n{what}")
 
 

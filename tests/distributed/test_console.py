@@ -18,7 +18,8 @@ def test_trepo_with_ddp_recipe_trains_on_two_cpu_processes(tmp_path):
     random_tiny.write_text("model:\n  init_args:\n    policy:\n      model_path: null\n"
                            "data:\n  val_source:\n    class_path: lightning_trepo.data.BuiltinTaskSource\n"
                            "    init_args: {split: test, size: 16}\n")
-    cmd = [sys.executable, "-m", "lightning_trepo", "fit", "--config", str(CONFIG), "--config", str(ROOT / "recipes" / "ddp.yaml"),
+    cmd = [sys.executable, "-m", "lightning_trepo", "fit", "--config", str(CONFIG),
+           "--config", str(ROOT / "recipes" / "ddp.yaml"),
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.max_steps", "2",
            "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--data.val_batch_size", "4",
            "--model.init_args.rollout.group_size", "2", "--data.batch_size", "2", "--config", str(random_tiny),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_trepo.rollout.policy import load_policy
+from lightning_trepo.policy import load_policy
 from tests.distributed.conftest import load
 from tests.distributed.workers import PER_RANK_BATCH, train_ddp
 from tests.helpers import TINY

@@ -8,7 +8,7 @@ import pytest
 
 from tests.distributed.launch import ROOT, base_env, run_command
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # a subprocess that trains twice: ~1 min
 
 
 def test_gpu_check_dry_run_trains_zero2_and_fsdp2(tmp_path):

@@ -1,6 +1,7 @@
 """Memory levers on one process: LoRA (reference = adapter-disabled policy), gradient checkpointing,
 reference and reward offload, and the FSDP2 block finder. Every lever must leave the update unchanged
-(or, for LoRA, restricted to the adapters)."""
+(or, for LoRA, restricted to the adapters). Single-process unit tests (about 3 s together): not marked
+``distributed``, so the quick selection runs them."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,12 +12,12 @@ from torch import nn
 
 from lightning_trepo import GRPO, UpdateConfig
 from lightning_trepo.modules.sharding import Offloaded, transformer_blocks
-from lightning_trepo.rollout.policy import AdapterDisabled, LoraConfig, load_policy, sequence_logprobs
+from lightning_trepo.policy import AdapterDisabled, LoraConfig, load_policy
+from lightning_trepo.rollout.logprobs import sequence_logprobs
 from reward_models import FunctionReward
 from tests.distributed.workers import REWARD, SeededGRPO, quiet_trainer
 from tests.helpers import TINY, datamodule, rollout_cfg
 
-pytestmark = pytest.mark.distributed
 LORA = dataclasses.replace(TINY, lora=LoraConfig(r=4, alpha=8.0, target_modules=["c_attn", "c_fc"]))
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
 

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.distributed
 
 def assert_trained(run):
     for r in run:
-        moved = max(max(abs(a - b) for a, b in zip(r["full_params"][k], r["initial"][k])) for k in r["initial"])
+        moved = max(
+            max(abs(a - b) for a, b in zip(r["full_params"][k], r["initial"][k], strict=True)) for k in r["initial"]
+        )
         assert moved > 1e-4, "the policy did not change"
         assert all(torch.isfinite(torch.tensor(v)) for v in r["metrics"].values())
         assert not r["ref_in_optimizer"]
@@ -24,9 +26,9 @@ def assert_trained(run):
 
 
 def assert_uneven_generation(run, per_layer_sharded: bool):
-    for r, want in zip(run, (3, 12)):
+    for r, want in zip(run, (3, 12), strict=True):
         assert r["per_layer"]["length"] == want and r["gathered"]["length"] == want  # finished, no hang
-    for r, rows in zip(run, (1, 3)):
+    for r, rows in zip(run, (1, 3), strict=True):
         assert r["uneven_calls"]["rows"] == rows  # 1 vs 3 generate calls per rank: no hang either
         assert r["per_layer"]["synced_gpus"] is per_layer_sharded
         assert r["gathered"]["synced_gpus"] is False  # gathered weights: no collective inside generate
@@ -76,12 +78,16 @@ def test_deepspeed_zero3_trains_and_uneven_generation_does_not_hang(deepspeed_ru
 def test_sharded_strategies_compute_the_same_update(fsdp2_run, deepspeed_run):
     # same seed, same data layout, same rollouts: FSDP2, ZeRO-2 and ZeRO-3 are different memory layouts of
     # the same data-parallel SGD step, so the trained weights agree to float rounding
-    runs = {"fsdp2": load(fsdp2_run, "fsdp2"), "zero2": load(deepspeed_run, "zero2"), "zero3": load(deepspeed_run, "zero3")}
+    runs = {
+        "fsdp2": load(fsdp2_run, "fsdp2"),
+        "zero2": load(deepspeed_run, "zero2"),
+        "zero3": load(deepspeed_run, "zero3"),
+    }
     ref = runs["fsdp2"][0]["full_params"]
     for name, run in runs.items():
         for k in ref:
             torch.testing.assert_close(torch.tensor(run[0]["full_params"][k]), torch.tensor(ref[k]), atol=1e-6,
-                                       rtol=1e-5, msg=lambda m: f"{name} {k}: {m}")
+                                       rtol=1e-5, msg=lambda m, name=name, k=k: f"{name} {k}: {m}")
 
 
 @pytest.mark.parametrize("name", ["fsdp2_trepo", "zero3_trepo"])
@@ -102,7 +108,7 @@ def test_deepspeed_zero3_loads_a_hugging_face_directory_into_partitions(deepspee
     # run must reproduce the built-in ZeRO-3 run exactly; the reference is a second partitioned load.
     hf, builtin = load(deepspeed_run, "zero3_hf"), load(deepspeed_run, "zero3")
     assert_trained(hf)
-    for r, b in zip(hf, builtin):
+    for r, b in zip(hf, builtin, strict=True):
         assert r["policy_sharded"] and r["ref_type"] == "DeepSpeedEngine" and r["ref_sharded"]
         assert r["metrics"] == pytest.approx(b["metrics"], rel=1e-6)
         for k in b["full_params"]:

@@ -10,17 +10,18 @@ import json
 import os
 import sys
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_trepo import GRPO, SamplingConfig, UpdateConfig
+from lightning_trepo.policy import LoraConfig, PolicyConfig, load_policy
 from lightning_trepo.rollout.engine import Generated, RolloutEngine, completion_mask_from_eos, left_pad, right_pad
-from lightning_trepo.rollout.policy import LoraConfig, PolicyConfig, load_policy
 from reward_models import FunctionReward
 from tests.helpers import TINY, datamodule, rollout_cfg
 
@@ -263,7 +264,7 @@ def scenario_fsdp2(out: Path) -> None:
 
 
 def scenario_deepspeed(out: Path) -> None:
-    from tests.distributed.cpu_deepspeed import CPUDeepSpeedStrategy
+    from benchmarks.cpu_deepspeed import CPUDeepSpeedStrategy
 
     fit_sharded(CPUDeepSpeedStrategy(stage=2, logging_batch_size_per_gpu=1), "zero2", out)
     fit_sharded(CPUDeepSpeedStrategy(stage=3, logging_batch_size_per_gpu=1), "zero3", out)

@@ -102,11 +102,11 @@ def _pad(rollout, left: int, right: int):
     z = lambda k: torch.zeros(n, k, dtype=torch.long)  # noqa: E731
     return dataclasses.replace(
         rollout,
-        prompt_ids=torch.cat([z(left), rollout.prompt_ids], 1), prompt_mask=torch.cat([z(left), rollout.prompt_mask], 1),
+        prompt_ids=torch.cat([z(left), rollout.prompt_ids], 1),
+        prompt_mask=torch.cat([z(left), rollout.prompt_mask], 1),
         completion_ids=torch.cat([rollout.completion_ids, z(right)], 1),
         completion_mask=torch.cat([rollout.completion_mask, z(right)], 1),
         old_logprobs=torch.cat([rollout.old_logprobs, torch.zeros(n, right)], 1),
-        extras={**rollout.extras, "advantages": rollout.extras["advantages"]},
     )
 
 

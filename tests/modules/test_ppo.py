@@ -28,10 +28,10 @@ def gae_rollout():
 def test_gae_wiring_hand_checked():
     module = make(UpdateConfig(kl_coef=0.1, kl_estimator="k1"), lam=0.5, whiten_advantages=False)
     rollout = gae_rollout()
-    adv = module.compute_advantages(rollout, torch.tensor([1.0, 2.0]))
+    adv, metrics = module.compute_advantages(rollout, torch.tensor([1.0, 2.0]))
     # token rewards r_t = -0.1*kl_t, plus RM on the last real token
     #   seq 0: [-0.01, -0.02, -0.03 + 1] ; seq 1 (T = 2): [-0.05, -0.0 + 2, 0]
-    torch.testing.assert_close(rollout.extras["token_rewards"], torch.tensor([[-0.01, -0.02, 0.97], [-0.05, 2.0, 0.0]]))
+    torch.testing.assert_close(rollout.token_rewards, torch.tensor([[-0.01, -0.02, 0.97], [-0.05, 2.0, 0.0]]))
     # GAE, gamma = 1, lam = 0.5, V = 0 after the last real token:
     #   seq 0: d2 = 0.97 - (-0.1) = 1.07           A2 = 1.07
     #          d1 = -0.02 + (-0.1) - 0.2 = -0.32   A1 = -0.32 + 0.5*1.07 = 0.215
@@ -42,14 +42,14 @@ def test_gae_wiring_hand_checked():
     torch.testing.assert_close(adv, expected, rtol=0, atol=1e-6)
     # returns R = A + V on real tokens, 0 on padding
     returns = torch.tensor([[0.2975, 0.415, 0.97], [1.15, 2.0, 0.0]])
-    torch.testing.assert_close(rollout.extras["returns"], returns, rtol=0, atol=1e-6)
-    assert rollout.extras["metrics"]["kl/token_mean"].item() == pytest.approx(0.22)  # (0.1+0.2+0.3+0.5+0)/5
+    torch.testing.assert_close(rollout.returns, returns, rtol=0, atol=1e-6)
+    assert metrics["kl/token_mean"].item() == pytest.approx(0.22)  # (0.1+0.2+0.3+0.5+0)/5
 
 
 def test_whitened_advantages_have_zero_mean_unit_variance_on_real_tokens():
     module = make(UpdateConfig(kl_coef=0.1, kl_estimator="k1"), lam=0.5)
     rollout = gae_rollout()
-    adv = module.compute_advantages(rollout, torch.tensor([1.0, 2.0]))
+    adv, _ = module.compute_advantages(rollout, torch.tensor([1.0, 2.0]))
     mask = rollout.completion_mask
     assert masked_mean(adv, mask).abs() < 1e-6 and masked_var(adv, mask).item() == pytest.approx(1.0, abs=1e-5)
     assert adv[1, 2] == 0
@@ -86,10 +86,10 @@ def test_value_params_in_optimizer_and_value_loss_decreases_on_a_fixed_rollout(v
     if value_model == "separate":  # a separate trunk: its own weights, none shared with the policy
         assert not critic_ids & {id(p) for p in module.policy.parameters()} and len(critic_ids) > 2
     rollout = tiny_rollout([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]], group_size=2)
-    rollout.old_logprobs = module.behaviour_logprobs(rollout)
+    rollout.old_logprobs, rollout.values = module.behaviour_logprobs(rollout)
     assert torch.equal(rollout.values, torch.zeros(4, 4))  # zero-initialised head
-    rollout.extras["advantages"] = module.compute_advantages(rollout, torch.tensor([1.0, -1.0, 0.5, 2.0]))
-    assert "value/explained_variance" in rollout.extras["metrics"]
+    rollout.advantages, metrics = module.compute_advantages(rollout, torch.tensor([1.0, -1.0, 0.5, 2.0]))
+    assert "value/explained_variance" in metrics
     before = policy_params(module)
     losses = []
     for _ in range(8):
@@ -98,7 +98,7 @@ def test_value_params_in_optimizer_and_value_loss_decreases_on_a_fixed_rollout(v
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-    assert losses[-1] < 0.6 * losses[0] and all(b < a for a, b in zip(losses[:5], losses[1:5])), losses
+    assert losses[-1] < 0.6 * losses[0] and all(b < a for a, b in zip(losses[:5], losses[1:5], strict=False)), losses
     assert "value/explained_variance_update" in out.metrics
     assert all(torch.equal(v, policy_params(module)[k]) for k, v in before.items())
     fresh = make(value_model=value_model)

@@ -36,12 +36,12 @@ def test_samples_and_greedy_baseline_scored_in_one_call():
     batch = {"prompts": prompts, "prompt_ids": [module.tokenizer.encode(p) for p in prompts], "metadata": [{}, {}]}
     rollout, metrics = module.make_rollout(batch)
     assert reward.calls == [3 * 2 + 2]  # N = B*G samples + B greedy responses, one call
-    greedy = rollout.extras["baseline"]
+    greedy = rollout.baseline
     expected_greedy = torch.tensor(char_score(greedy.completions))
-    torch.testing.assert_close(rollout.extras["baseline_rewards"], expected_greedy)
+    torch.testing.assert_close(rollout.baseline_rewards, expected_greedy)
     sampled = torch.tensor(char_score(rollout.completions))
     # A_i = r_i - r(greedy response of prompt i // G)
-    torch.testing.assert_close(rollout.extras["advantages"], sampled - expected_greedy.repeat_interleave(3))
+    torch.testing.assert_close(rollout.advantages, sampled - expected_greedy.repeat_interleave(3))
     assert metrics["reward/greedy"].item() == pytest.approx(expected_greedy.mean().item())
     # the logged total covers the samples only, not the greedy responses
     assert metrics["reward/total"].item() == pytest.approx(sampled.mean().item())

@@ -33,17 +33,17 @@ def test_segment_differences_telescope_to_reward_minus_start_value():
     torch.manual_seed(0)
     module = make(num_anchors=3, num_continuations=2)
     rollout, _ = module.make_rollout(batch(module))
-    rewards = rollout.extras["rewards"]
+    rewards = rollout.rewards
     g = rewards.reshape(-1, 4)
     loo = ((g.sum(1, keepdim=True) - g) / 3).reshape(-1)
-    adv, positions = rollout.extras["advantages"], rollout.extras["anchor_positions"]
+    adv, positions = rollout.advantages, rollout.anchor_positions
     for n in range(rollout.num_samples):
         ends = sorted(set(positions[n, 1:].tolist()))  # distinct segment ends s_j (1-based)
         total = sum(float(adv[n, s - 1]) for s in ends)
         assert abs(total - float(rewards[n] - loo[n])) < 1e-5
-        for a, b in zip([0] + ends[:-1], ends):  # constant within each segment
+        for a, b in zip([0] + ends[:-1], ends, strict=True):  # constant within each segment
             assert torch.allclose(adv[n, a:b], adv[n, b - 1].expand(b - a))
-    values = rollout.extras["anchor_values"]
+    values = rollout.anchor_values
     torch.testing.assert_close(values[:, -1], rewards)  # Û(T) = RM(W) exactly
     torch.testing.assert_close(values[:, 0], loo)
     assert (positions[:, -1] == rollout.lengths).all() and (positions[:, 0] == 0).all()
@@ -57,8 +57,8 @@ def test_reward_fixed_by_first_token_puts_all_credit_on_the_first_segment():
     torch.manual_seed(1)
     module = make(num_anchors=2, num_continuations=3, reward="tests.modules.rewards.starts_with_one")
     rollout, _ = module.make_rollout(batch(module))
-    positions, adv, r = rollout.extras["anchor_positions"], rollout.extras["advantages"], rollout.extras["rewards"]
-    u0 = rollout.extras["anchor_values"][:, 0]
+    positions, adv, r = rollout.anchor_positions, rollout.advantages, rollout.rewards
+    u0 = rollout.anchor_values[:, 0]
     for n in range(rollout.num_samples):
         s1 = int(positions[n, 1])
         torch.testing.assert_close(adv[n, :s1], (r[n] - u0[n]).expand(s1))
@@ -95,16 +95,29 @@ def test_all_continuations_of_a_step_share_one_generate_call(start_value):
     assert 0.0 < float(metrics["trepo/continuation_time_frac"]) < 1.0
 
 
-def test_fresh_start_value_is_the_mean_of_fresh_samples():
+def test_fresh_start_value_is_the_mean_of_fresh_samples(monkeypatch):
     torch.manual_seed(3)
     module = make(num_anchors=0, num_continuations=4, start_value="fresh")
+    scored, score = [], module.score_samples
+
+    def recording(samples):
+        out = score(samples)
+        scored.append((samples, out.rewards.clone()))
+        return out
+
+    monkeypatch.setattr(module, "score_samples", recording)
     rollout, _ = module.make_rollout(batch(module))
+    n = rollout.num_samples
+    assert len(scored) == 2  # the N samples, then every fresh sample in one reward-tree call
+    fresh, fresh_rewards = scored[1]
+    # K = 4 fresh responses from each sample's prompt alone (an empty prefix), sample by sample
+    assert len(fresh) == 4 * n and fresh.prompts == [p for p in rollout.prompts for _ in range(4)]
+    # Û(0) of sample n = the mean of ITS 4 fresh rewards
+    u0 = rollout.anchor_values[:, 0]
+    torch.testing.assert_close(u0, fresh_rewards.reshape(n, 4).mean(1).to(u0), rtol=0, atol=1e-6)
     # with M = 0 the only segment is the whole response: A_t = RM(W) − Û(0) for every token
-    u0 = rollout.extras["anchor_values"][:, 0]
-    adv, mask, r = rollout.extras["advantages"], rollout.completion_mask, rollout.extras["rewards"]
+    adv, mask, r = rollout.advantages, rollout.completion_mask, rollout.rewards
     torch.testing.assert_close(adv, (r - u0)[:, None] * mask)
-    # Û(0) is a mean of K=4 rewards, so it lies on the grid {k/4 · step}: check it is within the reward range
-    assert (u0 >= r.min() - 1) .all() and torch.isfinite(u0).all()
 
 
 def test_memory_is_grpo_memory():
@@ -141,13 +154,31 @@ def test_trains_with_ppo_epochs(tmp_path):
     assert "clip_frac" in "".join(t.callback_metrics)
 
 
-def test_no_valid_anchor_still_goes_through_the_engine():
+def test_no_valid_anchor_still_goes_through_the_engine(monkeypatch):
     # every response ends before the only anchor offset: no continuation is needed, but the engine is still
     # called (a sharded rank must keep joining collectives) and the advantages reduce to RM(W) − Û(0)
     module = make(num_anchors=1, num_continuations=2, anchor_mode="every", anchor_every=5, max_new_tokens=6)
     from lightning_trepo.rollout.continuations import sample_continuations
 
-    rollout, _ = module.make_rollout(batch(module))
+    anchors, continue_from, requests = module.anchors, module.engine.continue_from, []
+
+    def past_the_end(rollout):  # the anchor at offset 5 lies at or after every response's end: it collapses to T
+        positions, valid = anchors(rollout)
+        positions[:, 1], valid[:, 1] = positions[:, -1], False
+        return positions, valid
+
+    def counting(model, prefixes, *args):
+        requests.append(len(prefixes))
+        return continue_from(model, prefixes, *args)
+
+    monkeypatch.setattr(module, "anchors", past_the_end)
+    monkeypatch.setattr(module.engine, "continue_from", counting)
+    rollout, metrics = module.make_rollout(batch(module))
+    assert requests == [0] and float(metrics["trepo/continuation_tokens"]) == 0
+    # Û(0) = leave-one-out mean: the mean of the other 3 rewards of the group of G = 4
+    r = rollout.rewards.reshape(-1, 4)
+    u0 = ((r.sum(1, keepdim=True) - r) / 3).reshape(-1)
+    torch.testing.assert_close(rollout.advantages, (rollout.rewards - u0)[:, None] * rollout.completion_mask)
     positions = torch.zeros(rollout.num_samples, 3, dtype=torch.long)
     empty = torch.zeros(0, dtype=torch.long)
     calls = module.engine.generate_calls

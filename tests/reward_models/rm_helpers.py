@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -52,4 +52,4 @@ def assert_close(actual: torch.Tensor, expected: Sequence[float], atol: float = 
 def brevity(completions, target=None, **_):
     """A TRL-style reward function: -len(completion) (None where the row's target is None)."""
     targets = target if target is not None else [0] * len(completions)
-    return [None if t is None else -float(len(c)) for c, t in zip(completions, targets)]
+    return [None if t is None else -float(len(c)) for c, t in zip(completions, targets, strict=True)]

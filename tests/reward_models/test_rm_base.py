@@ -2,9 +2,9 @@ import time
 
 import pytest
 import torch
+from rm_helpers import Const, assert_close, indexed, nan, samples
 
 from reward_models import FunctionReward, Guard, Reward, RewardError, RewardOutput, Samples, WeightedSum
-from rm_helpers import Const, assert_close, indexed, nan, samples
 
 
 class CountLen(Reward):
@@ -98,7 +98,9 @@ def test_wrong_shape_is_named():
         def forward(self, s):
             return RewardOutput(torch.zeros(len(s) + 1))
 
-    with pytest.raises(RewardError, match=r"'b' \(Bad\) failed: ValueError: reward component Bad returned shape \(3,\)"):
+    with pytest.raises(
+        RewardError, match=r"'b' \(Bad\) failed: ValueError: reward component Bad returned shape \(3,\)"
+    ):
         WeightedSum({"b": Bad()})(indexed(2))
 
 

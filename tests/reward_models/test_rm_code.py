@@ -2,10 +2,10 @@
 import time
 
 import pytest
+from rm_helpers import assert_close, nan, samples
 
 from reward_models.code import CodeExecution, extract_code, normalize_output, parse_tests
 from reward_models.sandbox import ISOLATION_FEATURES, SandboxLimits, run_sandboxed
-from rm_helpers import assert_close, nan, samples
 
 FAST = SandboxLimits(cpu_time=1, wall_time=3, memory_mb=256, max_output_bytes=10_000)
 
@@ -121,7 +121,9 @@ def test_isolation_is_reported_for_every_feature():
 
 
 def test_code_reward_reports_timeouts():
-    s = samples([fenced("def f():\n    return 1"), fenced("while True:\n    pass")], [{"tests": ["assert f() == 1"]}] * 2)
+    s = samples(
+        [fenced("def f():\n    return 1"), fenced("while True:\n    pass")], [{"tests": ["assert f() == 1"]}] * 2
+    )
     out = CodeExecution(cpu_time=1, wall_time=3)(s)
     # the looping program never finishes loading: 0 of 1 test; RLIMIT_CPU marks it a timeout
     assert_close(out.rewards, [1, 0])

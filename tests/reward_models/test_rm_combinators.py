@@ -2,9 +2,9 @@ import math
 
 import pytest
 import torch
+from rm_helpers import Const, assert_close, indexed, nan
 
 from reward_models import Affine, Clip, Gate, Max, Min, Normalize, Product, Reward, RewardError, WeightedSum
-from rm_helpers import Const, assert_close, indexed, nan
 
 EPS = 1e-6
 

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rm_helpers import assert_close, nan, samples
 
 from reward_models import Normalize, Reward, WeightedSum
 from reward_models.cli import score_main, summarize
 from reward_models.config import build_reward
 from reward_models.rollouts import read_rollouts, samples_to_rows, write_rollouts
-from rm_helpers import assert_close, nan, samples
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs" / "rewards").rglob("*.yaml"))
@@ -111,11 +111,19 @@ def test_score_main_prints_statistics(tmp_path, capsys):
     rows = [{"prompt": "q", "completion": c, "metadata": {"answer": 4}} for c in ["4", "5", "4", "x"]]
     rollouts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tree = tmp_path / "tree.yaml"
-    tree.write_text(yaml.safe_dump({
-        "class_path": "reward_models.WeightedSum",
-        "init_args": {"components": {"ok": {"class_path": "reward_models.NumericAnswer"},
-                                     "fmt": {"class_path": "reward_models.RegexFormat", "init_args": {"pattern": "^x$"}}}},
-    }))
+    tree.write_text(
+        yaml.safe_dump(
+            {
+                "class_path": "reward_models.WeightedSum",
+                "init_args": {
+                    "components": {
+                        "ok": {"class_path": "reward_models.NumericAnswer"},
+                        "fmt": {"class_path": "reward_models.RegexFormat", "init_args": {"pattern": "^x$"}},
+                    }
+                },
+            }
+        )
+    )
     assert score_main(["--rollouts", str(rollouts), "--reward", str(tree), "--json", "--batch-size", "2"]) == 0
     table = {r["component"]: r for r in json.loads(capsys.readouterr().out)}
     # ok = [1, 0, 1, 0] -> mean 0.5, std 0.5; fmt = [0, 0, 0, 1]; total = [1, 0, 1, 1] -> mean 0.75
@@ -133,13 +141,15 @@ def test_score_main_errors_exit_2(tmp_path, capsys):
 
 
 def test_summarize_nan_rate():
-    from reward_models import RewardOutput
     import torch
+
+    from reward_models import RewardOutput
 
     table = summarize(RewardOutput(torch.tensor([1.0, nan, 3.0, nan])), {})
     assert table[0]["mean"] == 2 and table[0]["std"] == 1 and table[0]["nan_rate"] == 0.5
 
 
+@pytest.mark.slow  # a subprocess: a fresh interpreter imports lightning and transformers (seconds of startup)
 def test_serve_reward_entry_point_over_loopback():
     """``serve-reward`` as a process (what the console script runs), scored by RemoteReward."""
     import subprocess

@@ -14,11 +14,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from rm_helpers import Const, assert_close, indexed, nan, samples
 
 from reward_models import FunctionReward, RewardError, WeightedSum
 from reward_models.cli import score_main
 from reward_models.remote import RemoteReward
-from rm_helpers import Const, assert_close, indexed, nan, samples
 
 FAULTS = {  # function in rm_faults -> what the error must say
     "raises": "ValueError: fault: scorer crashed",
@@ -38,7 +38,10 @@ def tree(fault: str, policy: str) -> WeightedSum:
 @pytest.mark.parametrize("fault", FAULTS)
 def test_fault_under_raise_names_the_path(fault):
     start = time.perf_counter()
-    with pytest.raises(RewardError, match=rf"reward component 'bad' \(FunctionReward\(rm_faults\.{fault}\)\) failed: .*" + FAULTS[fault]) as info:
+    with pytest.raises(
+        RewardError,
+        match=rf"reward component 'bad' \(FunctionReward\(rm_faults\.{fault}\)\) failed: .*" + FAULTS[fault],
+    ) as info:
         tree(fault, "raise")(indexed(2))
     assert info.value.path == ("bad",)
     assert time.perf_counter() - start < 1.5  # the hang is cut at 0.2 s

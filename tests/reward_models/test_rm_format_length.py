@@ -1,9 +1,9 @@
 import pytest
 import torch
+from rm_helpers import assert_close, samples
 
 from reward_models.format import JsonFormat, RegexFormat, TagFormat, parse_json
 from reward_models.length import LengthPenalty, OverlongPenalty, RepetitionPenalty
-from rm_helpers import assert_close, samples
 
 GOOD = "<think>\nsteps\n</think>\n<answer>42</answer>"
 

@@ -3,12 +3,12 @@ import math
 
 import pytest
 import torch
+from rm_helpers import assert_close, nan, samples
+from rm_tiny_hf import save_bang_rm, save_parrot_lm, save_random_rm
 
 from reward_models import RewardError
 from reward_models.judge import JudgeReward, fill_template, parse_score
 from reward_models.learned import LearnedReward
-from rm_helpers import assert_close, nan, samples
-from rm_tiny_hf import save_bang_rm, save_parrot_lm, save_random_rm
 
 BANG = 1 / math.sqrt(0.5 + 1e-5)  # LayerNorm of [1, -1, 0, 0]: mean 0, var 2/4, GPT-2 eps 1e-5
 
@@ -43,7 +43,9 @@ def test_learned_reward_batching_is_invariant(tmp_path):
     save_random_rm(tmp_path)
     s = samples(["short", "a little longer one", "x" * 40, ""], prompts=["p: ", "q: ", "r", ""])
     batched = LearnedReward(str(tmp_path), batch_size=4, label_index=1)(s).rewards
-    single = torch.cat([LearnedReward(str(tmp_path), batch_size=1, label_index=1)(s.select([i])).rewards for i in range(4)])
+    single = torch.cat(
+        [LearnedReward(str(tmp_path), batch_size=1, label_index=1)(s.select([i])).rewards for i in range(4)]
+    )
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
 
 

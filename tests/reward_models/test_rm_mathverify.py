@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from rm_helpers import assert_close, nan, samples
 
 import reward_models
 from reward_models import RewardError
 from reward_models.config import build_reward
-from rm_helpers import assert_close, nan, samples
 
 pytest.importorskip("math_verify", reason="needs the math extra: pip install 'lightning-trepo[math]'")
 from reward_models.mathverify import MathVerify  # noqa: E402

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from rm_helpers import assert_close, samples
 
 from reward_models import NumericAnswer, RewardError
 from reward_models.verifiers import extract_number
-from rm_helpers import assert_close, samples
 
 
 @pytest.mark.parametrize(

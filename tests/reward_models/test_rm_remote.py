@@ -7,10 +7,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-
-from reward_models import Gate, NumericAnswer, Normalize, RewardError, TagFormat, WeightedSum
-from reward_models.remote import RemoteReward, RewardServer, group_chunks
 from rm_helpers import Const, assert_close, nan, samples
+
+from reward_models import Gate, Normalize, NumericAnswer, RewardError, TagFormat, WeightedSum
+from reward_models.remote import RemoteReward, RewardServer, group_chunks
 
 EPS = 1e-6
 
@@ -105,7 +105,9 @@ def test_transient_503_is_retried():
         def do_POST(self):  # noqa: N802
             self.rfile.read(int(self.headers["Content-Length"]))
             calls.append(1)
-            status, body = (503, b'{"error": "busy"}') if len(calls) == 1 else (200, b'{"rewards": [0.5], "metrics": {}}')
+            status, body = (
+                (503, b'{"error": "busy"}') if len(calls) == 1 else (200, b'{"rewards": [0.5], "metrics": {}}')
+            )
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

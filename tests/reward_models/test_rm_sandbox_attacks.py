@@ -7,11 +7,11 @@ import threading
 import urllib.request
 
 import pytest
+from rm_helpers import assert_close, samples
 
 from reward_models.code import CodeExecution
 from reward_models.remote import RemoteReward, RewardServer
 from reward_models.sandbox import ISOLATION_FEATURES, SandboxLimits, run_sandboxed
-from rm_helpers import assert_close, samples
 
 FAST = SandboxLimits(cpu_time=1, wall_time=3, memory_mb=256, max_output_bytes=10_000)
 SECRET = "trepo-test-secret-4f1c"
@@ -53,7 +53,8 @@ def test_sees_only_its_own_processes():
 def test_forged_result_lines_score_zero():
     # write pass lines, signed-looking ones too, to every open descriptor, then leave before the tests run
     prog = ("import os\nfor fd in map(int, os.listdir('/proc/self/fd')):\n    try:\n"
-            "        os.write(fd, b'T 0 1\\nT 0 1 ' + b'0' * 32 + b'\\nI {}\\n')\n    except OSError:\n        pass\nos._exit(0)")
+            "        os.write(fd, b'T 0 1\\nT 0 1 ' + b'0' * 32 + b'\\nI {}\\n')\n"
+            "    except OSError:\n        pass\nos._exit(0)")
     res = run_sandboxed(prog, ["assert 1 == 2"], limits=FAST)
     assert res.tests == [False]
     reward = CodeExecution(cpu_time=1, wall_time=3)(samples([prog], [{"tests": ["assert 1 == 2"]}]))
@@ -161,6 +162,7 @@ def test_a_run_that_lost_isolation_is_an_error(monkeypatch):
         reward(samples(["def f():\n    return 1"], [{"tests": ["assert f() == 1"]}]))
 
 
+@pytest.mark.slow  # a subprocess: a fresh interpreter imports lightning and transformers (seconds of startup)
 def test_hostile_completions_leave_the_serve_reward_process_up(monkeypatch):
     """The reported attack: one HTTP request to ``serve-reward`` with configs/rewards/code.yaml, whose
     completion kills its parent (the server, by ppid and by pid), forges pass lines, loops."""

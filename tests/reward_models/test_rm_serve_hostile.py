@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from rm_helpers import assert_close, samples
 
 from reward_models import Reward, RewardError, RewardOutput
 from reward_models.remote import TOKEN_ENV, RemoteReward, RewardServer
-from rm_helpers import assert_close, samples
 
 
 class Echo(Reward):

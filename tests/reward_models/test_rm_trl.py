@@ -10,13 +10,13 @@ import threading
 from pathlib import Path
 
 import pytest
+import rm_trl_functions
 import torch
 import yaml
+from rm_helpers import assert_close, nan
 
-import rm_trl_functions
 from reward_models import PROMPT_MESSAGES_KEY, FunctionReward, RewardError, Samples, TrainerState
 from reward_models.config import build_reward
-from rm_helpers import assert_close, nan
 
 pytest.importorskip("trl.rewards", reason="needs the test extra: pip install 'lightning-trepo[trl]'")
 
@@ -40,7 +40,10 @@ def chat_samples(completions: list[str], metadata: list[dict] | None = None, ids
                    trainer_state=state, **kwargs)
 
 
-THINK = ["<think>\nThis is my reasoning.\n</think>\nThis is my answer.", "<think>\nThis is my reasoning.\nThis is my answer."]
+THINK = [
+    "<think>\nThis is my reasoning.\n</think>\nThis is my answer.",
+    "<think>\nThis is my reasoning.\nThis is my answer.",
+]
 
 
 def test_think_format_reward_gets_conversational_completions():
@@ -48,7 +51,9 @@ def test_think_format_reward_gets_conversational_completions():
     assert_close(FunctionReward("trl.rewards.think_format_reward")(chat_samples(THINK)).rewards, [1, 0])
     plain = Samples(prompts=["q0", "q1"], completions=THINK)  # no chat: strings, unless forced
     assert_close(FunctionReward("trl.rewards.think_format_reward", conversational=True)(plain).rewards, [1, 0])
-    with pytest.raises(RewardError, match=r"FunctionReward\(trl.rewards.think_format_reward\).*TypeError: string indices"):
+    with pytest.raises(
+        RewardError, match=r"FunctionReward\(trl.rewards.think_format_reward\).*TypeError: string indices"
+    ):
         FunctionReward("trl.rewards.think_format_reward", conversational=False)(chat_samples(THINK))
 
 
@@ -110,7 +115,11 @@ def test_function_gets_every_trl_argument():
     assert call["completion_ids"] == [[7, 8], [9, 9, 9]]
     assert call["solution"] == ["1", "2"] and call["level"] == [3, None]  # every column, None where absent
     assert PROMPT_MESSAGES_KEY not in call  # the chat is the prompt, not a column
-    assert (call["trainer_state"].global_step, call["trainer_state"].epoch, call["trainer_state"].max_steps) == (5, 1, 10)
+    assert (call["trainer_state"].global_step, call["trainer_state"].epoch, call["trainer_state"].max_steps) == (
+        5,
+        1,
+        10,
+    )
     assert callable(call["log_extra"]) and callable(call["log_metric"])
 
 
@@ -122,7 +131,10 @@ def test_plain_prompts_stay_strings_and_state_defaults_outside_training():
     assert rm_trl_functions.CALLS[0]["prompts"] == ["a", "b"] and rm_trl_functions.CALLS[0]["completions"] == ["c", "d"]
     forced = FunctionReward("rm_trl_functions.record", conversational=True)
     forced(samples)
-    assert rm_trl_functions.CALLS[1]["prompts"] == [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
+    assert rm_trl_functions.CALLS[1]["prompts"] == [
+        [{"role": "user", "content": "a"}],
+        [{"role": "user", "content": "b"}],
+    ]
 
 
 def test_trainer_state_without_kwargs_signature():

@@ -1,10 +1,10 @@
 import math
 
 import pytest
+from rm_helpers import assert_close, nan, samples
 
 from reward_models import ExactMatch, MultipleChoice, NumericAnswer, RegexMatch, RewardError
 from reward_models.verifiers import extract_choice, extract_number, last_boxed
-from rm_helpers import assert_close, nan, samples
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lightning_trepo.policy import PolicyConfig, TinyModelConfig, load_policy
 from lightning_trepo.rollout.decoding import pad_to_buckets, row_bucket
 from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan, SamplingConfig, left_pad
-from lightning_trepo.rollout.policy import PolicyConfig, TinyModelConfig, load_policy
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_greedy_baseline_decodes_within_the_rollout_budget(tiny):
                        greedy_baseline=True)
     rollout = engine.rollout(model, plan, ["1+1=", "22+3="], [tok("1+1=").input_ids, tok("22+3=").input_ids],
                              [{}, {}], torch.device("cpu"))
-    baseline = rollout.extras["baseline"]
+    baseline = rollout.baseline
     assert rollout.completion_ids.shape[1] == 40
     assert baseline.completion_ids.shape == (2, 40) and bool(baseline.truncated.all())
 
@@ -142,7 +142,9 @@ def test_shared_prefix_continuations_sample_what_repeated_prefixes_sample(tiny, 
     torch.manual_seed(7)
     repeated = engine.generate(model, ids, mask, sampling, num_return=2)
     assert torch.equal(shared.completion_ids, repeated.completion_ids)
-    assert shared.completion_ids.shape[0] == 10 and shared.num_calls == repeated.num_calls == (1 if max_batch_size == 256 else 3)
+    assert shared.completion_ids.shape[0] == 10 and shared.num_calls == repeated.num_calls == (
+        1 if max_batch_size == 256 else 3
+    )
 
 
 def test_shared_prefix_prefills_each_prefix_once(tiny, monkeypatch):

@@ -4,9 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_trepo.rollout.engine import (RolloutEngine, RolloutPlan, SamplingConfig, completion_mask_from_eos,
-                                            left_pad)
-from lightning_trepo.rollout.policy import PolicyConfig, TinyModelConfig, load_policy, sequence_logprobs
+from lightning_trepo.policy import PolicyConfig, TinyModelConfig, load_policy
+from lightning_trepo.rollout.engine import (
+    RolloutEngine,
+    RolloutPlan,
+    SamplingConfig,
+    completion_mask_from_eos,
+    left_pad,
+)
+from lightning_trepo.rollout.logprobs import sequence_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +93,8 @@ def test_greedy_baseline_is_deterministic(tiny):
     prompts = ["3+4="]
     ids = [tok(prompts[0], add_special_tokens=False).input_ids]
     plan = RolloutPlan(group_size=2, sampling=SamplingConfig(max_new_tokens=6), greedy_baseline=True)
-    a = engine.rollout(model, plan, prompts, ids, [{}], torch.device("cpu")).extras["baseline"]
-    b = engine.rollout(model, plan, prompts, ids, [{}], torch.device("cpu")).extras["baseline"]
+    a = engine.rollout(model, plan, prompts, ids, [{}], torch.device("cpu")).baseline
+    b = engine.rollout(model, plan, prompts, ids, [{}], torch.device("cpu")).baseline
     assert a.num_samples == 1 and torch.equal(a.completion_ids, b.completion_ids)
     # greedy = argmax at every step: the first generated token is the argmax of the next-token logits
     p_ids, p_mask = left_pad(ids, 0)

@@ -6,9 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from lightning_trepo.ops import entropy_from_logits, token_logprobs
-from lightning_trepo.rollout.logprobs import chunk_rows, fused_head_supported, linear_token_logprobs
-from lightning_trepo.rollout.policy import (PolicyConfig, TinyModelConfig, completion_logits, load_policy,
-                                            sequence_logprobs)
+from lightning_trepo.policy import PolicyConfig, TinyModelConfig, load_policy
+from lightning_trepo.rollout.logprobs import (
+    chunk_rows,
+    completion_logits,
+    fused_head_supported,
+    linear_token_logprobs,
+    sequence_logprobs,
+)
 
 
 def _full(hidden, weight, bias, targets, temperature):
@@ -35,7 +40,7 @@ def test_chunked_values_and_gradients_equal_the_full_computation(chunk, temperat
     torch.testing.assert_close(lp, ref_lp, atol=1e-6, rtol=0)
     torch.testing.assert_close(ent, ref_ent.detach(), atol=1e-6, rtol=0)
     assert not ent.requires_grad
-    for got, want in zip(grads, ref_grads):
+    for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
@@ -120,3 +125,35 @@ def test_bf16_autocast_matches_the_logits_path(tiny):
     torch.testing.assert_close(lp, ref, atol=2e-2, rtol=0)  # bf16 logits on both sides, fp32 log-sum-exp
     assert model.lm_head.weight.grad.dtype == torch.float32 and torch.isfinite(model.lm_head.weight.grad).all()
     model.zero_grad()
+
+
+def test_logprobs_at_a_temperature_are_the_distribution_generate_samples_from():
+    # One next token after a fixed prompt, sampled 20000 times at T = 0.5 by the rollout engine. The model's logits are
+    # sharpened (LM head x 8) so that T = 0.5 and T = 1 give clearly different distributions; the empirical one must
+    # match exp(log-probs at T = 0.5) (total variation within sampling noise) and not the T = 1 one.
+    from lightning_trepo.rollout.engine import RolloutEngine, SamplingConfig
+
+    model, tok = load_policy(PolicyConfig(tiny=TinyModelConfig(n_layer=1, n_embd=32, n_head=2, seed=7)))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    prompt = torch.tensor([tok("12+3=", add_special_tokens=False).input_ids])
+    n, vocab = 20000, model.config.vocab_size
+    torch.manual_seed(0)
+    engine = RolloutEngine(tok, max_batch_size=n, decoder="eager")
+    gen = engine.generate(model, prompt, torch.ones_like(prompt), SamplingConfig(temperature=0.5, max_new_tokens=1),
+                          num_return=n)
+    empirical = torch.bincount(gen.completion_ids[:, 0], minlength=vocab).float() / n
+
+    def distribution(temperature: float) -> torch.Tensor:
+        every = torch.arange(vocab)[:, None]
+        with torch.no_grad():
+            lp, _ = sequence_logprobs(model, prompt.expand(vocab, -1), torch.ones(vocab, prompt.shape[1]), every,
+                                      torch.ones_like(every), temperature)
+        return lp[:, 0].exp()
+
+    tempered, plain = distribution(0.5), distribution(1.0)
+    assert abs(float(tempered.sum()) - 1.0) < 1e-5
+    tv = 0.5 * (empirical - tempered).abs().sum()
+    assert tv < 0.03, tv  # sampling noise for 20000 draws: about 0.01 (measured 0.006)
+    assert 0.5 * (plain - tempered).abs().sum() > 0.3  # the check can tell the temperatures apart (measured 0.56)
+    assert 0.5 * (empirical - plain).abs().sum() > 0.3

@@ -15,10 +15,16 @@ from lightning_trepo.theory.verify import Config, Row, evaluate, main, variance_
 
 UNBIASED = ["reinforce", "remax", "rloo", "thm2", "trepo", "trepo_mc", "trepo_boundary", "trepo_loo"]
 BIASED = ["reinforce_len", "discounted", "grpo_group", "trepo_half", "trepo_interp"]
-CONFIGS = [Config(seed=0), Config(seed=1, group_size=2, num_anchors=2), Config(seed=2, max_len=5, group_size=2, num_anchors=2)]
+CONFIGS = [
+    Config(seed=0),
+    Config(seed=1, group_size=2, num_anchors=2),
+    Config(seed=2, max_len=5, group_size=2, num_anchors=2),
+]
 
 
-@pytest.fixture(scope="module", params=CONFIGS, ids=lambda c: f"seed{c.seed}-L{c.max_len}-G{c.group_size}-M{c.num_anchors}")
+@pytest.fixture(
+    scope="module", params=CONFIGS, ids=lambda c: f"seed{c.seed}-L{c.max_len}-G{c.group_size}-M{c.num_anchors}"
+)
 def table(request: pytest.FixtureRequest) -> tuple[Config, dict[str, Row]]:
     _, rows = evaluate(request.param)
     return request.param, {r.key: r for r in rows}
@@ -144,6 +150,8 @@ def test_verify_main_prints_the_table_fast(capsys: pytest.CaptureFixture[str]) -
 
 @pytest.mark.slow  # a fresh interpreter imports the whole package (lightning, transformers): seconds of startup
 def test_python_dash_m_entry_point() -> None:
-    proc = subprocess.run([sys.executable, "-m", "lightning_trepo.theory", "--seed", "1"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_trepo.theory", "--seed", "1"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "GRPO scale=none" in proc.stdout and "scaled 0.666667" in proc.stdout

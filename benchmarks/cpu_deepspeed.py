@@ -1,9 +1,10 @@
-"""Test-only: Lightning's DeepSpeedStrategy without its CUDA-only checks.
+"""Test and dry-run only: Lightning's DeepSpeedStrategy without its CUDA-only checks.
 
 Lightning refuses DeepSpeed on anything but a ``CUDAAccelerator`` (and validates CUDA device
 indices); DeepSpeed itself runs ZeRO-2/3 on the CPU with gloo (its CPU accelerator; the first run
 JIT-compiles a small shared-memory comm op). This subclass exists only so the CPU test machine can
-exercise the package's DeepSpeed code paths; it is NOT part of the package.
+exercise the package's DeepSpeed code paths (the distributed tests and ``gpu_check.py --dry-run``); it is NOT
+part of the package.
 """
 from __future__ import annotations
 

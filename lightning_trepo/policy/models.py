@@ -12,10 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
-
-from lightning_trepo.ops import entropy_from_logits, token_logprobs
-from lightning_trepo.rollout.logprobs import fused_head_logprobs, fused_head_supported
+from torch import nn
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CHAR_SPECIALS = ("<pad>", "<eos>", "<unk>")
@@ -52,7 +49,8 @@ class LoraConfig:
     dropout: float = 0.0
     """Dropout on the adapter input (0 keeps behaviour and training log-probs identical)."""
     target_modules: list[str] | str | None = None
-    """Module names to adapt (e.g. [q_proj, v_proj]), ``all-linear``, or None for peft's default for the architecture."""
+    """Module names to adapt (e.g. [q_proj, v_proj]), ``all-linear``, or None for peft's default for the
+    architecture."""
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -84,7 +82,8 @@ class PolicyConfig:
     gradient_checkpointing: bool = False
     """Trade compute for activation memory (non-reentrant checkpointing of every transformer block)."""
     lora: LoraConfig | None = None
-    """Train LoRA adapters instead of every weight; the reference is the adapter-disabled policy. None = full fine-tuning."""
+    """Train LoRA adapters instead of every weight; the reference is the adapter-disabled policy. None = full
+    fine-tuning."""
     offload_reference: bool = False
     """Keep the frozen reference on the CPU between uses (moved to the device for its log-probs once per rollout;
     CPU-offloaded shards under FSDP2, ``offload_param`` under ZeRO-3)."""
@@ -265,38 +264,3 @@ def _load_hf(cfg: PolicyConfig, dtype: torch.dtype):
     except (OSError, ValueError) as err:
         raise OSError(f"policy.model_path {cfg.model_path!r}: could not load a causal LM ({err})") from err
     return model, tokenizer
-
-
-def completion_logits(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
-                      completion_ids: Tensor, completion_mask: Tensor) -> Tensor:
-    """Logits (N, L, V) that predict each completion token given everything before it.
-
-    Prompts are left padded and completions right padded; position ids follow the attention mask
-    so a left-padded prompt sees the same positions as an unpadded one.
-    """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention = torch.cat([prompt_mask, completion_mask], dim=1).long()
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    length = completion_ids.shape[1]
-    out = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                logits_to_keep=length + 1, use_cache=False)
-    return out.logits[:, -length - 1:-1]
-
-
-def sequence_logprobs(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
-                      completion_mask: Tensor, temperature: float = 1.0, with_entropy: bool = False,
-                      head: nn.Module | None = None) -> tuple[Tensor, Tensor | None]:
-    """Per-token log π(w_t | prefix) at the sampling temperature, (N, L), and optionally the (detached) entropy.
-
-    When the model's LM head is a plain linear layer (``head``, found on ``model`` when not given), the log-probs
-    come from the hidden states chunk by chunk (:mod:`lightning_trepo.rollout.logprobs`): no (N, L, V) logits.
-    """
-    head = head if head is not None else fused_head_supported(model)
-    if head is not None:
-        with fused_head_logprobs(head, completion_ids, temperature, with_entropy) as extra:
-            logprobs = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-        return logprobs * completion_mask, extra.get("entropy")
-    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-    logprobs = token_logprobs(logits, completion_ids, temperature) * completion_mask
-    entropy = entropy_from_logits(logits.detach(), temperature) if with_entropy else None
-    return logprobs, entropy

@@ -1,0 +1,34 @@
+"""The Rollout contract: select slices exactly the declared per-sample fields."""
+import torch
+
+from lightning_trepo.types import Rollout
+from tests.helpers import tiny_rollout
+
+
+def test_select_slices_per_sample_fields_and_keeps_rollout_level_ones():
+    rollout = tiny_rollout([[1, 1], [1, 0], [1, 1], [1, 1]], group_size=2)
+    rollout.advantages = torch.tensor([0.5, -0.5, 1.0, -1.0])
+    rollout.returns = torch.arange(8.0).reshape(4, 2)
+    rollout.timings["generate"] = 1.5
+    index = torch.tensor([3, 0])
+    part = rollout.select(index)
+    assert part.completions == ["c3", "c0"] and part.prompts == ["p1", "p0"]
+    torch.testing.assert_close(part.advantages, torch.tensor([-1.0, 0.5]))
+    torch.testing.assert_close(part.returns, torch.tensor([[6.0, 7.0], [0.0, 1.0]]))
+    assert part.values is None and part.group_size == 2 and part.timings == {"generate": 1.5}
+
+
+def test_select_leaves_a_per_prompt_baseline_alone_even_when_its_size_is_n():
+    # G = 1: the B greedy rewards have N rows too; guessing by the first dimension would slice them
+    rollout = tiny_rollout([[1, 1], [1, 0], [1, 1]], group_size=1)
+    rollout.baseline_rewards = torch.tensor([1.0, 2.0, 3.0])
+    part = rollout.select(torch.tensor([2]))
+    torch.testing.assert_close(part.baseline_rewards, torch.tensor([1.0, 2.0, 3.0]))
+    assert part.num_samples == 1
+
+
+def test_baseline_fields_are_rollout_level_and_results_are_per_sample():
+    assert "baseline_rewards" not in Rollout.PER_SAMPLE and "baseline" not in Rollout.PER_SAMPLE
+    assert {"prompt_ids", "completion_mask", "metadata", "advantages", "rewards", "anchor_values"} <= set(
+        Rollout.PER_SAMPLE
+    )
