@@ -63,21 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------- the model
 def build_random_model(path: Path, dry_run: bool) -> int:
     """Save a random Qwen2 causal LM + the character tokenizer to ``path``; return its parameter count."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.random_models import save_random_qwen2
     from lightning_trepo.policy import build_char_tokenizer
 
-    tok = build_char_tokenizer()
-    shape = TINY_MODEL if dry_run else GPU_MODEL
-    config = Qwen2Config(vocab_size=len(tok), max_position_embeddings=1024, tie_word_embeddings=True,
-                         bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         **shape)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return sum(p.numel() for p in model.parameters())
+    return save_random_qwen2(path, build_char_tokenizer(), TINY_MODEL if dry_run else GPU_MODEL, max_positions=1024)
 
 
 def digit_fraction(completions: list[str], **_: Any) -> list[float]:

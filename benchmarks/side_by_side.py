@@ -54,22 +54,16 @@ def prompts(n: int, seed: int = 0) -> list[str]:
 
 
 def build(model_dir: str, tokenizer: str | None, shape: str) -> dict[str, Any]:
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer
 
+    from benchmarks.random_models import save_random_qwen2
     from lightning_trepo.policy import build_char_tokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer) if tokenizer else build_char_tokenizer()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    cfg = Qwen2Config(vocab_size=len(tok), max_position_embeddings=2048, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      **SHAPES[shape])
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(cfg)
-    model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    return {"run": "build", "params_M": sum(p.numel() for p in model.parameters()) / 1e6, "vocab": len(tok)}
+    params = save_random_qwen2(model_dir, tok, SHAPES[shape])
+    return {"run": "build", "params_M": params / 1e6, "vocab": len(tok)}
 
 
 def _peak() -> tuple[float | None, float | None]:
@@ -220,7 +214,7 @@ def environment() -> dict[str, Any]:
 
 def child(a: argparse.Namespace) -> None:
     """One run in this process; its JSON line is the last line of stdout."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
     try:
         result = {"build": lambda: build(a.model_dir, a.tokenizer, "tiny" if a.tiny else "0.4b"),
                   "grpo": lambda: run_ours(a), "trepo": lambda: run_ours(a), "trl": lambda: run_trl(a)}[a.what]()

@@ -10,25 +10,9 @@ import torch
 from rm_helpers import Const, assert_close, nan, samples
 
 from reward_models import Gate, Normalize, NumericAnswer, RewardError, TagFormat, WeightedSum
-from reward_models.remote import RemoteReward, RewardServer, group_chunks
+from reward_models.remote import RemoteReward, group_chunks
 
 EPS = 1e-6
-
-
-@pytest.fixture
-def server():
-    running = []
-
-    def start(reward):
-        srv = RewardServer(reward, "127.0.0.1", 0)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        running.append(srv)
-        return srv
-
-    yield start
-    for srv in running:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_group_chunks_never_split_groups():

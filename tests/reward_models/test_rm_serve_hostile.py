@@ -1,7 +1,6 @@
 """serve-reward facing a network: authentication, bounded bodies, read timeouts, malformed headers, load."""
 import json
 import socket
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -21,22 +20,6 @@ class Echo(Reward):
 
     def forward(self, s):
         return RewardOutput(torch.tensor([float(m["x"]) for m in s.metadata]))
-
-
-@pytest.fixture
-def server():
-    running = []
-
-    def start(reward=None, **kwargs):
-        srv = RewardServer(reward or Echo(), "127.0.0.1", 0, **kwargs)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        running.append(srv)
-        return srv
-
-    yield start
-    for srv in running:
-        srv.shutdown()
-        srv.server_close()
 
 
 def raw(srv, head: bytes, body: bytes = b"", wait: float = 5.0) -> tuple[int, str]:
@@ -63,7 +46,7 @@ def healthy(srv) -> bool:
 
 
 def test_bearer_token_is_required_and_sent_by_remote_reward(server, monkeypatch):
-    srv = server(token="s3cret-token")
+    srv = server(Echo(), token="s3cret-token")
     s = samples(["a", "b"], [{"x": 1}, {"x": 2}])
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     with pytest.raises(RewardError, match=rf"HTTP 401: missing or wrong bearer token \(set {TOKEN_ENV}"):
@@ -84,7 +67,7 @@ def test_empty_token_is_refused():
 
 @pytest.mark.parametrize("length, status", [("abc", 400), ("-5", 400), ("1e9", 400), (None, 411), ("10000001", 413)])
 def test_bad_content_length_is_answered_before_reading(server, length, status):
-    srv = server(max_body=10_000_000)
+    srv = server(Echo(), max_body=10_000_000)
     start = time.perf_counter()
     code, body = raw(srv, post_head(length))  # no body follows: an answer means nothing was awaited
     assert code == status and "error" in json.loads(body)
@@ -92,7 +75,7 @@ def test_bad_content_length_is_answered_before_reading(server, length, status):
 
 
 def test_oversized_body_gets_413_not_a_reset(server):
-    srv = server(max_body=1000)
+    srv = server(Echo(), max_body=1000)
     s = samples(["x" * 3000], [{"x": 1}])  # ~3 KB body: the client is still sending when the answer comes
     with pytest.raises(RewardError, match="HTTP 413: request body of .* exceeds 1000"):
         RemoteReward(srv.url, retries=0)(s)
@@ -100,7 +83,7 @@ def test_oversized_body_gets_413_not_a_reset(server):
 
 
 def test_stalled_client_is_cut_off_by_the_read_timeout(server):
-    srv = server(read_timeout=0.3)
+    srv = server(Echo(), read_timeout=0.3)
     start = time.perf_counter()
     code, body = raw(srv, post_head("100"), b'{"prompts": ')  # 12 of 100 bytes, then silence
     assert code == 408 and "not received" in json.loads(body)["error"]
@@ -109,14 +92,14 @@ def test_stalled_client_is_cut_off_by_the_read_timeout(server):
 
 
 def test_padding_blowup_is_refused(server):
-    srv = server(max_body=4000)  # at most 4000 // 4 = 1000 padded token cells
+    srv = server(Echo(), max_body=4000)  # at most 4000 // 4 = 1000 padded token cells
     payload = {"prompts": ["p"] * 60, "completions": ["c"] * 60, "completion_ids": [[1] * 30] + [[1]] * 59}
     code, body = raw(srv, post_head(str(len(json.dumps(payload)))), json.dumps(payload).encode())
     assert code == 400 and "60 x 30 tokens" in json.loads(body)["error"]  # 1800 cells > 1000
 
 
 def test_container_blowup_is_refused(server):
-    srv = server(max_body=4000)  # at most 4000 // 16 = 250 JSON arrays/objects
+    srv = server(Echo(), max_body=4000)  # at most 4000 // 16 = 250 JSON arrays/objects
     payload = json.dumps({"prompts": ["p"], "completions": ["c"], "metadata": [{"x": [[]] * 300}]}).encode()
     code, body = raw(srv, post_head(str(len(payload))), payload)
     # 300 inner lists + the list holding them + the metadata object and list + 2 columns + the root = 306
@@ -130,14 +113,14 @@ def test_container_blowup_is_refused(server):
     ([1, 2], "must be a JSON object"),
 ])
 def test_wrong_schema_names_field_and_item(server, payload, message):
-    srv = server()
+    srv = server(Echo())
     body = json.dumps(payload).encode()
     code, answer = raw(srv, post_head(str(len(body))), body)
     assert code == 400 and message in json.loads(answer)["error"]
 
 
 def test_load_16_threads_200_requests_none_lost_or_wrong(server):
-    srv = server()
+    srv = server(Echo())
     assert srv.request_queue_size == 128
     client = RemoteReward(srv.url, retries=0, timeout=10)
 
