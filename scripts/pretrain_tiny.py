@@ -24,6 +24,7 @@ training curve and the held-out numbers of the saved directory; ``README.md`` th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -215,6 +216,9 @@ Starting accuracy used by the tests (`test_check` in training.json): greedy on t
 {record['test_check']['size']} held-out addition prompts (seed 0),
 max_new_tokens {record['test_check']['max_new_tokens']}:
 **{record['test_check']['greedy_accuracy']:.1%}**. Addition pass@8 at the start: {add['pass@8']:.1%}.
+
+`model.safetensors` SHA-256: `{record['sha256']}` (a rerun with the same arguments and thread count
+on the same CPU type reproduces it bit for bit; a test checks the shipped file against it).
 """
 
 
@@ -234,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         "shape": {**vars(SHAPE), "seed": args.seed}, "parameters": sum(p.numel() for p in model.parameters()),
         "train_mix": MIX, "torch": torch.__version__, "steps": run["steps"],
         "train_seconds": round(run["train_seconds"], 1), "history": run["history"],
+        "sha256": hashlib.sha256((args.out / "model.safetensors").read_bytes()).hexdigest(),
         "report_size": args.report_size, "max_new_tokens": REPORT_BUDGET,
         **measure(args.out, args.report_size),
     }

@@ -189,3 +189,13 @@ def test_demo_default_config_ships_inside_the_package():
     package = Path(lightning_trepo.__file__).resolve().parent
     assert DEFAULT_CONFIG.is_file() and DEFAULT_CONFIG.is_relative_to(package)  # package data, not the checkout
     assert yaml.safe_load(DEFAULT_CONFIG.read_text())["model"]["class_path"] == "lightning_trepo.TRePO"
+
+
+def test_shipped_weights_are_the_recorded_ones():
+    # training.json records the SHA-256 of the weights pretrain_tiny.py wrote; a changed file without a new record
+    # (or a corrupted checkout) would make every documented starting figure stale
+    import hashlib
+
+    record = json.loads((TINY / "training.json").read_text())
+    assert hashlib.sha256((TINY / "model.safetensors").read_bytes()).hexdigest() == record["sha256"]
+    assert record["sha256"] in (TINY / "README.md").read_text()
