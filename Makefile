@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# The shipped model passes 95% held-out greedy accuracy within ~20 TRePO steps: 60 keep the demo near a minute.
-DEMO_ARGS ?= --max-steps 60
+# Extra demo options, e.g. `make demo DEMO_ARGS="--max-steps 60"` (python -m lightning_trepo.demo --help lists them).
+DEMO_ARGS ?=
 demo: $(STAMP)
 	$(BIN)/python -m lightning_trepo.demo $(DEMO_ARGS)
 
