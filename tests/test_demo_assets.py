@@ -121,24 +121,13 @@ def test_plot_writer_makes_a_png_from_a_small_csv(tmp_path):
 
 
 # ---------------------------------------------------------------- configs
-ALGO_KEYS = {"TRePO": {"num_anchors", "num_continuations", "anchor_mode", "anchor_every", "boundary_pattern",
-                       "start_value"},
-             "GRPO": {"advantage_scale", "advantage_eps"}}
+def test_the_demo_config_starts_from_the_shipped_model_and_validates_on_held_out_prompts():
+    from tests.test_cli import cli_parse_only
 
-
-def _shared(path: Path) -> dict:
-    cfg = yaml.safe_load(path.read_text())
-    algo = cfg["model"].pop("class_path").rsplit(".", 1)[-1]
-    for key in ALGO_KEYS[algo]:
-        cfg["model"]["init_args"].pop(key, None)
-    return cfg
-
-
-def test_grpo_and_trepo_configs_differ_only_in_algorithm_keys():
-    assert _shared(ROOT / "configs" / "trepo.yaml") == _shared(ROOT / "configs" / "grpo.yaml")
-    cfg = yaml.safe_load((ROOT / "configs" / "trepo.yaml").read_text())
-    assert cfg["model"]["init_args"]["policy"]["model_path"] == "builtin:tiny-arith"
-    assert cfg["data"]["val_source"]["init_args"]["split"] == "test"
+    cfg = cli_parse_only(["--config", str(ROOT / "configs" / "trepo.yaml")])  # configs/base.yaml comes first
+    assert cfg.model.class_path == "lightning_trepo.TRePO"
+    assert cfg.model.init_args.policy.model_path == "builtin:tiny-arith"
+    assert cfg.data.source.init_args.split == "train" and cfg.data.val_source.init_args.split == "test"
 
 
 # ---------------------------------------------------------------- demo pipeline

@@ -29,12 +29,32 @@ def test_config_trains_two_steps_through_console_script(name, tmp_path, monkeypa
     assert "step     2 | reward/total=" in caplog.text
 
 
-def test_configs_share_every_base_key_with_grpo():
-    # swapping model.class_path must be all a user changes: the shared init_args have the same names and values
-    grpo = yaml.safe_load((ROOT / "configs" / "grpo.yaml").read_text())
-    for name in ALGOS:
+def test_algorithm_configs_state_only_what_differs_from_base():
+    # every shared setting lives in configs/base.yaml; an algorithm config names its class and its own settings
+    import inspect
+
+    import lightning_trepo
+    from lightning_trepo.modules.base import RLModule
+
+    shared = set(inspect.signature(RLModule.__init__).parameters) - {"self"}
+    for name, cls_name in {**ALGOS, "grpo": "GRPO", "trepo": "TRePO"}.items():
         cfg = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
-        assert cfg["data"] == grpo["data"] and cfg["trainer"] == grpo["trainer"], name
-        for key in ("reward", "policy", "rollout", "optimizer"):
-            assert cfg["model"]["init_args"][key] == grpo["model"]["init_args"][key], (name, key)
-        assert cfg["model"]["init_args"]["update"].keys() == grpo["model"]["init_args"]["update"].keys(), name
+        assert set(cfg) == {"model"} and cfg["model"]["class_path"] == f"lightning_trepo.{cls_name}", name
+        own = set(inspect.signature(getattr(lightning_trepo, cls_name).__init__).parameters) - shared - {"self"}
+        extra = set(cfg["model"].get("init_args", {})) - own
+        assert extra <= {"update"}, (name, extra)  # PPO's epochs/minibatches/KL are algorithm choices
+
+
+def test_base_comes_first_and_every_later_config_or_flag_overrides_it(tmp_path):
+    from tests.test_cli import cli_parse_only
+
+    trepo = str(ROOT / "configs" / "trepo.yaml")
+    base = yaml.safe_load((ROOT / "configs" / "base.yaml").read_text())
+    cfg = cli_parse_only(["--config", trepo])
+    assert cfg.model.class_path == "lightning_trepo.TRePO" and cfg.model.init_args.num_anchors == 2
+    assert cfg.trainer.max_steps == base["trainer"]["max_steps"]  # from base.yaml
+    assert cfg.model.init_args.rollout.group_size == base["model"]["init_args"]["rollout"]["group_size"]
+    overlay = tmp_path / "mine.yaml"
+    overlay.write_text("data:\n  batch_size: 3\n")
+    cfg = cli_parse_only(["--config", trepo, "--config", str(overlay), "--trainer.max_steps", "7"])
+    assert (cfg.data.batch_size, cfg.trainer.max_steps, cfg.data.max_prompt_length) == (3, 7, 64)
