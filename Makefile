@@ -8,6 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export PYRIGHT_PYTHON_IGNORE_WARNINGS := 1  # no PyPI "newer pyright" check: lint runs offline
 
 .PHONY: demo test install clean test-fast lint
 
@@ -28,8 +29,10 @@ DEMO_ARGS ?=
 demo: $(STAMP)
 	$(BIN)/python -m lightning_trepo.demo $(DEMO_ARGS)
 
+# pyright ([tool.pyright] in pyproject.toml): lightning_trepo/algorithms and reward_models, against .venv
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/pyright
 
 test: lint
 	$(BIN)/python -m pytest -q -x --timeout=900

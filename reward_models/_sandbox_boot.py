@@ -105,6 +105,10 @@ def expose_interpreter(libc, paths):
         top = _closed_ancestor(path)
         if top is not None:
             covers.setdefault(top, []).append(path)
+    if not covers:
+        return True
+    if ARCH is None:  # no open_tree/move_mount numbers for this machine: cannot bind the paths back
+        return False
     for top, inner in covers.items():
         # open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | AT_RECURSIVE | O_CLOEXEC): detached copies
         trees = [(p, libc.syscall(ARCH["open_tree"], -100, p.encode(), 1 | 0x8000 | 0x80000)) for p in inner]
@@ -251,8 +255,8 @@ def run_child(fn, *args):
         code = err.code if isinstance(err.code, int) else int(err.code is not None)
         if err.code is not None and not isinstance(err.code, int):
             print(err.code, file=sys.stderr)
-    except BaseException:  # noqa: BLE001 - report like the interpreter would
-        sys.excepthook(*sys.exc_info())
+    except BaseException as err:  # noqa: BLE001 - report like the interpreter would
+        sys.excepthook(type(err), err, err.__traceback__)
         code = 1
     for stream in (sys.stdout, sys.stderr):
         try:

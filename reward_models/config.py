@@ -52,7 +52,7 @@ def build_reward(config: str | Path | Mapping[str, Any]) -> Reward:
     try:
         cfg = parser.parse_object({"reward": node})
         instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-        reward = instantiate(cfg).reward
+        reward = instantiate(cfg)["reward"]  # a Namespace, or a dict from instantiate_classes
     except Exception as err:  # jsonargparse's ArgumentError and errors raised by constructors
         raise ValueError(f"{source}: cannot build the reward tree: {err}") from err
     if not isinstance(reward, Reward):

@@ -76,7 +76,7 @@ class RepetitionPenalty(Reward):
             raise ValueError(f"RepetitionPenalty: unit must be 'auto', 'token', 'word' or 'char', got {unit!r}")
         self.n, self.scale, self.unit = int(n), float(scale), unit
 
-    def _units(self, samples: Samples) -> list[list[object]]:
+    def _units(self, samples: Samples) -> list[list[str]] | list[list[int]]:
         unit = self.unit
         if unit == "auto":
             unit = "token" if samples.completion_ids is not None else "word"

@@ -176,8 +176,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
     def setup(self) -> None:
-        self.timeout = self.server.read_timeout  # socket timeout for headers and each read
         super().setup()
+        self.connection.settimeout(self.server.read_timeout)  # socket timeout for headers and each read
 
     def _send(self, status: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload).encode()

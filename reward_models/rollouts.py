@@ -155,11 +155,14 @@ def samples_to_payload(samples: Samples) -> dict[str, Any]:
             "completion_ids": _ids_lists(samples), "trainer_state": None if state is None else asdict(state)}
 
 
-def _column(payload: dict[str, Any], key: str, n: int, ok: Any, what: str, required: bool = False) -> list[Any] | None:
+def _column(payload: dict[str, Any], key: str, n: int, ok: Any, what: str) -> list[Any] | None:
+    """Optional field: None when absent or null, else :func:`_required_column`'s checked list."""
+    return None if payload.get(key) is None else _required_column(payload, key, n, ok, what)
+
+
+def _required_column(payload: dict[str, Any], key: str, n: int, ok: Any, what: str) -> list[Any]:
     """``payload[key]`` checked to be a list of ``n`` items each passing ``ok`` (errors name the item)."""
     values = payload.get(key)
-    if values is None and not required:
-        return None
     if not isinstance(values, list) or (n >= 0 and len(values) != n):
         raise ValueError(f"payload field {key!r} must be a list" + (f" of {n} items" if n >= 0 else ""))
     for i, value in enumerate(values):
@@ -175,8 +178,8 @@ def samples_from_payload(payload: dict[str, Any]) -> Samples:
     request costs its decoded JSON plus the token tensors."""
     if not isinstance(payload, dict):
         raise ValueError(f"payload must be a JSON object, got {type(payload).__name__}")
-    prompts = _column(payload, "prompts", -1, lambda v: isinstance(v, str), "a string", required=True)
-    completions = _column(payload, "completions", -1, lambda v: isinstance(v, str), "a string", required=True)
+    prompts = _required_column(payload, "prompts", -1, lambda v: isinstance(v, str), "a string")
+    completions = _required_column(payload, "completions", -1, lambda v: isinstance(v, str), "a string")
     n = len(completions)
     if len(prompts) != n:
         raise ValueError(f"payload has {len(prompts)} prompts but {n} completions")
