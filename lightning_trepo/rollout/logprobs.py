@@ -157,7 +157,8 @@ def fused_head_logprobs(head: nn.Module, targets: Tensor, temperature: float, wi
 
 def completion_logits(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
                       completion_ids: Tensor, completion_mask: Tensor) -> Tensor:
-    """Logits (N, L, V) that predict each completion token given everything before it.
+    """Logits (N, L, V) that predict each completion token given everything before it (inside
+    :func:`fused_head_logprobs`: the (N, L) log-probs of the completion tokens themselves).
 
     Prompts are left padded and completions right padded; position ids follow the attention mask
     so a left-padded prompt sees the same positions as an unpadded one.
