@@ -58,3 +58,20 @@ def test_base_comes_first_and_every_later_config_or_flag_overrides_it(tmp_path):
     overlay.write_text("data:\n  batch_size: 3\n")
     cfg = cli_parse_only(["--config", trepo, "--config", str(overlay), "--trainer.max_steps", "7"])
     assert (cfg.data.batch_size, cfg.trainer.max_steps, cfg.data.max_prompt_length) == (3, 7, 64)
+
+
+@pytest.mark.parametrize("cls_name", ["REINFORCE", "RLOO", "ReMax", "GRPO", "PPO", "TRePO"])
+def test_every_algorithm_signature_starts_with_rlmodules(cls_name):
+    # the typed __init__ prefixes the algorithm modules repeat (they are the YAML schema) must stay RLModule's own:
+    # same names, order, kinds, annotations and defaults
+    import inspect
+
+    import lightning_trepo
+    from lightning_trepo.modules.base import RLModule
+
+    def described(cls: type) -> list[tuple]:
+        params = inspect.signature(cls.__init__).parameters.values()
+        return [(p.name, p.kind, str(p.annotation), p.default) for p in params]
+
+    base = described(RLModule)
+    assert described(getattr(lightning_trepo, cls_name))[:len(base)] == base
