@@ -13,7 +13,10 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from reward_models.types import Samples
 
 
 def _per_sample(*default: Any) -> Any:
@@ -76,6 +79,16 @@ class Rollout:
             return [x[i] for i in idx] if isinstance(x, list) else x[index]
 
         return replace(self, **{name: pick(getattr(self, name)) for name in self.PER_SAMPLE})
+
+    def to_samples(self, width: int | None = None, pad_id: int = 0) -> Samples:
+        """The reward layer's view of these N samples, on the CPU; ``width`` right-pads the completion tokens
+        (with ``pad_id``, mask 0) so that several rollouts can be scored as one batch."""
+        ids, mask = self.completion_ids.cpu(), self.completion_mask.cpu()
+        extra = (width or ids.shape[1]) - ids.shape[1]
+        if extra > 0:
+            ids, mask = F.pad(ids, (0, extra), value=pad_id), F.pad(mask, (0, extra), value=0)
+        return Samples(prompts=list(self.prompts), completions=list(self.completions), completion_ids=ids,
+                       completion_mask=mask, group_index=self.group_index.cpu(), metadata=list(self.metadata))
 
 
 Rollout.PER_SAMPLE = tuple(f.name for f in fields(Rollout) if f.metadata.get("per_sample"))

@@ -276,13 +276,13 @@ class Normalize(_Wrapper):
 
     def transform(self, r: Tensor, samples: Samples) -> Tensor:
         if self.mode == "batch":
-            mean, std = _nan_mean_std(r)
+            mean, std = nan_mean_std(r)
         elif self.mode == "group":
             mean, std = torch.zeros_like(r), torch.zeros_like(r)
             groups = samples.group_index if samples.group_index is not None else torch.arange(len(r))
             for g in torch.unique(groups):
                 sel = groups == g
-                mean[sel], std[sel] = _nan_mean_std(r[sel])
+                mean[sel], std[sel] = nan_mean_std(r[sel])
         else:
             self._update(r)
             mean = torch.tensor(self.mean, dtype=r.dtype)
@@ -315,11 +315,12 @@ class Normalize(_Wrapper):
             self.count, self.mean, self.m2 = int(state["count"]), float(state["mean"]), float(state["m2"])
 
 
-def _nan_mean_std(r: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and population std of the non-NaN entries (0 and 0 if there are none)."""
+def nan_mean_std(r: Tensor, empty: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Mean and population std (σ² = mean((x − μ)²)) of the non-NaN entries; ``empty`` for both if there are none.
+    The one NaN-aware mean/std of the project: Normalize uses it, and so does the trainer's reward logging."""
     x = r[~torch.isnan(r)]
     if x.numel() == 0:
-        return torch.tensor(0.0), torch.tensor(0.0)
+        return torch.tensor(empty), torch.tensor(empty)
     mean = x.mean()
     return mean, ((x - mean) ** 2).mean().sqrt()
 

@@ -75,6 +75,25 @@ class Samples:
             trainer_state=self.trainer_state,
         )
 
+    @staticmethod
+    def concat(parts: Sequence[Samples]) -> Samples:
+        """One batch of the rows of ``parts``, in order (token fields: all parts have them, of equal width, or
+        none does; the trainer state of the first part)."""
+        tokens = [p.completion_ids is not None for p in parts]
+        if any(tokens) and not all(tokens):
+            raise ValueError("Samples.concat: some parts carry completion_ids and some do not")
+
+        def cat(name: str) -> Tensor | None:
+            return torch.cat([getattr(p, name) for p in parts]) if all(tokens) and parts else None
+
+        groups = [p.group_index for p in parts if p.group_index is not None]  # __post_init__ always sets it
+        return Samples(prompts=[x for p in parts for x in p.prompts],
+                       completions=[x for p in parts for x in p.completions],
+                       completion_ids=cat("completion_ids"), completion_mask=cat("completion_mask"),
+                       group_index=torch.cat(groups) if groups else None,
+                       metadata=[m for p in parts for m in p.metadata],
+                       trainer_state=parts[0].trainer_state if parts else None)
+
     @property
     def prompt_messages(self) -> list[list[dict[str, Any]] | None]:
         """Per sample, the chat its prompt was rendered from (None where the prompt was plain text)."""

@@ -32,3 +32,18 @@ def test_baseline_fields_are_rollout_level_and_results_are_per_sample():
     assert {"prompt_ids", "completion_mask", "metadata", "advantages", "rewards", "anchor_values"} <= set(
         Rollout.PER_SAMPLE
     )
+
+
+def test_to_samples_pads_to_a_width_and_concat_keeps_row_order():
+    from reward_models import Samples
+
+    a = tiny_rollout([[1, 1], [1, 0]], group_size=2, seed=1)  # width 2
+    b = tiny_rollout([[1, 1, 1]], group_size=1, seed=2)  # width 3
+    sa, sb = a.to_samples(width=3, pad_id=7), b.to_samples(width=3, pad_id=7)
+    # a's completions gain one column of the pad id, masked out; its real tokens are untouched
+    assert sa.completion_ids[:, 2].tolist() == [7, 7] and sa.completion_mask[:, 2].tolist() == [0, 0]
+    assert torch.equal(sa.completion_ids[:, :2], a.completion_ids) and sa.completions == a.completions
+    both = Samples.concat([sa, sb])
+    assert both.completions == ["c0", "c1", "c0"] and both.group_index.tolist() == [0, 0, 0]
+    assert torch.equal(both.completion_ids, torch.cat([sa.completion_ids, sb.completion_ids]))
+    assert len(both) == 3 and both.metadata == [{}, {}, {}]

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
@@ -256,17 +255,7 @@ class RLModule(LightningModule):
         """Score several rollouts (samples + ReMax's greedy baseline) in ONE reward-tree call, so batch-level
         reward state (normalisation, judge batching) sees them together; split rewards and metrics back."""
         width = max(r.completion_ids.shape[1] for r in rollouts)
-
-        def cat(name: str, value: int) -> Tensor:
-            parts = [getattr(r, name) for r in rollouts]
-            return torch.cat([F.pad(t.cpu(), (0, width - t.shape[1]), value=value) for t in parts])
-
-        samples = Samples(prompts=[p for r in rollouts for p in r.prompts],
-                          completions=[c for r in rollouts for c in r.completions],
-                          completion_ids=cat("completion_ids", self.engine.pad_id),
-                          completion_mask=cat("completion_mask", 0),
-                          group_index=torch.cat([r.group_index.cpu() for r in rollouts]),
-                          metadata=[m for r in rollouts for m in r.metadata])
+        samples = Samples.concat([r.to_samples(width, self.engine.pad_id) for r in rollouts])
         out = self.score_samples(samples)
         sizes = [r.num_samples for r in rollouts]
         rewards = out.rewards.to(self.device).split(sizes)

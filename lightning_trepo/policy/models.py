@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from reward_models.hf import DTYPES
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CHAR_SPECIALS = ("<pad>", "<eos>", "<unk>")
 CHARS = tuple(chr(i) for i in range(32, 127)) + ("\n",)
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
 @dataclass
@@ -166,9 +166,9 @@ def _package_dir(path: str) -> str:
 def load_policy(cfg: PolicyConfig, lora: bool = True):
     """Return ``(model, tokenizer)``: left-padding tokenizer with a pad token, model in train mode
     (wrapped with ``cfg.lora`` adapters unless ``lora=False``)."""
-    if cfg.torch_dtype not in _DTYPES:
-        raise ValueError(f"policy.torch_dtype {cfg.torch_dtype!r} is not one of {sorted(_DTYPES)}")
-    dtype = _DTYPES[cfg.torch_dtype]
+    if cfg.torch_dtype not in DTYPES:
+        raise ValueError(f"policy.torch_dtype {cfg.torch_dtype!r} is not one of {sorted(DTYPES)}")
+    dtype = DTYPES[cfg.torch_dtype]
     if cfg.model_path is None:
         tokenizer = build_char_tokenizer()
         model = build_tiny_model(cfg.tiny, len(tokenizer)).to(dtype)

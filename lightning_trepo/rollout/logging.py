@@ -7,13 +7,15 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from lightning_trepo.types import Rollout
+from reward_models.combinators import nan_mean_std
 from reward_models.rollouts import samples_to_rows
-from reward_models.types import RewardOutput, Samples
+from reward_models.types import RewardOutput
 
 
 def group_zero_std_fraction(rewards: Tensor, group_size: int) -> Tensor:
@@ -58,20 +60,11 @@ def timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
         seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
-def _nan_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    x = x.detach().float().cpu()
-    ok = x[~torch.isnan(x)]
-    if ok.numel() == 0:
-        return torch.tensor(math.nan), torch.tensor(math.nan)
-    std = ok.std(unbiased=False) if ok.numel() > 1 else torch.tensor(0.0)
-    return ok.mean(), std
-
-
 def reward_metrics(rewards: Tensor, components: dict[str, Tensor]) -> dict[str, Tensor]:
     """Mean and std of the total and of every node of the reward tree (NaN = not applicable, skipped)."""
     out: dict[str, Tensor] = {}
     for key, values in {"total": rewards, **components}.items():
-        mean, std = _nan_stats(values)
+        mean, std = nan_mean_std(values.detach().float().cpu(), empty=math.nan)  # NaN: no node applied
         out[f"reward/{key}"] = mean
         out[f"reward/{key}_std"] = std
     out["reward/nan_frac"] = torch.isnan(rewards.detach().float()).float().mean().cpu()
@@ -91,9 +84,7 @@ class RolloutWriter:
     def write(self, step: int, rollout: Rollout, rewards: Tensor, components: dict[str, Tensor]) -> None:
         group_index = rollout.group_index.cpu() + self._groups_written
         self._groups_written += int(rollout.group_index.max()) + 1 if rollout.num_samples else 0
-        samples = Samples(prompts=rollout.prompts, completions=rollout.completions,
-                          completion_ids=rollout.completion_ids.cpu(), completion_mask=rollout.completion_mask.cpu(),
-                          group_index=group_index, metadata=rollout.metadata)
+        samples = replace(rollout.to_samples(), group_index=group_index)
         per_sample = {k: v.detach().cpu() for k, v in components.items() if v.dim() and v.shape[0] == len(samples)}
         output = RewardOutput(rewards=rewards.detach().cpu(), metrics=per_sample)
         with open(self.path, "a", encoding="utf-8") as fh:

@@ -125,3 +125,12 @@ def test_latency_recorded():
 def test_samples_contract():
     s = Samples(prompts=["a"], completions=["b"])
     assert s.metadata == [{}] and s.group_index.tolist() == [0]
+
+
+def test_samples_concat_refuses_mixed_token_fields():
+    with_ids = Samples(prompts=["p"], completions=["c"], completion_ids=torch.ones(1, 2, dtype=torch.long),
+                       completion_mask=torch.ones(1, 2, dtype=torch.long))
+    text_only = Samples(prompts=["q"], completions=["d"])
+    with pytest.raises(ValueError, match="some parts carry completion_ids"):
+        Samples.concat([with_ids, text_only])
+    assert Samples.concat([text_only, text_only]).completion_ids is None
