@@ -178,11 +178,7 @@ class Gate(Reward):
         n = len(samples)
         idx = open_.nonzero().flatten()
         part = self.call_child("inner", self.inner, samples.select(idx.tolist()))
-        full = RewardOutput(torch.full((n,), math.nan), {})
-        full.rewards[idx] = part.rewards
-        for key, value in part.metrics.items():
-            full.metrics[key] = torch.full((n,), math.nan).index_put_((idx,), value.float())
-        return full
+        return RewardOutput.scatter(n, [(idx, part)])
 
 
 class _Wrapper(Reward):

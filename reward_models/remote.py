@@ -124,18 +124,13 @@ class RemoteReward(Reward):
 
     def forward(self, samples: Samples) -> RewardOutput:
         n = len(samples)
-        rewards = torch.full((n,), float("nan"))
-        metrics: dict[str, torch.Tensor] = {}
         groups = samples.group_index.tolist() if samples.group_index is not None else list(range(n))
-        for rows in group_chunks(groups, self.batch_size):
-            part = samples.select(rows)
-            body = json.dumps(samples_to_payload(part), default=str).encode()
-            out = output_from_payload(self._post(body), len(rows))
-            index = torch.tensor(rows, dtype=torch.long)
-            rewards[index] = out.rewards
-            for key, value in out.metrics.items():
-                metrics.setdefault(key, torch.full((n,), float("nan")))[index] = value
-        return RewardOutput(rewards, metrics)
+        return RewardOutput.scatter(n, ((torch.tensor(rows, dtype=torch.long), self._score_rows(samples, rows))
+                                        for rows in group_chunks(groups, self.batch_size)))
+
+    def _score_rows(self, samples: Samples, rows: list[int]) -> RewardOutput:
+        body = json.dumps(samples_to_payload(samples.select(rows)), default=str).encode()
+        return output_from_payload(self._post(body), len(rows))
 
 
 def _error_text(err: urllib.error.HTTPError) -> str:

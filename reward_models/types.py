@@ -1,7 +1,8 @@
 """Containers passed through a reward tree. Importable without lightning_trepo."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,3 +118,15 @@ class RewardOutput:
 
     rewards: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
+
+    @staticmethod
+    def scatter(n: int, parts: Iterable[tuple[Tensor, RewardOutput]]) -> RewardOutput:
+        """One N-row output from sub-batch outputs: each ``(index, output)`` fills rows ``index`` of the rewards
+        and of every metric; rows no part covers are NaN ("does not apply")."""
+        rewards = torch.full((n,), math.nan)
+        metrics: dict[str, Tensor] = {}
+        for index, out in parts:
+            rewards[index] = out.rewards.float()
+            for key, value in out.metrics.items():
+                metrics.setdefault(key, torch.full((n,), math.nan))[index] = value.float()
+        return RewardOutput(rewards, metrics)

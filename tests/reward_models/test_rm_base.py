@@ -134,3 +134,13 @@ def test_samples_concat_refuses_mixed_token_fields():
     with pytest.raises(ValueError, match="some parts carry completion_ids"):
         Samples.concat([with_ids, text_only])
     assert Samples.concat([text_only, text_only]).completion_ids is None
+
+
+def test_reward_output_scatter_fills_rows_and_leaves_the_rest_nan():
+    # rows 0 and 3 from the first part, row 1 from the second; row 2 is covered by none -> NaN everywhere
+    first = RewardOutput(torch.tensor([1.0, 4.0]), {"m": torch.tensor([10.0, 40.0])})
+    second = RewardOutput(torch.tensor([2.0]), {"m": torch.tensor([20.0]), "only_second": torch.tensor([5.0])})
+    out = RewardOutput.scatter(4, [(torch.tensor([0, 3]), first), (torch.tensor([1]), second)])
+    assert_close(out.rewards, [1.0, 2.0, nan, 4.0])
+    assert_close(out.metrics["m"], [10.0, 20.0, nan, 40.0])
+    assert_close(out.metrics["only_second"], [nan, 5.0, nan, nan])
