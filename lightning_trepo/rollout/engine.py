@@ -132,15 +132,13 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingConfig | None,
+    def generate(self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingConfig,
                  num_return: int = 1, greedy: bool = False, share_prefix: bool = False) -> Generated:
         """Sample ``num_return`` completions per row, in chunks of ``max_batch_size`` rows; ``greedy`` decodes the
-        argmax instead, within the same ``sampling.max_new_tokens`` budget (``sampling=None``: greedy with the
-        default budget). ``share_prefix``: run each row's prefill once and decode its ``num_return`` rows from that
-        KV cache (eager decoding; the static path and sharded generation expand rows before the prefill).
-        Returns completions in row-major order (row i's samples contiguous)."""
-        if sampling is None:
-            sampling, greedy = SamplingConfig(), True
+        argmax instead, within the same ``sampling.max_new_tokens`` budget. ``share_prefix``: run each row's prefill
+        once and decode its ``num_return`` rows from that KV cache (eager decoding; the static path and sharded
+        generation expand rows before the prefill). Returns completions in row-major order (row i's samples
+        contiguous)."""
         expand = num_return if share_prefix and num_return > 1 and prompt_ids.shape[1] > 1 and not self.synced_gpus \
             and not self._use_static(model, prompt_ids) else 1
         ids = prompt_ids.repeat_interleave(num_return // expand, dim=0)
