@@ -16,14 +16,14 @@ a fixed seed when no bucket padding is needed (tested).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 Decoder = Literal["auto", "eager", "static"]
-DECODERS: tuple[str, ...] = ("auto", "eager", "static")
+DECODERS: tuple[str, ...] = get_args(Decoder)
 
 
 def generation_config(sampling: Any, greedy: bool, pad_id: int, eos_ids: list[int], static: bool = False,
