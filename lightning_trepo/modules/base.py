@@ -209,7 +209,9 @@ class RLModule(LightningModule):
     def policy_loss(self, batch: Rollout, logprobs: Tensor, entropy: Tensor | None) -> LossOutput:
         """The clipped surrogate (+ KL when :meth:`kl_in_loss`) from already computed log-probs (N, L)."""
         u = self.update_cfg
-        out = clipped_surrogate_loss(logprobs, batch.old_logprobs, batch.advantages, batch.completion_mask,
+        # no behaviour pass (on-policy): π_old is this very forward, detached, so the ratio is exactly 1
+        old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
+        out = clipped_surrogate_loss(logprobs, old, batch.advantages, batch.completion_mask,
                                      clip_low=u.clip_low, clip_high=u.clip_high, aggregation=u.aggregation)
         loss, metrics = out.loss, dict(out.metrics)
         if batch.ref_logprobs is not None and u.kl_coef != 0.0 and self.kl_in_loss():
@@ -290,10 +292,19 @@ class RLModule(LightningModule):
         (rewards, components), (rollout.baseline_rewards, _) = self.score_many([rollout, rollout.baseline])
         return rewards, components
 
-    def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor, Tensor | None]:
+    def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
         """π_old log-probs (N, L), once per rollout, and the behaviour values (N, L) of algorithms with a critic
-        (None here; PPO overrides this to return both from one pass)."""
+        (None here; PPO overrides this to return both from one pass). None when :meth:`behaviour_pass_needed`
+        says the loss pass can stand in for them."""
+        if not self.behaviour_pass_needed():
+            return None, None
         return self.frozen_logprobs(self.policy, rollout), None
+
+    def behaviour_pass_needed(self) -> bool:
+        """Whether π_old log-probs need a pass of their own before the update: with several epochs or minibatches
+        the weights move before the later loss passes, and ``update.behaviour_logprobs: always`` asks for it.
+        Subclasses that read π_old before the loss (RLOO's KL in the reward) extend this."""
+        return self.update_cfg.behaviour_logprobs == "always" or not self.update_cfg.on_policy
 
     def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
         """Hook for plans that need more than samples (e.g. TRePO continuations): the extended rollout and the

@@ -14,6 +14,7 @@ from lightning_trepo.rollout.engine import SamplingConfig
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"]
 KLEstimator = Literal["k1", "k2", "k3"]
+BehaviourPass = Literal["auto", "always"]
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -76,6 +77,10 @@ class UpdateConfig:
     """Weight of the KL to the reference policy; 0 means no reference model is loaded."""
     kl_estimator: KLEstimator = "k3"
     """k1 | k2 | k3 (per-token estimator of KL(π || π_ref))."""
+    behaviour_logprobs: BehaviourPass = "auto"
+    """auto: skip the π_old log-prob pass when the update is on-policy (1 epoch, 1 minibatch: the loss pass runs on
+    the weights that sampled the rollout, so π_old is its own detached log-probs and the ratio is exactly 1, as in
+    TRL); always: compute it every rollout."""
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "update.epochs", self.epochs, "an integer >= 1")
@@ -86,6 +91,7 @@ class UpdateConfig:
         require(self.kl_coef >= 0.0, "update.kl_coef", self.kl_coef, "a number >= 0")
         check_choice("update.aggregation", self.aggregation, Aggregation)
         check_choice("update.kl_estimator", self.kl_estimator, KLEstimator)
+        check_choice("update.behaviour_logprobs", self.behaviour_logprobs, BehaviourPass)
 
     def check_fits(self, group_size: int, batch_size: int) -> None:
         """Cross-check with the data: each minibatch needs at least one of the B * G samples of a rollout."""
@@ -97,6 +103,11 @@ class UpdateConfig:
     @property
     def steps_per_rollout(self) -> int:
         return self.epochs * self.num_minibatches
+
+    @property
+    def on_policy(self) -> bool:
+        """One optimizer micro-step per rollout: the loss pass sees exactly the weights that sampled it."""
+        return self.steps_per_rollout == 1
 
 
 # Checkpoints store these configs as hyper-parameters; allow them under torch.load(weights_only=True).
