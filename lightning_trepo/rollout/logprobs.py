@@ -26,7 +26,11 @@ from torch import Tensor, nn
 
 from lightning_trepo.ops import entropy_from_logits, token_logprobs
 
-CHUNK_BYTES = 1 << 28  # one chunk's fp32 logits: 256 MiB
+CHUNK_BYTES = 1 << 28  # one chunk's fp32 logits on an accelerator: 256 MiB
+# on the CPU: 24 MiB, below glibc's largest mmap threshold (32 MiB), so each chunk's buffers come back from the heap
+# instead of being mapped and page-faulted afresh, and a chunk stays near the caches (measured on 2 EPYC cores,
+# SmolLM2's 49k vocabulary: a head pass of 1,024 positions 471 ms in chunks of 128 against 519 ms in one chunk)
+CPU_CHUNK_BYTES = 24 << 20
 # config attributes of models that rescale or cap the head's logits after it (Gemma 2/3, Cohere, Granite)
 POST_HEAD_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
@@ -43,6 +47,12 @@ def _compute_dtype(hidden: Tensor, weight: Tensor) -> torch.dtype:
     return weight.dtype
 
 
+def _scaled_logits(h: Tensor, w: Tensor, b: Tensor | None, temperature: float) -> Tensor:
+    """fp32 (C, V) logits / T of one chunk, scaled in place (no second (C, V) buffer; none at all for T = 1)."""
+    z = F.linear(h, w, b).float()
+    return z if temperature == 1.0 else z.div_(temperature)
+
+
 class LinearTokenLogprob(torch.autograd.Function):
     """(T, H) hidden, (V, H) weight, (V,) bias or None, (T,) targets -> (T,) fp32 log-probs and (T,) fp32 entropy."""
 
@@ -56,7 +66,7 @@ class LinearTokenLogprob(torch.autograd.Function):
         b = bias.to(dtype) if bias is not None else None
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk):
-                z = F.linear(hidden[start:start + chunk].to(dtype), w, b).float() / temperature
+                z = _scaled_logits(hidden[start:start + chunk].to(dtype), w, b, temperature)
                 lse = torch.logsumexp(z, dim=-1)
                 tgt = targets[start:start + chunk]
                 logprobs[start:start + chunk] = z.gather(-1, tgt[:, None]).squeeze(-1) - lse
@@ -80,7 +90,7 @@ class LinearTokenLogprob(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk):
                 h = hidden[start:start + chunk].to(dtype)
-                z = F.linear(h, w, b).float() / temperature
+                z = _scaled_logits(h, w, b, temperature)
                 g = grad_logprobs[start:start + chunk].float()
                 # d logp / d z = onehot(target) - softmax(z); d z / d logits = 1 / T
                 grad_z = torch.softmax(z, dim=-1).mul_(-g[:, None])
@@ -105,7 +115,7 @@ def linear_token_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, t
     """
     lead = targets.shape
     flat_h = hidden.reshape(-1, hidden.shape[-1])
-    size = chunk or chunk_rows(weight.shape[0])
+    size = chunk or chunk_rows(weight.shape[0], CPU_CHUNK_BYTES if hidden.device.type == "cpu" else CHUNK_BYTES)
     logprobs, entropy = LinearTokenLogprob.apply(flat_h, weight, bias, targets.reshape(-1), float(temperature), size,
                                                  with_entropy)
     return logprobs.view(lead), entropy.view(lead) if with_entropy else None

@@ -68,6 +68,7 @@ def test_auto_decoder_falls_back_to_eager_once_the_fast_path_fails(tiny, monkeyp
     ids, mask = _prompts(tok, ["12+7=", "3+4="])
     engine = RolloutEngine(tok, decoder="auto")
     monkeypatch.setattr(engine, "_use_static", lambda m, i: engine.static_failure is None)
+    monkeypatch.setattr(engine, "_use_native", lambda m, i: False)  # the CUDA situation: auto means static
 
     def broken(*args, **kwargs):
         raise RuntimeError("capture failed")
@@ -170,3 +171,110 @@ def test_auto_decoder_needs_a_compilable_architecture(tiny):
     assert "not a Hugging Face generation model" in static_cache_unsupported(torch.nn.Linear(2, 2))
     # on the CPU, auto decodes eagerly even for a compilable model
     assert not RolloutEngine(tiny[1], decoder="auto")._use_static(model, torch.zeros(1, 1, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- the native decode loop (auto on the CPU)
+@pytest.mark.parametrize("stop_at_eos", [True, False])
+def test_native_greedy_decoding_is_generates_exactly(tiny, stop_at_eos):
+    model, tok = tiny
+    ids, mask = _prompts(tok, ["12+7=", "1234567=", "3+4=", "9="])
+    greedy = SamplingConfig(max_new_tokens=30, stop_at_eos=stop_at_eos)
+    eager = RolloutEngine(tok, decoder="eager").generate(model, ids, mask, greedy, greedy=True)
+    native = RolloutEngine(tok, decoder="native").generate(model, ids, mask, greedy, greedy=True)
+    assert torch.equal(native.completion_ids, eager.completion_ids)
+    assert torch.equal(native.completion_mask, eager.completion_mask)
+    assert torch.equal(native.truncated, eager.truncated)
+
+
+def test_native_shared_prefix_greedy_matches_generate(tiny):
+    model, tok = tiny
+    ids, mask = _prompts(tok, ["12+7=34", "1234567=8", "3+4="])
+    greedy = SamplingConfig(max_new_tokens=9)
+    eager = RolloutEngine(tok, decoder="eager").generate(model, ids, mask, greedy, num_return=3, greedy=True)
+    native = RolloutEngine(tok, decoder="native").generate(model, ids, mask, greedy, num_return=3, greedy=True,
+                                                           share_prefix=True)
+    assert torch.equal(native.completion_ids, eager.completion_ids) and native.completion_ids.shape[0] == 9
+
+
+def test_the_auto_decoder_is_native_on_the_cpu(tiny, monkeypatch):
+    model, tok = tiny
+    calls = []
+    import lightning_trepo.rollout.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "native_decode", lambda *a, **k: calls.append(1) or torch.ones(1, 1).long())
+    ids, mask = _prompts(tok, ["1+1="])
+    RolloutEngine(tok, decoder="auto").generate(model, ids, mask, SamplingConfig(max_new_tokens=2))
+    RolloutEngine(tok, decoder="eager").generate(model, ids, mask, SamplingConfig(max_new_tokens=2))
+    assert calls == [1]
+
+
+def test_filter_logits_is_generates_warpers():
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from lightning_trepo.rollout.decoding import filter_logits
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50) * 3
+    logits[0, :5] = 2.0  # ties at the k-th value are kept by both
+    for t, k, p in [(1.0, 0, 1.0), (0.7, 7, 1.0), (1.3, 0, 0.8), (0.7, 7, 0.9), (1.0, 3, 0.05)]:
+        expected = logits.clone()
+        for warper in [TemperatureLogitsWarper(t), *([TopKLogitsWarper(k)] if k else []),
+                       *([TopPLogitsWarper(p)] if p < 1 else [])]:
+            expected = warper(None, expected)
+        got = filter_logits(logits, t, k, p)
+        assert torch.equal(torch.isinf(got), torch.isinf(expected)), (t, k, p)
+        torch.testing.assert_close(got[~torch.isinf(got)], expected[~torch.isinf(expected)])
+
+
+def test_inverse_cdf_sampler_draws_from_the_softmax():
+    # 4 tokens with probabilities (0.1, 0.0, 0.6, 0.3): 200k draws, each frequency within 5 standard errors
+    # (sqrt(p (1 - p) / n) <= 0.0011), the zero-probability (-inf) token never
+    from lightning_trepo.rollout.decoding import sample_inverse_cdf
+
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    logits = probs.log().expand(200_000, 4)
+    torch.manual_seed(1)
+    draws = sample_inverse_cdf(logits)
+    freq = torch.bincount(draws, minlength=4).double() / draws.numel()
+    assert freq[1] == 0
+    torch.testing.assert_close(freq, probs.double(), atol=5 * 0.0011, rtol=0)
+    # a clearly different law would fail: (0.2, 0, 0.5, 0.3) is 0.1 off on two tokens
+    assert (freq - torch.tensor([0.2, 0.0, 0.5, 0.3]).double()).abs().max() > 0.05
+
+
+def test_native_sampling_matches_the_model_distribution(tiny):
+    # the first sampled token of 4,000 rows of one prompt at T = 0.7, top-k 5: the empirical law equals the
+    # filtered softmax of the model's next-token logits (total variation < 0.04; sampling noise is ~0.015)
+    from lightning_trepo.rollout.decoding import filter_logits
+
+    model, tok = tiny
+    ids, mask = _prompts(tok, ["12+7="])
+    sampling = SamplingConfig(max_new_tokens=1, temperature=0.7, top_k=5)
+    torch.manual_seed(3)
+    out = RolloutEngine(tok, decoder="native").generate(model, ids, mask, sampling, num_return=4000)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits[0, -1]
+    law = filter_logits(logits[None], 0.7, 5, 1.0).softmax(-1)[0]
+    freq = torch.bincount(out.completion_ids[:, 0], minlength=law.numel()).float() / 4000
+    assert 0.5 * (freq - law).abs().sum() < 0.04
+    assert set(out.completion_ids[:, 0].tolist()) <= set(torch.topk(logits, 5).indices.tolist())
+
+
+def test_native_decoder_failure_falls_back_to_generate_under_auto(tiny, monkeypatch):
+    model, tok = tiny
+    import lightning_trepo.rollout.engine as engine_mod
+
+    def broken(*a, **k):
+        raise RuntimeError("no cache")
+
+    monkeypatch.setattr(engine_mod, "native_decode", broken)
+    ids, mask = _prompts(tok, ["12+7="])
+    greedy = SamplingConfig(max_new_tokens=6)
+    engine = RolloutEngine(tok, decoder="auto")
+    with pytest.warns(RuntimeWarning, match="native decode loop failed"):
+        out = engine.generate(model, ids, mask, greedy, greedy=True)
+    expected = RolloutEngine(tok, decoder="eager").generate(model, ids, mask, greedy, greedy=True)
+    assert torch.equal(out.completion_ids, expected.completion_ids)
+    assert engine.native_failure == "RuntimeError: no cache"
+    with pytest.raises(RuntimeError, match="no cache"):
+        RolloutEngine(tok, decoder="native").generate(model, ids, mask, greedy, greedy=True)
