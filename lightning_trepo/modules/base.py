@@ -23,7 +23,6 @@ from lightning_trepo.algorithms.kl import kl_estimate
 from lightning_trepo.algorithms.losses import aggregate, surrogate_loss, truncated_filtered_mask
 from lightning_trepo.checkpointing import load_run_state, save_run_state
 from lightning_trepo.export import drop_frozen_base, hparams_ignore, restore_frozen_base
-from lightning_trepo.modules.controls import adaptive_kl_step, any_rank, refill_stream
 from lightning_trepo.modules.config import (
     OptimizerFactory,
     RolloutConfig,
@@ -31,6 +30,7 @@ from lightning_trepo.modules.config import (
     default_optimizer,
     reward_prompts,
 )
+from lightning_trepo.modules.controls import adaptive_kl_step, any_rank, refill_stream
 from lightning_trepo.modules.sharding import (
     build_policy,
     build_reference,
@@ -189,8 +189,9 @@ class RLModule(LightningModule):
     def rollout_plan(self) -> RolloutPlan:
         """What this algorithm needs from the rollout path (default: G samples per prompt)."""
         cfg = self.rollout_cfg
-        return RolloutPlan(group_size=cfg.group_size, sampling=cfg.sampling, need_ref_logprobs=self.ref_model is not None,
-                           dynamic_sampling=cfg.dynamic_sampling, max_extra_rounds=cfg.max_extra_rounds)
+        return RolloutPlan(group_size=cfg.group_size, sampling=cfg.sampling,
+                           need_ref_logprobs=self.ref_model is not None, dynamic_sampling=cfg.dynamic_sampling,
+                           max_extra_rounds=cfg.max_extra_rounds)
 
     def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """(N,) or (N, L) advantages from the (N,) rewards, and the scalar metrics of that computation.
