@@ -94,3 +94,53 @@ def test_reinforce_pp_advantages_are_whitened_per_token(tmp_path):
     with pytest.raises(ValueError, match="baseline"):
         REINFORCE(reward=FunctionReward("tests.modules.rewards.length_reward"), policy=TINY,
                   estimator="reinforce_plus_plus", baseline="running_mean")
+
+
+def _loss(update: UpdateConfig, logprobs: torch.Tensor, max_new_tokens: int = 6) -> torch.Tensor:
+    """The module's policy loss on a hand-made rollout: rows of 2 and 3 tokens (the second truncated), A = [1, -1],
+    on-policy (ratio 1)."""
+    from tests.helpers import tiny_rollout
+
+    module = GRPO(reward=FunctionReward("tests.modules.rewards.length_reward"), policy=TINY,
+                  rollout=rollout_cfg(group_size=2, max_new_tokens=max_new_tokens), update=update)
+    batch = tiny_rollout([[1, 1, 0], [1, 1, 1]], group_size=2)
+    assert batch.truncated.tolist() == [False, True]
+    batch.old_logprobs, batch.advantages = logprobs.detach().clone(), torch.tensor([1.0, -1.0])
+    return module.policy_loss(batch, logprobs, None).loss
+
+
+def test_dr_grpo_normaliser_is_constant_and_overlong_filtering_drops_truncated_rows():
+    # on-policy PPO: per-token loss -A = [-1, -1, pad | 1, 1, 1]. seq_mean_token_sum_norm divides by N·L with
+    # L = rollout.sampling.max_new_tokens = 6 (not the padded width 3): (-2 + 3) / 12;
+    # with update.mask_truncated the truncated row leaves the loss but still counts in N: -2 / 12;
+    # update.loss_norm_length = 4 replaces L: -2 / 8
+    lp = torch.tensor([[-1.0, -2.0, float("nan")], [-0.5, -0.5, -0.5]], requires_grad=True)
+    agg = "seq_mean_token_sum_norm"
+    assert _loss(UpdateConfig(aggregation=agg), lp).item() == pytest.approx(1 / 12, abs=1e-7)
+    loss = _loss(UpdateConfig(aggregation=agg, mask_truncated=True), lp)
+    assert loss.item() == pytest.approx(-2 / 12, abs=1e-7)
+    loss.backward()
+    # ∂/∂log π = -A / (N·L) on the kept row's real tokens, exactly 0 on the truncated row and the NaN padding
+    assert torch.equal(lp.grad, torch.tensor([[-1 / 12, -1 / 12, 0.0], [0.0, 0.0, 0.0]]))
+    assert _loss(UpdateConfig(aggregation=agg, mask_truncated=True, loss_norm_length=4), lp).item() == \
+        pytest.approx(-2 / 8, abs=1e-7)
+    # the same rollout, 12 tokens of budget: the loss halves (the normaliser follows the budget, not the batch)
+    assert _loss(UpdateConfig(aggregation=agg), lp, max_new_tokens=12).item() == pytest.approx(1 / 24, abs=1e-7)
+
+
+def test_policy_loss_key_selects_the_surrogate():
+    from lightning_trepo.algorithms.losses import surrogate_loss
+    from tests.helpers import tiny_rollout
+
+    lp = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -0.5, -0.5]])
+    old = lp + torch.tensor([[0.3, -0.4, 0.0], [0.1, 0.9, -0.2]])
+    batch = tiny_rollout([[1, 1, 0], [1, 1, 1]], group_size=2)
+    batch.old_logprobs, batch.advantages = old, torch.tensor([1.0, -1.0])
+    module = GRPO(reward=FunctionReward("tests.modules.rewards.length_reward"), policy=TINY,
+                  rollout=rollout_cfg(group_size=2))
+    for kind in ("ppo", "gspo", "cispo", "sapo"):
+        update = UpdateConfig(policy_loss=kind, dual_clip=3.0 if kind in ("ppo", "gspo") else None)
+        module.update_cfg = update
+        expected = surrogate_loss(kind, lp, old, batch.advantages, batch.completion_mask, 0.2, 0.2,
+                                  update.dual_clip, (1.0, 1.05), "token_mean", 4)
+        assert module.policy_loss(batch, lp, None).loss.item() == expected.loss.item()
