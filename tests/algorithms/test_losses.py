@@ -305,6 +305,10 @@ def test_dual_clip_matches_verls_formula() -> None:
     ours = clipped_surrogate_loss(lp, old, adv, mask, 0.2, 0.28, dual_clip=3.0)
     close(ours.loss, (verl * mask).sum() / mask.sum())
     assert 0 < float(ours.metrics["dual_clip_frac"]) < 1
+    # TRL GRPOTrainer's two-sided clip `delta`: ρ1 = min(ρ, δ); loss = -min(ρ1 A, clip(ρ) A). For δ > 1 + ε_high it
+    # is the same loss as a dual clip c = δ (for A > 0 the clip already caps ρ at 1 + ε_high)
+    trl = -torch.minimum(ratio.clamp(max=3.0) * adv, ratio.clamp(0.8, 1.28) * adv)
+    close(ours.loss, (trl * mask).sum() / mask.sum())
 
 
 def test_cispo_hand_values_and_gradient() -> None:
