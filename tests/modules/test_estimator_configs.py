@@ -144,3 +144,19 @@ def test_policy_loss_key_selects_the_surrogate():
         expected = surrogate_loss(kind, lp, old, batch.advantages, batch.completion_mask, 0.2, 0.2,
                                   update.dual_clip, (1.0, 1.05), "token_mean", 4)
         assert module.policy_loss(batch, lp, None).loss.item() == expected.loss.item()
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_estimator_configs_state_only_what_differs_from_base(name):
+    # like the algorithm configs: the class, the algorithm's own settings, and the update / rollout keys of the variant
+    import inspect
+
+    import lightning_trepo
+    from lightning_trepo.modules.base import RLModule
+
+    cfg = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    cls_name = CONFIGS[name][0]
+    assert set(cfg) == {"model"} and cfg["model"]["class_path"] == f"lightning_trepo.{cls_name}"
+    shared = set(inspect.signature(RLModule.__init__).parameters)
+    own = set(inspect.signature(getattr(lightning_trepo, cls_name).__init__).parameters) - shared
+    assert set(cfg["model"]["init_args"]) - own <= {"update", "rollout"}
