@@ -230,7 +230,9 @@ class RLModule(LightningModule):
         u = self.update_cfg
         mask = truncated_filtered_mask(batch.completion_mask, batch.truncated) if u.mask_truncated \
             else batch.completion_mask
-        out = surrogate_loss(u.policy_loss, logprobs, batch.old_logprobs, batch.advantages, mask, clip_low=u.clip_low,
+        # no behaviour pass (on-policy): π_old is this very forward, detached, so the ratio is exactly 1
+        old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
+        out = surrogate_loss(u.policy_loss, logprobs, old, batch.advantages, mask, clip_low=u.clip_low,
                              clip_high=u.clip_high, dual_clip=u.dual_clip, sapo_tau=(u.sapo_tau_pos, u.sapo_tau_neg),
                              aggregation=u.aggregation, norm_length=self.loss_norm_length)
         loss, metrics = out.loss, dict(out.metrics)
@@ -324,10 +326,21 @@ class RLModule(LightningModule):
         (rewards, components), (rollout.baseline_rewards, _) = self.score_many([rollout, rollout.baseline])
         return rewards, components
 
-    def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor, Tensor | None]:
+    def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
         """π_old log-probs (N, L), once per rollout, and the behaviour values (N, L) of algorithms with a critic
-        (None here; PPO overrides this to return both from one pass)."""
+        (None here; PPO overrides this to return both from one pass). None when :meth:`behaviour_pass_needed`
+        says the loss pass can stand in for them."""
+        if not self.behaviour_pass_needed():
+            return None, None
         return self.frozen_logprobs(self.policy, rollout), None
+
+    def behaviour_pass_needed(self) -> bool:
+        """Whether π_old log-probs need a pass of their own before the update: with several epochs or minibatches
+        the weights move before the later loss passes, and ``update.behaviour_logprobs: always`` asks for it.
+        Subclasses that read π_old before the loss (RLOO's KL in the reward) extend this; the adaptive KL controller
+        (``update.kl_target``) reads it after each rollout."""
+        u = self.update_cfg
+        return u.behaviour_logprobs == "always" or not u.on_policy or u.kl_target is not None
 
     def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
         """Hook for plans that need more than samples (e.g. TRePO continuations): the extended rollout and the

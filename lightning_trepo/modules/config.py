@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -15,6 +15,7 @@ from lightning_trepo.rollout.decoding import Decoder
 from lightning_trepo.rollout.engine import SamplingConfig
 
 KLEstimator = KLKind
+BehaviourPass = Literal["auto", "always"]
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -115,6 +116,10 @@ class UpdateConfig:
     behaviour policy to the reference. None = a fixed ``kl_coef``."""
     kl_horizon: int = 10000
     """Adaptive KL controller: samples over which β may change by at most 20%."""
+    behaviour_logprobs: BehaviourPass = "auto"
+    """auto: skip the π_old log-prob pass when the update is on-policy (1 epoch, 1 minibatch: the loss pass runs on
+    the weights that sampled the rollout, so π_old is its own detached log-probs and the ratio is exactly 1, as in
+    TRL); always: compute it every rollout."""
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "update.epochs", self.epochs, "an integer >= 1")
@@ -139,6 +144,7 @@ class UpdateConfig:
         require(self.kl_target is None or self.kl_coef > 0, "update.kl_coef", self.kl_coef, "a number > 0 with "
                 "kl_target set", "the adaptive controller multiplies kl_coef, so it must start above 0")
         require(self.kl_horizon >= 1, "update.kl_horizon", self.kl_horizon, "an integer >= 1")
+        check_choice("update.behaviour_logprobs", self.behaviour_logprobs, BehaviourPass)
 
     def check_fits(self, group_size: int, batch_size: int) -> None:
         """Cross-check with the data: each minibatch needs at least one of the B * G samples of a rollout."""
@@ -150,6 +156,11 @@ class UpdateConfig:
     @property
     def steps_per_rollout(self) -> int:
         return self.epochs * self.num_minibatches
+
+    @property
+    def on_policy(self) -> bool:
+        """One optimizer micro-step per rollout: the loss pass sees exactly the weights that sampled it."""
+        return self.steps_per_rollout == 1
 
 
 # Checkpoints store these configs as hyper-parameters; allow them under torch.load(weights_only=True).

@@ -44,6 +44,10 @@ class RLOO(RLModule):
     def kl_in_loss(self) -> bool:
         return not self.kl_in_reward
 
+    def behaviour_pass_needed(self) -> bool:
+        """KL in the reward reads π_old before any loss pass runs."""
+        return super().behaviour_pass_needed() or (self.kl_in_reward and self.update_cfg.kl_coef != 0.0)
+
     def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         u, metrics = self.update_cfg, {}
         if self.kl_in_reward and self.kl_coef != 0.0 and rollout.ref_logprobs is not None:

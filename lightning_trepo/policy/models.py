@@ -7,8 +7,13 @@ download. ``builtin:<name>`` paths resolve to weights shipped inside the package
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -72,7 +77,9 @@ class PolicyConfig:
     tokenizer_path: str | None = None
     """Tokenizer directory when it differs from ``model_path``."""
     gguf_file: str | None = None
-    """GGUF file name inside ``model_path`` (transformers dequantises it; needs the ``gguf`` package)."""
+    """GGUF file name inside ``model_path`` (needs the ``gguf`` package). transformers dequantises it once into a plain
+    HF directory under the cache (``$LIGHTNING_TREPO_CACHE``, default ``~/.cache/lightning_trepo``), keyed by the
+    file's SHA-256; later starts load that directory."""
     torch_dtype: str = "float32"
     """float32 | bfloat16 | float16."""
     use_chat_template: bool | None = None
@@ -239,10 +246,12 @@ def load_tokenizer(cfg: PolicyConfig):
         return build_char_tokenizer()
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(cfg.tokenizer_path or cfg.model_path)
-    extra = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    if cfg.tokenizer_path is None and cfg.gguf_file:
+        path = dequantised_gguf_dir(resolve_model_path(cfg.model_path), cfg.gguf_file)
+    else:
+        path = resolve_model_path(cfg.tokenizer_path or cfg.model_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise OSError(f"policy.tokenizer_path/model_path {path!r}: could not load a tokenizer ({err})") from err
     tokenizer.padding_side = "left"
@@ -258,9 +267,63 @@ def _load_hf(cfg: PolicyConfig, dtype: torch.dtype):
 
     tokenizer = load_tokenizer(cfg)
     path = resolve_model_path(cfg.model_path)
-    extra = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    if cfg.gguf_file:
+        path = dequantised_gguf_dir(path, cfg.gguf_file)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as err:
         raise OSError(f"policy.model_path {cfg.model_path!r}: could not load a causal LM ({err})") from err
     return model, tokenizer
+
+
+def cache_root() -> Path:
+    """Where dequantised GGUF models are kept: ``$LIGHTNING_TREPO_CACHE`` or ``~/.cache/lightning_trepo``."""
+    return Path(os.environ.get("LIGHTNING_TREPO_CACHE") or Path.home() / ".cache" / "lightning_trepo")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@cache  # the tokenizer, the policy and the reference of one run ask for the same file
+def dequantised_gguf_dir(model_dir: str, gguf_file: str) -> str:
+    """A plain HF directory (fp32 safetensors, config, tokenizer) holding ``model_dir/gguf_file`` dequantised.
+
+    Dequantising a GGUF takes about a minute for a 135M model; it is done once per file content (the cache key is
+    the file's SHA-256) and written to a temporary directory moved into place with ``os.replace``, so an interrupted
+    write never leaves a half directory that later starts would trust."""
+    src = Path(model_dir) / gguf_file
+    if not src.is_file():
+        raise FileNotFoundError(f"policy.gguf_file {gguf_file!r}: no such file in {model_dir!r}")
+    dst = cache_root() / "gguf" / f"{src.stem}-{file_sha256(src)[:16]}"
+    if (dst / "config.json").is_file():
+        _log(f"lightning-trepo: {src.name}: loading its dequantised copy from {dst}")
+        return str(dst)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _log(f"lightning-trepo: {src.name}: dequantising once into {dst} (later starts load it from there)")
+    tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the GGUF quantizer mark blocks save_pretrained; the weights are plain fp32 now
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.")
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary model directory
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (dst / "config.json").is_file():  # else another process moved its copy in first: use that one
+            raise
+    return str(dst)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

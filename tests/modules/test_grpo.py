@@ -114,7 +114,7 @@ def _pad(rollout, left: int, right: int):
 def test_prompt_and_completion_padding_do_not_change_the_loss(mode):
     torch.manual_seed(0)
     module = GRPO(reward=FunctionReward("tests.modules.rewards.length_reward"), policy=TINY,
-                  rollout=rollout_cfg(group_size=4), update=UpdateConfig(aggregation=mode))
+                  rollout=rollout_cfg(group_size=4), update=UpdateConfig(aggregation=mode, behaviour_logprobs="always"))
     module.configure_model()
     tok = module.tokenizer
     prompts = ["1+2=", "30+4="]
