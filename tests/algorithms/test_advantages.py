@@ -349,3 +349,13 @@ def test_reinforce_pp_baseline_zero_padding_and_errors() -> None:
         reinforce_pp_baseline_advantages(t(1.0, 2.0, 3.0), mask, 1)
     with pytest.raises(ValueError, match="gamma must lie"):
         reinforce_pp_advantages(torch.zeros(2, 3, dtype=F64), mask, gamma=1.5)
+
+
+def test_informative_groups_matches_verls_filter_groups() -> None:
+    # verl filter_groups keeps a prompt when np.std of its group's metric is > 0 (or the group has one sample);
+    # on rewards with ties (values drawn from {0, 0.5, 1}) both rules keep the same groups
+    gen = torch.Generator().manual_seed(10)
+    rewards = torch.randint(0, 3, (4 * 50,), generator=gen).to(F64) / 2
+    verl = rewards.view(50, 4).std(dim=1, unbiased=False) > 0
+    keep = informative_groups(rewards, 4)
+    assert torch.equal(keep, verl) and 0 < int(keep.sum()) < 50
