@@ -7,8 +7,9 @@ from torch import Tensor
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """Σ x·mask over ``dim`` (all elements when None)."""
-    x = x * mask
+    """Σ_{mask = 1} x over ``dim`` (all elements when None); padded entries are selected out, not multiplied by
+    0, so NaN or inf there changes neither the value nor the gradient."""
+    x = torch.where(mask.bool(), x, torch.zeros_like(x))
     return x.sum() if dim is None else x.sum(dim)
 
 
@@ -19,7 +20,7 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
 
 
 def masked_var(x: Tensor, mask: Tensor, unbiased: bool = False) -> Tensor:
-    """Variance of the masked entries (population by default)."""
+    """Variance of the masked entries: population (divisor n) by default, sample (divisor n - 1) when ``unbiased``."""
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
     if unbiased:
@@ -28,13 +29,17 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = False) -> Tensor:
     return var
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """(x - mean) / sqrt(var + eps) over the masked entries; masked-out entries become 0."""
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, unbiased: bool = True) -> Tensor:
+    """(x - mean) / sqrt(var + eps) over the masked entries; masked-out entries become 0.
+
+    ``var`` is the sample variance (divisor n - 1) by default, as verl's ``masked_whiten`` and TRL's ``whiten``
+    (PPO advantages, REINFORCE++); ``unbiased=False`` divides by n.
+    """
     mean = masked_mean(x, mask)
-    out = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
+    out = (x - mean) * torch.rsqrt(masked_var(x, mask, unbiased=unbiased) + eps)
     if not shift_mean:
         out = out + mean
-    return out * mask
+    return torch.where(mask.bool(), out, torch.zeros_like(out))
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:

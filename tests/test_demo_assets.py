@@ -1,13 +1,11 @@
 """The embedded default: shipped tiny-arith weights, evaluation helpers, plot writer, demo pipeline, configs."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from lightning_trepo.evaluation import evaluate_policy, heldout_rows, mean_pass_at_k, pass_at_k

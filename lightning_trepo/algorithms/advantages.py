@@ -10,10 +10,15 @@ which is the same maths but makes a constant group give *exact* zeros in floatin
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
-GRPO_SCALES = ("group", "batch", "none")
+from lightning_trepo.ops import masked_whiten
+
+GRPOScale = Literal["group", "batch", "none"]
+GRPO_SCALES: tuple[str, ...] = get_args(GRPOScale)
 
 
 def _check_rewards(rewards: Tensor, name: str = "rewards") -> None:
@@ -212,3 +217,56 @@ def token_level_rewards(rewards: Tensor, mask: Tensor, kl: Tensor | None = None,
     if kl is not None and kl_coef != 0.0:
         out = out - kl_coef * torch.where(mask.bool(), kl, torch.zeros_like(kl))
     return out
+
+
+def informative_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """DAPO dynamic sampling's filter: keep_b = [the G rewards of prompt b are not all equal]. (N,) -> (B,) bool.
+
+    Yu et al. 2025, https://arxiv.org/abs/2503.14476 §3.2 (verl ``filter_groups``): a group whose rewards are all
+    equal has zero group-relative advantage everywhere, so it only dilutes the batch. Compared exactly (a
+    deviation from the group's first reward is nonzero), so the kept groups are those with a nonzero advantage.
+    A group of one is always kept (verl).
+    """
+    groups = _grouped(rewards, group_size)
+    if group_size == 1:
+        return torch.ones(groups.shape[0], dtype=torch.bool, device=rewards.device)
+    return (_deviations(groups) != 0).any(dim=1)
+
+
+def reinforce_pp_advantages(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0, eps: float = 1e-8) -> Tensor:
+    """REINFORCE++: G_t = Σ_{s>=t} γ^{s-t} r_s (reset at the end of each response), A = whiten(G) over the batch.
+
+    Hu 2025, https://arxiv.org/abs/2501.03262 (verl ``adv_estimator=reinforce_plus_plus``): the returns of the
+    token rewards (N, L) (RM(W) on the last real token, optionally a per-token KL penalty), whitened with the
+    mean and the sample variance of every real token of the batch. (N, L), (N, L) -> (N, L), 0 on padding.
+    Biased: the batch mean includes the sample itself and the std division rescales per batch
+    (``lightning-trepo verify-estimators``).
+    """
+    _check_token_tensors(mask, token_rewards=token_rewards)
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+    r = torch.where(mask.bool(), token_rewards, torch.zeros_like(token_rewards))
+    returns = torch.zeros_like(r)
+    running = torch.zeros_like(r[:, 0])
+    for t in reversed(range(r.shape[1])):
+        running = r[:, t] + gamma * running * mask[:, t].to(r.dtype)
+        returns[:, t] = running
+    return masked_whiten(returns, mask, eps=eps)
+
+
+def reinforce_pp_baseline_advantages(rewards: Tensor, mask: Tensor, group_size: int, eps: float = 1e-8) -> Tensor:
+    """REINFORCE++-baseline: A_{i,t} = whiten(r_i - mean_group(r)) over every real token of the batch.
+
+    Hu 2025, https://arxiv.org/abs/2501.03262 (verl ``adv_estimator=reinforce_plus_plus_baseline``): the group
+    mean (including r_i; 0 for a group of one, as verl) is subtracted per response, the result broadcast to its
+    tokens and whitened with the batch's token mean and sample variance. (N,), (N, L) -> (N, L), 0 on padding.
+    Biased (mean including self, batch std division; ``lightning-trepo verify-estimators``).
+    """
+    _check_token_tensors(mask)
+    groups = _grouped(rewards, group_size)
+    if rewards.shape[0] != mask.shape[0]:
+        raise ValueError(f"rewards has {rewards.shape[0]} entries, mask has {mask.shape[0]} rows")
+    d = _deviations(groups)
+    centred = (d - d.mean(dim=1, keepdim=True)) if group_size > 1 else groups
+    scores = centred.reshape(-1, 1).expand(mask.shape)
+    return masked_whiten(scores, mask, eps=eps)

@@ -16,6 +16,7 @@ each rollout is reused for, and the rank layout. Train batches are dicts::
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -35,6 +36,7 @@ from lightning_trepo.data.loader import (
 from lightning_trepo.data.sources import BuiltinTaskSource, PromptSource
 
 __all__ = ["PromptDataModule"]
+REFILL_SEED_OFFSET = 1_000_003  # dynamic sampling's refill stream: another shuffle of the same rows
 
 
 class PromptDataModule(LightningDataModule):
@@ -190,6 +192,19 @@ class PromptDataModule(LightningDataModule):
     def train_dataloader(self) -> PromptDataLoader:
         """Batches of ``batch_size`` prompts, reshuffled each epoch, each yielded ``steps_per_rollout`` times."""
         return PromptDataLoader(self.train_dataset())
+
+    def refill_batches(self) -> Iterator[dict[str, Any]]:
+        """Endless extra training batches for DAPO dynamic sampling (``rollout.dynamic_sampling``): this rank's rows
+        in an order shuffled independently of the training stream (seed ``seed + REFILL_SEED_OFFSET``), never
+        touching the training cursor. Its position is not checkpointed: a resumed run refills from a fresh stream."""
+        data = self._connected("train", "refill_batches")
+        dataset = PromptBatches(data, self.batch_size, shuffle=True, seed=self.seed + REFILL_SEED_OFFSET,
+                                rank=self.rank, world_size=self.world_size, drop_last=self.drop_last,
+                                cursor=EpochCursor())
+        if dataset.batches_per_epoch == 0:
+            raise ValueError(f"{data.source} has too few rows for one refill batch of batch_size={self.batch_size}")
+        while True:
+            yield from dataset
 
     def val_dataloader(self) -> DataLoader | list:
         """Held-out batches of ``val_batch_size`` prompts in source order (``[]`` when no ``val_source``)."""

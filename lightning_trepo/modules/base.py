@@ -20,7 +20,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from lightning_trepo.algorithms.kl import kl_estimate
-from lightning_trepo.algorithms.losses import aggregate, clipped_surrogate_loss
+from lightning_trepo.algorithms.losses import aggregate, surrogate_loss, truncated_filtered_mask
 from lightning_trepo.checkpointing import load_run_state, save_run_state
 from lightning_trepo.export import drop_frozen_base, hparams_ignore, restore_frozen_base
 from lightning_trepo.modules.config import (
@@ -30,6 +30,7 @@ from lightning_trepo.modules.config import (
     default_optimizer,
     reward_prompts,
 )
+from lightning_trepo.modules.controls import adaptive_kl_step, any_rank, refill_stream
 from lightning_trepo.modules.cpu_heap import keep_freed_cpu_memory
 from lightning_trepo.modules.sharding import (
     build_policy,
@@ -46,6 +47,7 @@ from lightning_trepo.modules.sharding import (
 )
 from lightning_trepo.ops import masked_mean
 from lightning_trepo.policy import AdapterDisabled, PolicyConfig, load_tokenizer
+from lightning_trepo.rollout.dynamic_sampling import Scored, dynamic_sampling
 from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan
 from lightning_trepo.rollout.logging import RolloutWriter, step_metrics, timed
 from lightning_trepo.rollout.logprobs import sequence_logprobs
@@ -88,6 +90,9 @@ class RLModule(LightningModule):
         self._writer = RolloutWriter(rollout.log_path) if rollout.log_path else None
         self._t_loss: float | None = None
         self._perm: tuple[Rollout, Tensor] | None = None  # the minibatch permutation of the cached rollout
+        self._refill: Any = None  # dynamic sampling's stream of extra prompt batches
+        if update.kl_target is not None:  # the adaptive KL controller's β is module state: saved in checkpoints
+            self.register_buffer("kl_coef_value", torch.tensor(float(update.kl_coef), dtype=torch.float64))
 
     # ------------------------------------------------------------------ model lifecycle
     def configure_model(self) -> None:
@@ -186,8 +191,10 @@ class RLModule(LightningModule):
     # ------------------------------------------------------------------ algorithm hooks
     def rollout_plan(self) -> RolloutPlan:
         """What this algorithm needs from the rollout path (default: G samples per prompt)."""
-        return RolloutPlan(group_size=self.rollout_cfg.group_size, sampling=self.rollout_cfg.sampling,
-                           need_ref_logprobs=self.ref_model is not None)
+        cfg = self.rollout_cfg
+        return RolloutPlan(group_size=cfg.group_size, sampling=cfg.sampling,
+                           need_ref_logprobs=self.ref_model is not None, dynamic_sampling=cfg.dynamic_sampling,
+                           max_extra_rounds=cfg.max_extra_rounds)
 
     def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """(N,) or (N, L) advantages from the (N,) rewards, and the scalar metrics of that computation.
@@ -209,18 +216,33 @@ class RLModule(LightningModule):
         """Whether ``kl_coef`` weighs a KL term in the loss (default) or the algorithm folds it into the reward."""
         return True
 
+    @property
+    def kl_coef(self) -> float:
+        """β now: ``update.kl_coef``, or the adaptive controller's current value when ``update.kl_target`` is set."""
+        value = getattr(self, "kl_coef_value", None)
+        return self.update_cfg.kl_coef if value is None else float(value)
+
+    @property
+    def loss_norm_length(self) -> int:
+        """The constant L of ``seq_mean_token_sum_norm``: ``update.loss_norm_length`` or the sampling budget."""
+        return self.update_cfg.loss_norm_length or self.rollout_cfg.sampling.max_new_tokens
+
     def policy_loss(self, batch: Rollout, logprobs: Tensor, entropy: Tensor | None) -> LossOutput:
-        """The clipped surrogate (+ KL when :meth:`kl_in_loss`) from already computed log-probs (N, L)."""
+        """The ``update.policy_loss`` surrogate (+ KL when :meth:`kl_in_loss`) from already computed log-probs (N, L);
+        with ``update.mask_truncated`` truncated completions leave it (DAPO overlong filtering)."""
         u = self.update_cfg
+        mask = truncated_filtered_mask(batch.completion_mask, batch.truncated) if u.mask_truncated \
+            else batch.completion_mask
         # no behaviour pass (on-policy): π_old is this very forward, detached, so the ratio is exactly 1
         old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
-        out = clipped_surrogate_loss(logprobs, old, batch.advantages, batch.completion_mask,
-                                     clip_low=u.clip_low, clip_high=u.clip_high, aggregation=u.aggregation)
+        out = surrogate_loss(u.policy_loss, logprobs, old, batch.advantages, mask, clip_low=u.clip_low,
+                             clip_high=u.clip_high, dual_clip=u.dual_clip, sapo_tau=(u.sapo_tau_pos, u.sapo_tau_neg),
+                             aggregation=u.aggregation, norm_length=self.loss_norm_length)
         loss, metrics = out.loss, dict(out.metrics)
-        if batch.ref_logprobs is not None and u.kl_coef != 0.0 and self.kl_in_loss():
+        if batch.ref_logprobs is not None and self.kl_coef != 0.0 and self.kl_in_loss():
             kl_tokens = kl_estimate(logprobs, batch.ref_logprobs, u.kl_estimator)
-            kl = aggregate(kl_tokens, batch.completion_mask, u.aggregation)
-            loss = loss + u.kl_coef * kl
+            kl = aggregate(kl_tokens, mask, u.aggregation, self.loss_norm_length)
+            loss = loss + self.kl_coef * kl
             metrics["kl"] = kl
         if entropy is not None:
             metrics["entropy"] = masked_mean(entropy, batch.completion_mask)
@@ -271,10 +293,7 @@ class RLModule(LightningModule):
     def make_rollout(self, batch: dict[str, Any]) -> tuple[Rollout, dict[str, Tensor]]:
         """plan -> generate -> score -> extend -> behaviour/ref log-probs -> advantages."""
         plan, calls_before = self.rollout_plan(), self.engine.generate_calls
-        rollout = self.engine.rollout(self.policy, plan, reward_prompts(batch), batch["prompt_ids"], batch["metadata"],
-                                      self.device)
-        with timed(rollout.timings, "score"):
-            rewards, components = self.score_rollout(rollout)
+        rollout, rewards, components, sample_metrics = self.sample_and_score(plan, batch)
         rollout, extend_metrics = self.extend_rollout(rollout, rewards)
         with timed(rollout.timings, "logprobs"):
             rollout.old_logprobs, rollout.values = self.behaviour_logprobs(rollout)
@@ -282,10 +301,25 @@ class RLModule(LightningModule):
                 rollout.ref_logprobs = self.frozen_logprobs(self.ref_model, rollout)
             rollout.rewards = torch.nan_to_num(rewards, nan=0.0)
             rollout.advantages, advantage_metrics = self.compute_advantages(rollout, rollout.rewards)
+            kl_metrics = adaptive_kl_step(self, rollout)
         if self._writer is not None and self.global_rank == 0:
             self._writer.write(self.global_step, rollout, rewards, components)
         metrics = step_metrics(rollout, rewards, components, self.engine.generate_calls - calls_before)
-        return rollout, {**metrics, **extend_metrics, **advantage_metrics}
+        return rollout, {**metrics, **sample_metrics, **extend_metrics, **advantage_metrics, **kl_metrics}
+
+    def sample_and_score(self, plan: RolloutPlan, batch: dict[str, Any]) -> tuple[Rollout, Tensor, dict, dict]:
+        """Generate and score the plan for ``batch``; with ``plan.dynamic_sampling`` keep only informative groups and
+        refill from more prompts (DAPO). Returns the rollout, its rewards, per-node reward metrics, sampling metrics."""
+        def one(prompts: dict[str, Any]) -> Scored:
+            rollout = self.engine.rollout(self.policy, plan, reward_prompts(prompts), prompts["prompt_ids"],
+                                          prompts["metadata"], self.device)
+            with timed(rollout.timings, "score"):
+                return (rollout, *self.score_rollout(rollout))
+
+        if not plan.dynamic_sampling:
+            return (*one(batch), {})
+        return dynamic_sampling(one, batch, refill_stream(self), plan.max_extra_rounds, self.engine.pad_id,
+                                lambda flag: any_rank(self, flag))
 
     def score_rollout(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
         """The samples' rewards and per-node metrics; a planned greedy baseline is scored in the same reward-tree
@@ -306,8 +340,10 @@ class RLModule(LightningModule):
     def behaviour_pass_needed(self) -> bool:
         """Whether π_old log-probs need a pass of their own before the update: with several epochs or minibatches
         the weights move before the later loss passes, and ``update.behaviour_logprobs: always`` asks for it.
-        Subclasses that read π_old before the loss (RLOO's KL in the reward) extend this."""
-        return self.update_cfg.behaviour_logprobs == "always" or not self.update_cfg.on_policy
+        Subclasses that read π_old before the loss (RLOO's KL in the reward) extend this; the adaptive KL controller
+        (``update.kl_target``) reads it after each rollout."""
+        u = self.update_cfg
+        return u.behaviour_logprobs == "always" or not u.on_policy or u.kl_target is not None
 
     def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
         """Hook for plans that need more than samples (e.g. TRePO continuations): the extended rollout and the

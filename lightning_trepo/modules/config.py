@@ -7,13 +7,14 @@ from typing import Any, Literal
 
 import torch
 
+from lightning_trepo.algorithms.kl import KLKind
+from lightning_trepo.algorithms.losses import Aggregation, PolicyLoss
 from lightning_trepo.errors import check_choice, require
 from lightning_trepo.policy import PolicyConfig, TinyModelConfig
 from lightning_trepo.rollout.decoding import Decoder
 from lightning_trepo.rollout.engine import SamplingConfig
 
-Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"]
-KLEstimator = Literal["k1", "k2", "k3"]
+KLEstimator = KLKind
 BehaviourPass = Literal["auto", "always"]
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -49,6 +50,14 @@ class RolloutConfig:
     on one GPU next to the KV cache). False: generate with per-layer all-gathers every token (synced_gpus)."""
     offload_reward: bool = False
     """Keep reward models (learned RMs) on the CPU between scoring calls."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling (arXiv 2503.14476 §3.2, verl ``filter_groups``): drop the prompts whose G rewards are all
+    equal (zero group-relative advantage) and sample more prompts until the batch has ``data.batch_size`` informative
+    ones. Needs group_size >= 2; one extra generate round per refill."""
+    max_extra_rounds: int = 4
+    """Dynamic sampling: at most this many extra rounds of ``data.batch_size`` prompts per rollout; if the batch is
+    still short, the dropped groups fill it (their group-relative advantages are 0) and ``dynamic/filled_frac`` says
+    how many. 0 = filter and fill only, never sample more."""
 
     def __post_init__(self) -> None:
         require(self.group_size >= 1, "rollout.group_size", self.group_size, "an integer >= 1")
@@ -56,6 +65,10 @@ class RolloutConfig:
         require(self.val_num_samples >= 0, "rollout.val_num_samples", self.val_num_samples, "an integer >= 0")
         check_choice("rollout.decoder", self.decoder, Decoder)
         require(self.bucket_tokens >= 1, "rollout.bucket_tokens", self.bucket_tokens, "an integer >= 1")
+        require(self.max_extra_rounds >= 0, "rollout.max_extra_rounds", self.max_extra_rounds, "an integer >= 0")
+        require(not self.dynamic_sampling or self.group_size >= 2, "rollout.dynamic_sampling", self.dynamic_sampling,
+                "false with group_size 1", "dynamic sampling drops groups whose G rewards are all equal; a group of "
+                "one has no spread to test")
 
 
 @dataclass
@@ -73,10 +86,36 @@ class UpdateConfig:
     aggregation: Aggregation = "token_mean"
     """How per-token losses become one number: token_mean | seq_mean_token_mean | seq_mean_token_sum |
     seq_mean_token_sum_norm."""
+    loss_norm_length: int | None = None
+    """The constant L of ``seq_mean_token_sum_norm`` (Dr. GRPO: Σ loss / (N·L); TRL ``max_completion_length``, verl
+    ``loss_scale_factor``). None = ``rollout.sampling.max_new_tokens``, so the scale does not change with each
+    batch's padded length."""
+    policy_loss: PolicyLoss = "ppo"
+    """ppo (token ratio, clipped) | gspo (sequence ratio, GSPO arXiv 2507.18071; use clip ~3e-4/4e-4 and
+    seq_mean_token_mean) | cispo (clipped, stop-gradient importance weight, arXiv 2506.13585) | sapo (soft sigmoid
+    gate, arXiv 2511.20347). verl ``policy_loss.loss_mode``."""
+    dual_clip: float | None = None
+    """Dual-clip c > 1 (arXiv 1912.09729; verl ``clip_ratio_c``, default 3 there; TRL ``delta``): for A < 0 the loss
+    is capped at -c·A. ppo and gspo only; None = off."""
+    sapo_tau_pos: float = 1.0
+    """SAPO gate temperature for A > 0."""
+    sapo_tau_neg: float = 1.05
+    """SAPO gate temperature for A < 0."""
+    mask_truncated: bool = False
+    """DAPO overlong filtering (TRL ``mask_truncated_completions``): completions without EOS within max_new_tokens
+    leave the policy loss (their rows still count in per-row averages)."""
     kl_coef: float = 0.0
-    """Weight of the KL to the reference policy; 0 means no reference model is loaded."""
+    """Weight of the KL to the reference policy; 0 means no reference model is loaded. The initial value when
+    ``kl_target`` is set."""
     kl_estimator: KLEstimator = "k3"
-    """k1 | k2 | k3 (per-token estimator of KL(π || π_ref))."""
+    """k1 | k2 | k3 | low_var_kl (verl's clamped k3) | abs, or k1+ | k3+ | low_var_kl+ | abs+ (that value, k2's
+    gradient: straight through, as verl) — the per-token estimator of KL(π || π_ref)."""
+    kl_target: float | None = None
+    """Adaptive KL controller (arXiv 1909.08593, verl ``kl_ctrl.type=adaptive``): after each rollout
+    β ← β·(1 + clip(KL/kl_target − 1, ±0.2)·N/kl_horizon), KL the rollout's mean per-sequence token-mean KL of the
+    behaviour policy to the reference. None = a fixed ``kl_coef``."""
+    kl_horizon: int = 10000
+    """Adaptive KL controller: samples over which β may change by at most 20%."""
     behaviour_logprobs: BehaviourPass = "auto"
     """auto: skip the π_old log-prob pass when the update is on-policy (1 epoch, 1 minibatch: the loss pass runs on
     the weights that sampled the rollout, so π_old is its own detached log-probs and the ratio is exactly 1, as in
@@ -91,6 +130,20 @@ class UpdateConfig:
         require(self.kl_coef >= 0.0, "update.kl_coef", self.kl_coef, "a number >= 0")
         check_choice("update.aggregation", self.aggregation, Aggregation)
         check_choice("update.kl_estimator", self.kl_estimator, KLEstimator)
+        check_choice("update.policy_loss", self.policy_loss, PolicyLoss)
+        require(self.loss_norm_length is None or self.loss_norm_length >= 1, "update.loss_norm_length",
+                self.loss_norm_length, "an integer >= 1, or null (rollout.sampling.max_new_tokens)")
+        require(self.dual_clip is None or self.dual_clip > 1.0, "update.dual_clip", self.dual_clip,
+                "a number > 1, or null (off)")
+        require(self.dual_clip is None or self.policy_loss in ("ppo", "gspo"), "update.dual_clip", self.dual_clip,
+                "null with policy_loss cispo or sapo", "dual clip caps the clipped surrogate of ppo / gspo")
+        require(self.sapo_tau_pos > 0 and self.sapo_tau_neg > 0, "update.sapo_tau_pos",
+                (self.sapo_tau_pos, self.sapo_tau_neg), "sapo_tau_pos > 0 and sapo_tau_neg > 0")
+        require(self.kl_target is None or self.kl_target > 0, "update.kl_target", self.kl_target,
+                "a number > 0, or null (fixed kl_coef)")
+        require(self.kl_target is None or self.kl_coef > 0, "update.kl_coef", self.kl_coef, "a number > 0 with "
+                "kl_target set", "the adaptive controller multiplies kl_coef, so it must start above 0")
+        require(self.kl_horizon >= 1, "update.kl_horizon", self.kl_horizon, "an integer >= 1")
         check_choice("update.behaviour_logprobs", self.behaviour_logprobs, BehaviourPass)
 
     def check_fits(self, group_size: int, batch_size: int) -> None:

@@ -1,18 +1,16 @@
 """GRPO (Shao et al. 2024, arXiv 2402.03300): group-normalised response rewards, PPO-clipped loss."""
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import Tensor
 
-from lightning_trepo.algorithms.advantages import grpo_advantages
+from lightning_trepo.algorithms.advantages import GRPOScale, grpo_advantages
 from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.types import Rollout
 from reward_models import Reward
 
-AdvantageScale = Literal["group", "batch", "none"]
+AdvantageScale = GRPOScale
 
 
 class GRPO(RLModule):

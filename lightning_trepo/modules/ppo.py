@@ -164,9 +164,9 @@ class PPO(RLModule):
         go in the rollout's declared ``token_rewards`` and ``returns`` fields."""
         u, mask = self.update_cfg, rollout.completion_mask
         kl = None
-        if u.kl_coef != 0.0 and rollout.ref_logprobs is not None:
+        if self.kl_coef != 0.0 and rollout.ref_logprobs is not None:
             kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, u.kl_estimator)
-        token_rewards = token_level_rewards(rewards.float(), mask, kl, u.kl_coef)
+        token_rewards = token_level_rewards(rewards.float(), mask, kl, self.kl_coef)
         advantages, returns = gae(token_rewards, rollout.values, mask, gamma=self.gamma, lam=self.lam)
         rollout.token_rewards, rollout.returns = token_rewards, returns
         metrics = {"value/explained_variance": explained_variance(rollout.values, returns, mask),
@@ -181,7 +181,7 @@ class PPO(RLModule):
         logprobs, entropy, values = self.logprobs_and_values(batch, with_entropy=self.entropy_logged())
         out = self.policy_loss(batch, logprobs, entropy)
         v = value_loss(values, batch.values, batch.returns, batch.completion_mask, clip=self.value_clip,
-                       aggregation=self.update_cfg.aggregation)
+                       aggregation=self.update_cfg.aggregation, norm_length=self.loss_norm_length)
         metrics = {**out.metrics, "loss/surrogate": out.loss, "loss/value": v.loss,
                    "value/clip_frac": v.metrics["value_clip_frac"], "value/mean": v.metrics["value_mean"],
                    "value/explained_variance_update": v.metrics["explained_variance"]}

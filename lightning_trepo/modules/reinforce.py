@@ -12,7 +12,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_trepo.algorithms.advantages import reinforce_advantages
+from lightning_trepo.algorithms.advantages import (
+    reinforce_advantages,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
+    token_level_rewards,
+)
 from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.policy import PolicyConfig
@@ -20,6 +25,7 @@ from lightning_trepo.types import Rollout
 from reward_models import Reward
 
 Baseline = Literal["none", "running_mean"]
+Estimator = Literal["reinforce", "reinforce_plus_plus", "reinforce_plus_plus_baseline"]
 
 
 class REINFORCE(RLModule):
@@ -40,17 +46,26 @@ class REINFORCE(RLModule):
         optimizer: OptimizerFactory = default_optimizer,
         baseline: Baseline = "none",
         baseline_momentum: float = 0.9,
+        estimator: Estimator = "reinforce",
     ) -> None:
         """
         Args:
             baseline: none (A = r) | running_mean (A = r − moving average of past rollouts' mean reward).
             baseline_momentum: m in [0, 1) of the moving average (0 = the previous rollout's mean only).
+            estimator: reinforce (A = r − b, unbiased) | reinforce_plus_plus (REINFORCE++, arXiv 2501.03262: the
+                per-token return whitened over the batch's tokens) | reinforce_plus_plus_baseline (r minus its group's
+                mean, then whitened). verl ``adv_estimator``; both REINFORCE++ forms are biased
+                (``lightning-trepo verify-estimators``) and take the KL in the loss (``update.kl_coef``).
         """
         check_choice("baseline", baseline, Baseline)
+        check_choice("estimator", estimator, Estimator)
         require(0.0 <= baseline_momentum < 1.0, "baseline_momentum", baseline_momentum, "a number in [0, 1)")
+        require(estimator == "reinforce" or baseline == "none", "baseline", baseline, "none with estimator "
+                f"{estimator}", "REINFORCE++ whitens over the batch, which removes any constant baseline")
         super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
         self.baseline = baseline
         self.baseline_momentum = baseline_momentum
+        self.estimator = estimator
         if baseline == "running_mean":
             self.register_buffer("baseline_mean", torch.zeros(()))
             self.register_buffer("baseline_updates", torch.zeros((), dtype=torch.long))
@@ -72,6 +87,11 @@ class REINFORCE(RLModule):
         self.baseline_updates.add_(1)
 
     def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        mask = rollout.completion_mask
+        if self.estimator == "reinforce_plus_plus":
+            return reinforce_pp_advantages(token_level_rewards(rewards.float(), mask), mask), {}
+        if self.estimator == "reinforce_plus_plus_baseline":
+            return reinforce_pp_baseline_advantages(rewards.float(), mask, rollout.group_size), {}
         advantages = reinforce_advantages(rewards)
         if self.baseline != "running_mean":
             return advantages, {}

@@ -50,10 +50,10 @@ class RLOO(RLModule):
 
     def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         u, metrics = self.update_cfg, {}
-        if self.kl_in_reward and u.kl_coef != 0.0 and rollout.ref_logprobs is not None:
+        if self.kl_in_reward and self.kl_coef != 0.0 and rollout.ref_logprobs is not None:
             mask = rollout.completion_mask
             kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, u.kl_estimator)
-            rewards = kl_penalized_rewards(rewards, kl, mask, u.kl_coef)
+            rewards = kl_penalized_rewards(rewards, kl, mask, self.kl_coef)
             kl_sum = (kl * mask).sum(-1)
             metrics = {"kl/sequence": kl_sum.mean().detach().cpu(),
                        "reward/kl_penalized": rewards.mean().detach().cpu()}

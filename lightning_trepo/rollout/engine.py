@@ -67,6 +67,11 @@ class RolloutPlan:
     """Also produce one greedy response per prompt (ReMax); scored with the samples in one call."""
     need_ref_logprobs: bool = False
     """Compute reference-policy log-probs (KL penalty)."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: keep only groups whose rewards are not all equal, sampling more prompts to refill the
+    batch (:mod:`lightning_trepo.rollout.dynamic_sampling`)."""
+    max_extra_rounds: int = 0
+    """Dynamic sampling: the most extra batches of prompts sampled per rollout."""
 
 
 @dataclass

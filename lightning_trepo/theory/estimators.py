@@ -22,8 +22,11 @@ from torch import Tensor
 
 from lightning_trepo.algorithms.advantages import (
     gae,
+    informative_groups,
     leave_one_out_mean,
     reinforce_advantages,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
     remax_advantages,
     segment_advantages,
     token_level_rewards,
@@ -217,3 +220,28 @@ def trepo_leave_one_out(exact: ExactSolution, group_size: int, num_anchors: int)
     values = build_anchor_values(u0, u[:, 1:-1], exact.reward[flat], positions)
     adv = segment_advantages(values, positions, exact.mask[flat])
     return Draws(prob, index, adv.reshape(*index.shape, -1))
+
+
+def reinforce_pp(exact: ExactSolution, group_size: int, baseline: bool = False) -> Draws:
+    """REINFORCE++ over a batch of G i.i.d. responses: each draw's token returns (RM on the last token, γ = 1)
+    whitened over the draw's real tokens; ``baseline``: REINFORCE++-baseline with the draw as one group (its mean
+    subtracted first). For one group the whitening removes that constant again, so both give the same advantages;
+    they differ only across several groups, whose G^B-fold enumeration is too large for this table."""
+    prob, index = group_tuples(exact, group_size)
+    rows = []
+    for draw in index:  # the whitening couples the G responses of a draw: one call per draw
+        mask, rewards = exact.mask[draw], exact.reward[draw]
+        if baseline:
+            rows.append(reinforce_pp_baseline_advantages(rewards, mask, group_size))
+        else:
+            rows.append(reinforce_pp_advantages(token_level_rewards(rewards, mask), mask))
+    return Draws(prob, index, torch.stack(rows))
+
+
+def dynamic_sampling(exact: ExactSolution, draws: Draws) -> Draws:
+    """DAPO dynamic sampling: the group estimator ``draws`` conditioned on the group being informative (rewards not
+    all equal), i.e. the draws :func:`informative_groups` keeps, with their probabilities renormalised."""
+    g = draws.index.shape[1]
+    keep = informative_groups(exact.reward[draws.index].reshape(-1), g)
+    prob = draws.prob[keep]
+    return Draws(prob / prob.sum(), draws.index[keep], draws.advantages[keep], draws.aggregation)

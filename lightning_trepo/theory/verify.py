@@ -25,7 +25,7 @@ BIAS_TOL = 1e-3  # "clearly biased"
 class Row:
     key: str
     name: str
-    claim: str  # "unbiased" | "biased" | "scaled <c>"
+    claim: str  # "unbiased" | "biased" | "scaled <c>" | "proportional" (E ĝ = c·∇J for some c > 0)
     samples: int
     rel_bias: float
     scale: float
@@ -45,6 +45,8 @@ class Row:
         if self.claim.startswith("scaled"):
             expected = float(self.claim.split()[1])
             return self.residual < EXACT_TOL and abs(self.scale - expected) < EXACT_TOL
+        if self.claim == "proportional":
+            return self.residual < EXACT_TOL and self.scale > 0
         return self.verdict == self.claim
 
 
@@ -92,6 +94,19 @@ def _specs(cfg: Config) -> list[tuple[str, str, str, Callable[[ExactSolution], e
             lambda e: est.group_estimator(e, g, grpo("none")),
         ),
         ("grpo_group", f"GRPO scale=group (std), G={g}", "biased", lambda e: est.group_estimator(e, g, grpo("group"))),
+        ("reinforce_pp", "REINFORCE++ (batch-whitened returns), B=2", "biased", lambda e: est.reinforce_pp(e, 2)),
+        (
+            "reinforce_pp_baseline",
+            "REINFORCE++-baseline, one group G=2 (= REINFORCE++)",
+            "biased",
+            lambda e: est.reinforce_pp(e, 2, baseline=True),
+        ),
+        (
+            "rloo_dynamic",
+            "RLOO + DAPO dynamic sampling, G=2",
+            "proportional",
+            lambda e: est.dynamic_sampling(e, est.group_estimator(e, 2, rloo_advantages)),
+        ),
         ("thm2", "Thm 2: U(t) - U(t-1), exact U", "unbiased", est.theorem2),
         ("trepo", f"TRePO fixed offsets M={m}, exact U", "unbiased", lambda e: est.fixed_anchors(e, m)),
         ("trepo_mc", f"TRePO fixed offsets M={m}, K={k} MC", "unbiased", lambda e: est.fixed_anchors(e, m, k)),

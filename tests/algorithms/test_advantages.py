@@ -9,8 +9,11 @@ import torch
 from lightning_trepo.algorithms.advantages import (
     gae,
     grpo_advantages,
+    informative_groups,
     leave_one_out_mean,
     reinforce_advantages,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
     remax_advantages,
     rloo_advantages,
     segment_advantages,
@@ -266,3 +269,93 @@ def test_token_level_rewards_put_rm_on_the_last_token_and_kl_everywhere() -> Non
     out = token_level_rewards(t(1, 2), mask, kl, kl_coef=0.5)
     close(out, torch.tensor([[-0.05, 0.9, 0.0], [1.85, 0.0, 0.0]], dtype=F64))
     close(token_level_rewards(t(1, 2), mask), torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0]], dtype=F64))
+
+
+def test_informative_groups_drops_exactly_the_all_equal_groups() -> None:
+    # groups of 3: [1, 1, 1] all equal -> dropped; [0, 1, 0] kept; [0.1+0.2, 0.3, 0.3] differ by one ulp -> kept
+    # (its GRPO advantages are nonzero too, so the filter and the advantage agree exactly)
+    rewards = t(1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.1 + 0.2, 0.3, 0.3)
+    keep = informative_groups(rewards, 3)
+    assert keep.tolist() == [False, True, True]
+    nonzero = grpo_advantages(rewards, 3, scale="none").view(3, 3).ne(0).any(1)
+    assert torch.equal(keep, nonzero)
+    assert informative_groups(t(1.0, 1.0), 1).tolist() == [True, True]  # a group of one is always kept (verl)
+    with pytest.raises(ValueError, match="not divisible by group_size"):
+        informative_groups(t(1.0, 2.0, 3.0), 2)
+
+
+def test_reinforce_pp_hand_values() -> None:
+    # γ = 1, no KL: every token's return is RM(W): rows [2, 2] and [0, pad]; real tokens 2, 2, 0:
+    # mean 4/3, sample var ((2/3)² + (2/3)² + (4/3)²) / 2 = (24/9) / 2 = 4/3 -> A = (G - 4/3) / sqrt(4/3 + 1e-8)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    token_rewards = token_level_rewards(t(2.0, 0.0), mask)
+    sd = math.sqrt(4 / 3 + 1e-8)
+    expected = torch.tensor([[(2 - 4 / 3) / sd, (2 - 4 / 3) / sd], [(0 - 4 / 3) / sd, 0.0]], dtype=F64)
+    close(reinforce_pp_advantages(token_rewards, mask), expected)
+    # γ = 0.5, a per-token reward [1, 1 | 4]: returns [1 + 0.5·1, 1 | 4] = [1.5, 1 | 4]; mean 6.5/3,
+    # sample var ((1.5 - 6.5/3)² + (1 - 6.5/3)² + (4 - 6.5/3)²) / 2
+    rw = torch.tensor([[1.0, 1.0], [4.0, 9.0]], dtype=F64)
+    g = [1.5, 1.0, 4.0]
+    mean = sum(g) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in g) / 2 + 1e-8)
+    expected = torch.tensor([[(1.5 - mean) / sd, (1.0 - mean) / sd], [(4.0 - mean) / sd, 0.0]], dtype=F64)
+    close(reinforce_pp_advantages(rw, mask, gamma=0.5), expected)
+
+
+def _verl_reinforce_pp(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """verl's published REINFORCE++ (core_algos.compute_reinforce_plus_plus_outcome_advantage), restated:
+    a running return reset after each position by the mask, then masked whitening with the sample variance."""
+    returns, running = torch.zeros_like(token_rewards), torch.zeros(token_rewards.shape[0], dtype=token_rewards.dtype)
+    for step in reversed(range(token_rewards.shape[1])):
+        running = token_rewards[:, step] + gamma * running
+        returns[:, step] = running
+        running = running * mask[:, step]
+    m = mask.to(returns.dtype)
+    mean = (returns * m).sum() / m.sum()
+    var = (((returns - mean) ** 2) * m).sum() / m.sum() * m.sum() / (m.sum() - 1)
+    return (returns - mean) * torch.rsqrt(var + 1e-8) * m
+
+
+def _verl_reinforce_pp_baseline(rewards: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    """verl's published REINFORCE++-baseline restated: r_i minus its group's mean, broadcast, masked whitening."""
+    scores = rewards.clone()
+    for start in range(0, len(rewards), group_size):
+        scores[start:start + group_size] -= rewards[start:start + group_size].mean() if group_size > 1 else 0.0
+    tiled = scores[:, None] * mask
+    m = mask.to(tiled.dtype)
+    mean = (tiled * m).sum() / m.sum()
+    var = (((tiled - mean) ** 2) * m).sum() / (m.sum() - 1)
+    return (tiled - mean) * torch.rsqrt(var + 1e-8) * m
+
+
+def test_reinforce_pp_and_baseline_match_verls_formulas() -> None:
+    gen = torch.Generator().manual_seed(9)
+    mask = (torch.arange(7)[None, :] < torch.tensor([7, 3, 5, 1, 6, 2])[:, None]).long()
+    token_rewards = torch.randn(6, 7, dtype=F64, generator=gen) * mask
+    for gamma in (1.0, 0.9):
+        close(reinforce_pp_advantages(token_rewards, mask, gamma), _verl_reinforce_pp(token_rewards, mask, gamma))
+    rewards = torch.randn(6, dtype=F64, generator=gen)
+    for g in (1, 2, 3):
+        close(reinforce_pp_baseline_advantages(rewards, mask, g), _verl_reinforce_pp_baseline(rewards, mask, g))
+
+
+def test_reinforce_pp_baseline_zero_padding_and_errors() -> None:
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    out = reinforce_pp_baseline_advantages(t(1.0, 3.0), mask, 2)
+    # centred scores [-1, 1] broadcast: real tokens -1, -1, 1: mean -1/3, sample var (4/9 + 4/9 + 16/9) / 2 = 4/3
+    sd = math.sqrt(4 / 3 + 1e-8)
+    close(out, torch.tensor([[(-1 + 1 / 3) / sd, (-1 + 1 / 3) / sd, 0.0], [(1 + 1 / 3) / sd, 0.0, 0.0]], dtype=F64))
+    with pytest.raises(ValueError, match="rewards has 3 entries"):
+        reinforce_pp_baseline_advantages(t(1.0, 2.0, 3.0), mask, 1)
+    with pytest.raises(ValueError, match="gamma must lie"):
+        reinforce_pp_advantages(torch.zeros(2, 3, dtype=F64), mask, gamma=1.5)
+
+
+def test_informative_groups_matches_verls_filter_groups() -> None:
+    # verl filter_groups keeps a prompt when np.std of its group's metric is > 0 (or the group has one sample);
+    # on rewards with ties (values drawn from {0, 0.5, 1}) both rules keep the same groups
+    gen = torch.Generator().manual_seed(10)
+    rewards = torch.randint(0, 3, (4 * 50,), generator=gen).to(F64) / 2
+    verl = rewards.view(50, 4).std(dim=1, unbiased=False) > 0
+    keep = informative_groups(rewards, 4)
+    assert torch.equal(keep, verl) and 0 < int(keep.sum()) < 50

@@ -10,3 +10,9 @@ def length_reward(completions, **_):
 def starts_with_one(completions, **_):
     """1.0 iff the completion's first character is '1': fixed by the first token alone."""
     return [1.0 if c.startswith("1") else 0.0 for c in completions]
+
+
+def first_char_odd(completions, **_):
+    """1.0 iff the completion's first character has an odd code: about half the samples, so about half the
+    groups of two are informative (dynamic sampling tests)."""
+    return [float(bool(c) and ord(c[0]) % 2 == 1) for c in completions]

@@ -51,7 +51,11 @@ def test_whitened_advantages_have_zero_mean_unit_variance_on_real_tokens():
     rollout = gae_rollout()
     adv, _ = module.compute_advantages(rollout, torch.tensor([1.0, 2.0]))
     mask = rollout.completion_mask
-    assert masked_mean(adv, mask).abs() < 1e-6 and masked_var(adv, mask).item() == pytest.approx(1.0, abs=1e-5)
+    # the SAMPLE variance (divisor n - 1, as verl's masked_whiten and TRL's whiten) is 1 over the 5 real tokens,
+    # so the population variance is 4/5
+    assert masked_mean(adv, mask).abs() < 1e-6 and masked_var(adv, mask, unbiased=True).item() == pytest.approx(1.0,
+                                                                                                           abs=1e-5)
+    assert masked_var(adv, mask).item() == pytest.approx(0.8, abs=1e-5)
     assert adv[1, 2] == 0
 
 
