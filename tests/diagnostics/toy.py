@@ -38,20 +38,30 @@ class ToyTokens:
         self.index = {p: i for i, p in enumerate(mdp.prefixes)}
 
     def states(self, ids: Tensor) -> Tensor:
-        """(N, T) index of the toy prefix that each position ends (0 where the position is not a live state)."""
-        out = torch.zeros(ids.shape, dtype=torch.long)
-        for n, row in enumerate(ids.tolist()):
-            starts = [j for j, t in enumerate(row) if t == self.prompt_id]
-            if not starts:
-                continue
-            prefix: tuple[int, ...] | None = ()
-            for j in range(starts[-1], len(row)):
-                if j > starts[-1]:
-                    tok = self.to_toy.get(row[j])
-                    prefix = prefix + (tok,) if prefix is not None and tok is not None and tok < self.mdp.eos \
-                        else None
-                if prefix is not None and prefix in self.index:
-                    out[n, j] = self.index[prefix]
+        """(N, T) index of the toy prefix that each position ends (0 where the position is not a live state).
+
+        mdp.prefixes lists prefixes by length k, then in base-V order: index = Σ_{k'<k} V^k' + Σ_i d_i V^(k-i).
+        """
+        v, max_len = self.mdp.vocab_size, self.mdp.max_len
+        n, t = ids.shape
+        is_prompt = ids == self.prompt_id
+        start = torch.where(is_prompt.any(1), t - 1 - is_prompt.flip(1).long().argmax(1), t)  # last prompt token
+        digit = torch.full_like(ids, -1)
+        for toy, tok_id in enumerate(self.ids[:-1]):
+            digit[ids == tok_id] = toy
+        out = torch.zeros_like(ids)
+        value = torch.zeros(n, dtype=torch.long)
+        alive = torch.zeros(n, dtype=torch.bool)
+        length = torch.zeros(n, dtype=torch.long)
+        offsets = torch.tensor([sum(v**j for j in range(k)) for k in range(max_len + 1)])
+        for j in range(t):
+            at_start = start == j
+            grow = alive & ~at_start & (digit[:, j] >= 0)
+            alive = at_start | grow
+            value = torch.where(at_start, 0, torch.where(grow, value * v + digit[:, j].clamp(min=0), value))
+            length = torch.where(at_start, 0, length + grow.long())
+            alive &= length < max_len
+            out[:, j] = torch.where(alive, offsets[length.clamp(max=max_len)] + value, 0)
         return out
 
 
@@ -85,12 +95,14 @@ class ToyPolicy(nn.Module):
         assert (cfg.top_k or 0) == 0 and (cfg.top_p or 1.0) == 1.0, "the toy policy samples the full softmax"
         eos = self.tokens.ids[-1]
         ids, done = input_ids, torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        cols = torch.tensor(self.tokens.ids, device=ids.device)
         for _ in range(cfg.max_new_tokens):
-            last = self.logits(ids)[:, -1].float()
+            last = self.theta[self.tokens.states(ids.cpu())[:, -1]].detach()  # (N, V+1): the only live logits
             if cfg.do_sample:
-                tok = torch.multinomial(torch.softmax(last / cfg.temperature, dim=-1), 1).squeeze(1)
+                choice = torch.multinomial(torch.softmax(last / cfg.temperature, dim=-1), 1)
+                tok = cols[choice.squeeze(1)]
             else:
-                tok = last.argmax(-1)
+                tok = cols[last.argmax(-1)]
             tok = torch.where(done, torch.full_like(tok, self.pad_id), tok)
             ids = torch.cat([ids, tok[:, None]], dim=1)
             done |= tok == eos
