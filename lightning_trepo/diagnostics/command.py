@@ -45,8 +45,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def fit_arguments(args: argparse.Namespace, rest: list[str]) -> list[str]:
-    """The fit-CLI argument list that builds the config's module and data (no logger, no checkpoints)."""
-    out = ["fit"]
+    """The (run=False, no subcommand) fit-CLI argument list that builds the config's module and data (no logger, no checkpoints)."""
+    out: list[str] = []
     for config in args.config:
         out += ["--config", config]
     out += ["--data.batch_size", str(args.prompts), "--trainer.logger", "false",
