@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def fit_arguments(args: argparse.Namespace, rest: list[str]) -> list[str]:
-    """The (run=False, no subcommand) fit-CLI argument list that builds the config's module and data (no logger, no checkpoints)."""
+    """The fit-CLI arguments (``run=False``: no subcommand) that build the config's module and data, without a
+    logger or checkpoints."""
     out: list[str] = []
     for config in args.config:
         out += ["--config", config]

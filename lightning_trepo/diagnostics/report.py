@@ -47,7 +47,7 @@ def as_json(labels: list[str], summary: dict[str, list[Interval]], meta: dict[st
 
 
 def plot(labels: list[str], summary: dict[str, list[Interval]], path: Path, title: str) -> Path:
-    """Two panels: variance and variance x tokens per estimator (log scale), 95% bootstrap intervals as bars."""
+    """Two panels: variance and variance x tokens per estimator (log scale when positive), intervals as bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,7 +63,8 @@ def plot(labels: list[str], summary: dict[str, list[Interval]], path: Path, titl
         err = [[iv.value - iv.low for iv in ivs], [iv.high - iv.value for iv in ivs]]
         ax.errorbar(xs, ys, xerr=err, fmt="o", capsize=3)
         ax.set_yticks(ys, labels)
-        ax.set_xscale("log")
+        if all(iv.low > 0 for iv in ivs):
+            ax.set_xscale("log")
         ax.set_xlabel(name)
         ax.grid(True, axis="x", alpha=0.3)
         ax.invert_yaxis()

@@ -112,7 +112,7 @@ class CountSketch:
     E[⟨Sx, Sy⟩] = ⟨x, y⟩ exactly (the cross terms have zero-mean signs), and Var ‖Sx‖² ≈ 2‖x‖⁴/d, so a
     total variance from sketched gradients is unbiased with a relative error of about √(2/d) (Charikar, Chen
     and Farach-Colton 2002; Weinberger et al. 2009). One O(D) pass per gradient; the hashes of each parameter
-    are drawn once from ``seed`` and kept as int32 (4 bytes per parameter).
+    are drawn once from ``seed`` and kept (int32 bucket + int8 sign: 5 bytes per parameter).
     """
 
     def __init__(self, shapes: Sequence[torch.Size], dim: int, seed: int = 0) -> None:
@@ -120,17 +120,19 @@ class CountSketch:
             raise ValueError(f"projection dim must be >= 1, got {dim}")
         self.dim = dim
         gen = torch.Generator().manual_seed(seed)
-        self._codes = [torch.randint(0, 2 * dim, (int(torch.Size(s).numel()),), generator=gen, dtype=torch.int32)
-                       for s in shapes]  # code = 2·bucket + sign bit
+        self._buckets, self._signs = [], []
+        for shape in shapes:
+            code = torch.randint(0, 2 * dim, (int(torch.Size(shape).numel()),), generator=gen, dtype=torch.int32)
+            self._buckets.append(code // 2)  # h(i)
+            self._signs.append((1 - 2 * (code % 2)).to(torch.int8))  # s(i) = ±1
 
     def __call__(self, grads: Sequence[Tensor]) -> Tensor:
-        """S applied to the concatenation of ``grads`` (one tensor per parameter, in the constructor's order)."""
-        out = torch.zeros(self.dim, dtype=torch.float64)
-        for g, code in zip(grads, self._codes, strict=True):
-            flat = g.detach().reshape(-1).to("cpu", torch.float64)
-            signed = torch.where(code % 2 == 1, -flat, flat)
-            out.index_add_(0, (code // 2).long(), signed)
-        return out
+        """S applied to the concatenation of ``grads`` (one tensor per parameter, in the constructor's order).
+        Buckets accumulate in float32 (about D/d terms each), the result is float64."""
+        out = torch.zeros(self.dim, dtype=torch.float32)
+        for g, bucket, sign in zip(grads, self._buckets, self._signs, strict=True):
+            out.index_add_(0, bucket, g.detach().reshape(-1).to("cpu", torch.float32) * sign)
+        return out.double()
 
 
 def flatten(grads: Sequence[Tensor]) -> Tensor:

@@ -55,6 +55,7 @@ def test_estimators_share_the_base_models():
     (_, grpo), (_, trepo) = build_estimators(base, [parse_estimator("grpo"), parse_estimator("trepo:1x1")])
     assert grpo is base  # the config's own estimator keeps its configured settings
     assert trepo.policy is base.policy and trepo.reward is base.reward and trepo.num_anchors == 1
+    assert trepo.tokenizer is base.tokenizer and trepo.engine.tokenizer is base.tokenizer
 
 
 def test_projection_matches_every_parameter():

@@ -87,7 +87,7 @@ def test_count_sketch_by_hand():
     gen = torch.Generator().manual_seed(1)
     x = [torch.randn(3, 2, generator=gen), torch.randn(4, generator=gen)]
     y = [torch.randn(3, 2, generator=gen), torch.randn(4, generator=gen)]
-    torch.testing.assert_close(sketch([a + b for a, b in zip(x, y)]), sketch(x) + sketch(y))
+    torch.testing.assert_close(sketch([a + b for a, b in zip(x, y, strict=True)]), sketch(x) + sketch(y))
     assert flatten(x).shape == (10,)
 
 
