@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         f"(default: {' '.join(DEFAULT_ESTIMATORS)}; ppo needs a PPO config)")
     p.add_argument("--projection-dim", type=int, default=8192,
                    help="d of the count-sketch projection of the gradient; 0 = every trainable parameter")
+    p.add_argument("--params", default=None,
+                   help="regex on parameter names: measure only those (e.g. 'layers\\.2[0-9]\\.'; default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the rollouts, the projection and the bootstrap")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the repeats")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     cli = build_cli(fit_arguments(args, rest), run=False)
     base, data = cli.model, cli.datamodule
     base.configure_model()
+    base.to(cli.trainer.strategy.root_device)  # the config's trainer.accelerator
     ckpt = load_weights(base, args.ckpt_path) if args.ckpt_path else None
     data.connect(base.tokenizer, use_chat_template=base.policy_cfg.use_chat_template)
     batch = next(iter(data.train_dataloader()))
@@ -91,14 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loaded in {load_s:.0f} s; {args.repeats} repeats x {len(modules)} estimators on {args.prompts} prompts",
           flush=True)
     m = measure(base, modules, batch, args.repeats, args.projection_dim, args.seed,
-                progress=lambda s: print(s, flush=True))
+                progress=lambda s: print(s, flush=True), params=args.params)
     summary = summarize(m.grads, m.tokens, args.bootstrap, args.level, args.seed)
     cfg = base.rollout_cfg
     header = (f"Gradient variance per estimate, {type(base).__name__} config {' + '.join(args.config)}, "
               f"{'checkpoint ' + ckpt if ckpt else 'starting weights'}\n"
               f"{args.repeats} repeats, {args.prompts} prompts x G={cfg.group_size} shared samples, "
               f"max_new_tokens {cfg.sampling.max_new_tokens}, temperature {cfg.sampling.temperature}, "
-              f"aggregation {base.update_cfg.aggregation}; over the {space_label(m.num_params, m.projection_dim)}; "
+              f"aggregation {base.update_cfg.aggregation}; over the {space_label(m.num_params, m.projection_dim)}"
+              f"{' matching ' + repr(args.params) if args.params else ''}; "
               f"{int(100 * args.level)}% paired-bootstrap intervals ({args.bootstrap} resamples); "
               f"{m.seconds['total']:.0f} s measuring + {load_s:.0f} s loading")
     print(format_table(m.labels, summary, header), flush=True)
@@ -106,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             "group_size": cfg.group_size, "max_new_tokens": cfg.sampling.max_new_tokens,
             "temperature": cfg.sampling.temperature, "aggregation": base.update_cfg.aggregation,
             "num_params": m.num_params, "projection_dim": m.projection_dim,
-            "space": space_label(m.num_params, m.projection_dim), "seed": args.seed, "level": args.level,
-            "bootstrap": args.bootstrap, "seconds": {**m.seconds, "load": load_s}, "torch_threads":
-            torch.get_num_threads(), "estimator_specs": args.estimators}
+            "space": space_label(m.num_params, m.projection_dim), "params": args.params, "seed": args.seed,
+            "level": args.level, "bootstrap": args.bootstrap, "seconds": {**m.seconds, "load": load_s},
+            "torch_threads": torch.get_num_threads(), "estimator_specs": args.estimators}
     for path in write_report(args.out, args.name, m.labels, summary, header, meta):
         print(f"wrote {path}")
     return 0

@@ -12,6 +12,7 @@ Figures and intervals come from :mod:`lightning_trepo.diagnostics.stats`. https:
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -184,11 +185,20 @@ def estimator_rollout(module: RLModule, shared: _Shared, seconds: dict[str, floa
     return rollout, tokens
 
 
+def measured_parameters(policy: torch.nn.Module, pattern: str | None = None) -> list[torch.nn.Parameter]:
+    """θ: the policy's trainable parameters, or those whose name matches the regex ``pattern`` (a subset is also
+    cheaper: backward stops below the lowest measured layer)."""
+    params = [p for n, p in policy.named_parameters() if p.requires_grad and (not pattern or re.search(pattern, n))]
+    if not params:
+        raise ValueError(f"--params {pattern!r} matches no trainable parameter of the policy")
+    return params
+
+
 def estimate_gradients(base: RLModule, modules: Sequence[RLModule], rollouts: Sequence[Rollout],
-                       project: Callable[[Sequence[Tensor]], Tensor]) -> list[Tensor]:
-    """g = −∇θ loss of each module on its rollout (θ: the policy's trainable parameters), projected. Modules with
-    the base ``compute_loss`` reuse one forward pass of the shared samples through their own ``policy_loss``."""
-    params = [p for p in base.policy.parameters() if p.requires_grad]
+                       project: Callable[[Sequence[Tensor]], Tensor],
+                       params: Sequence[torch.nn.Parameter]) -> list[Tensor]:
+    """g = −∇θ loss of each module on its rollout, projected. Modules with the base ``compute_loss`` reuse one
+    forward pass of the shared samples through their own ``policy_loss``."""
     shared = [type(m).compute_loss is RLModule.compute_loss for m in modules]
     logprobs = base.policy_logprobs(rollouts[0])[0] if any(shared) else None
     out = []
@@ -204,18 +214,20 @@ def estimate_gradients(base: RLModule, modules: Sequence[RLModule], rollouts: Se
 
 
 def measure(base: RLModule, estimators: Sequence[tuple[str, RLModule]], batch: dict[str, Any], repeats: int,
-            projection_dim: int = 0, seed: int = 0, progress: Callable[[str], None] | None = None) -> Measurement:
+            projection_dim: int = 0, seed: int = 0, progress: Callable[[str], None] | None = None,
+            params: str | None = None) -> Measurement:
     """``repeats`` independent shared rollouts on ``batch``; every estimator's gradient on each (see module doc).
 
     ``projection_dim`` 0 keeps every trainable parameter (small models); d > 0 keeps a count sketch of d
-    coordinates (:class:`CountSketch`, unbiased for every figure).
+    coordinates (:class:`CountSketch`, unbiased for every figure). ``params``: a regex on parameter names that
+    restricts θ (default: every trainable parameter of the policy).
     """
     if repeats < 2:
         raise ValueError(f"repeats must be >= 2 (a variance needs two estimates), got {repeats}")
     labels = [label for label, _ in estimators]
     modules = [m for _, m in estimators]
-    params = [p for p in base.policy.parameters() if p.requires_grad]
-    project = CountSketch([p.shape for p in params], projection_dim, seed) if projection_dim > 0 else flatten
+    theta = measured_parameters(base.policy, params)
+    project = CountSketch([p.shape for p in theta], projection_dim, seed) if projection_dim > 0 else flatten
     seconds: dict[str, float] = {}
     torch.manual_seed(seed)
     greedy = None
@@ -230,7 +242,7 @@ def measure(base: RLModule, estimators: Sequence[tuple[str, RLModule]], batch: d
         shared = shared_rollout(base, batch, greedy, seconds)
         views = [estimator_rollout(m, shared, seconds, label) for label, m in estimators]
         t0 = time.perf_counter()
-        for e, g in enumerate(estimate_gradients(base, modules, [v for v, _ in views], project)):
+        for e, g in enumerate(estimate_gradients(base, modules, [v for v, _ in views], project, theta)):
             grads[e].append(g)
             tokens[e, r] = views[e][1]
         _timed(seconds, "backward", t0)
@@ -238,4 +250,4 @@ def measure(base: RLModule, estimators: Sequence[tuple[str, RLModule]], batch: d
             progress(f"repeat {r + 1}/{repeats}: {time.perf_counter() - start:.0f} s")
     seconds["total"] = time.perf_counter() - start
     return Measurement(labels, torch.stack([torch.stack(g) for g in grads]), tokens,
-                       sum(p.numel() for p in params), projection_dim, seconds)
+                       sum(p.numel() for p in theta), projection_dim, seconds)

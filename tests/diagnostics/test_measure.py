@@ -77,6 +77,16 @@ def test_projection_matches_every_parameter():
     assert bool((out[0][0].tokens[2] > out[0][0].tokens[0]).all())
 
 
+def test_a_parameter_subset():
+    base = tiny()
+    modules = build_estimators(base, [parse_estimator("rloo")])
+    m = measure(base, modules, batch(base), repeats=2, projection_dim=0, seed=0, params=r"^transformer\.h\.0\.mlp\.")
+    expected = sum(p.numel() for n, p in base.policy.named_parameters() if n.startswith("transformer.h.0.mlp."))
+    assert m.num_params == expected and m.grads.shape == (1, 2, expected)
+    with pytest.raises(ValueError, match="matches no trainable parameter"):
+        measure(base, modules, batch(base), repeats=2, params="no-such-layer")
+
+
 def test_ppo_estimator_reads_its_critic():
     base = tiny(PPO)
     modules = build_estimators(base, [parse_estimator("ppo"), parse_estimator("reinforce")])
