@@ -10,7 +10,11 @@ Writes ``<out>/variance_start.{md,json,png}`` and, with ``--ckpt_path``, ``<out>
 Cost per repeat ≈ generating B·G responses + the TRePO continuations (≈ K·M·T/2 tokens per response for each
 trepo:MxK) + one forward and one backward per estimator over B·G responses. The knobs that trade time for interval
 width: ``--repeats`` (interval width ∝ 1/√R), ``--prompts`` and ``--group-size`` (bigger estimates, fewer repeats
-per minute), ``--estimators`` (each costs a backward; trepo also its continuations), ``--max-new-tokens``.
+per minute), ``--estimators`` (each costs a backward; trepo also its continuations), ``--max-new-tokens``, and
+``--params REGEX`` (measure a subset, e.g. the top layers: the backward stops below them).
+Estimated on 2 free CPU cores with the defaults (R=16, B=2, G=4, T=32, six estimators): ~100 s per repeat
+(generation ~15 s, continuations ~25 s, one backward ~8 s per estimator) + ~60 s loading, ~28 min per checkpoint.
+Note: GRPO's std division rescales its gradient, so compare its variance with its |E g|^2 (or add grpo:none).
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "smollm2_grpo.yaml"))
     p.add_argument("--ckpt_path", default=None, help="also measure at this trained checkpoint")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=16)
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--group-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=32)
