@@ -3,6 +3,7 @@
     lightning-trepo fit --config configs/grpo.yaml [--config recipes/ddp.yaml] [--trainer.max_steps 2]
     lightning-trepo export runs/lightning_trepo/version_0 out/policy [--adapter-only]   # Hugging Face directory
     lightning-trepo verify-estimators        # exact bias/variance of the advantage estimators
+    lightning-trepo measure-variance --config configs/grpo.yaml   # gradient variance per token, real rollouts
     lightning-trepo score --rollouts r.jsonl --reward configs/rewards/math_format_gate.yaml
     lightning-trepo serve-reward --config configs/rewards/math_format_gate.yaml --port 8000
 """
@@ -31,7 +32,8 @@ TOOLS_HELP = """tool commands (each has its own --help):
   export              write a checkpoint's policy as a Hugging Face directory (LoRA merged, or --adapter-only)
   score               re-score a rollout log (model.init_args.rollout.log_path) under a reward tree
   serve-reward        serve a reward tree over HTTP
-  verify-estimators   exact bias/variance of the advantage estimators on a toy token MDP"""
+  verify-estimators   exact bias/variance of the advantage estimators on a toy token MDP
+  measure-variance    gradient variance per token of every estimator on a config's model and reward"""
 
 
 BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "base.yaml"
@@ -137,7 +139,12 @@ def _tool_commands() -> dict[str, Callable[[list[str]], int | None]]:
         from lightning_trepo.export import export_main
         return export_main(argv)
 
-    return {"export": export, "verify-estimators": verify, "score": score, "serve-reward": serve}
+    def measure_variance(argv: list[str]) -> int | None:
+        from lightning_trepo.diagnostics.command import main as run
+        return run(argv)
+
+    return {"export": export, "verify-estimators": verify, "score": score, "serve-reward": serve,
+            "measure-variance": measure_variance}
 
 
 def quiet_known_warnings() -> None:

@@ -6,9 +6,9 @@
   project's own builder; a training config (``model:``/``trainer:``/``data:``) is parsed by the
   project's CLI, on top of ``configs/grpo.yaml`` when it is an overlay.
 - ``bash`` lines running ``lightning-trepo``: ``fit`` examples are parsed by the CLI (training is
-  not fast); ``verify-estimators``, ``score`` and ``serve-reward`` really run (``score`` on a small
-  generated rollouts file when the example's file does not exist; ``serve-reward`` on a free port
-  until ``/health`` answers). Any other subcommand fails the test: add it here.
+  not fast); ``verify-estimators``, ``measure-variance`` (smoke-sized), ``score`` and ``serve-reward``
+  really run (``score`` on a small generated rollouts file when the example's file does not exist;
+  ``serve-reward`` on a free port until ``/health`` answers). Any other subcommand fails the test: add it here.
 """
 from __future__ import annotations
 
@@ -146,6 +146,12 @@ def test_command_line_example_runs(where, args, tmp_path, monkeypatch, capsys):
 
         assert not verify(rest)
         assert "TRePO" in capsys.readouterr().out
+    elif command == "measure-variance":
+        from lightning_trepo.diagnostics.command import main as measure_variance
+
+        # the example's flags, then a smoke-sized override (later flags win)
+        small = ["--repeats", "2", "--prompts", "1", "--bootstrap", "20", "--out", str(tmp_path)]
+        assert measure_variance([*rest, *small]) == 0 and "variance x tokens" in capsys.readouterr().out
     elif command == "score":
         from reward_models.cli import score_main
 
