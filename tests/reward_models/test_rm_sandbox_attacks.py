@@ -51,14 +51,19 @@ def test_sees_only_its_own_processes():
 
 
 def test_forged_result_lines_score_zero():
-    # write pass lines, signed-looking ones too, to every open descriptor, then leave before the tests run
+    # write pass-looking lines, old (``T 0 1``) and new (``{"value": true}``) style, to every open
+    # descriptor, then leave before the calls run: the results are the program's own and prove nothing
     prog = ("import os\nfor fd in map(int, os.listdir('/proc/self/fd')):\n    try:\n"
-            "        os.write(fd, b'T 0 1\\nT 0 1 ' + b'0' * 32 + b'\\nI {}\\n')\n"
+            "        os.write(fd, b'T 0 1\\n{\"load\": null}\\n{\"value\": true}\\n')\n"
             "    except OSError:\n        pass\nos._exit(0)")
-    res = run_sandboxed(prog, ["assert 1 == 2"], limits=FAST)
-    assert res.tests == [False]
-    reward = CodeExecution(cpu_time=1, wall_time=3)(samples([prog], [{"tests": ["assert 1 == 2"]}]))
-    assert_close(reward.rewards, [0.0])
+    res = run_sandboxed(prog, ["f()"], limits=FAST)
+    # 'T 0 1' is no result line and there is one line too many: the row's results are unusable
+    assert res.bad_result and res.calls == [(False, "no result")]
+    assert all(res.isolation.values()), res.isolation  # init's report is out of the program's reach
+    honest = "def f():\n    return 2"
+    out = CodeExecution(cpu_time=1, wall_time=3)(samples([prog, honest], [{"tests": ["assert f() == 1 + 1"]}] * 2))
+    assert_close(out.rewards, [0.0, 1.0])  # the forged row fails alone; the honest row keeps its score
+    assert_close(out.metrics["bad_result"], [1.0, 0.0])
 
 
 def test_cannot_read_host_secrets(monkeypatch):
@@ -99,8 +104,8 @@ def test_ctypes_tricks_are_refused():
 
 
 def test_subprocess_and_exec_are_refused():
-    res = run("import subprocess\nsubprocess.run(['sh', '-c', 'kill -9 -1'])", ["assert True"])
-    assert res.load_error == "PermissionError" and res.tests == [False]
+    res = run("import subprocess\nsubprocess.run(['sh', '-c', 'kill -9 -1'])", ["1"])
+    assert res.load_error == "PermissionError" and res.calls == [(False, "no result")]
 
 
 def test_hostile_completion_leaves_the_reward_server_up(bystander, caplog):
