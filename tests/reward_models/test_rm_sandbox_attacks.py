@@ -187,12 +187,30 @@ def test_hostile_completions_leave_the_serve_reward_process_up(monkeypatch):
         hostile = [fence.format(f"import os\nos.kill(os.getppid(), 9)\nos.kill({proc.pid}, 9)"),
                    fence.format("import os\nfor fd in range(3, 20):\n    try:\n        os.write(fd, b'T 0 1\\n')\n"
                                 "    except OSError:\n        pass\nos._exit(0)"),
+                   fence.format("import os\nfor fd in range(3, 20):\n    try:\n        os.write(fd, b'I [0]\\n')\n"
+                                "    except OSError:\n        pass\ndef f():\n    return 1"),
                    fence.format("def f():\n    return 1")]
-        out = RemoteReward(url, retries=0, timeout=30)(samples(hostile, [{"tests": ["assert f() == 2 - 1"]}] * 3))
-        # total = tests + 0.1 * fenced: every completion is fenced; only the honest one passes its test
-        assert_close(out.rewards, [0.1, 0.1, 1.1])
+        out = RemoteReward(url, retries=0, timeout=30)(samples(hostile, [{"tests": ["assert f() == 2 - 1"]}] * 4))
+        # total = tests + 0.1 * fenced: every completion is fenced; only the honest one passes its test; the
+        # row that wrote a malformed result line fails alone (no HTTP 500, the honest row keeps its score)
+        assert_close(out.rewards, [0.1, 0.1, 0.1, 1.1])
         with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
             assert r.status == 200 and proc.poll() is None
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_detached_grandchildren_die_with_the_run():
+    # with processes allowed: a grandchild in its own session, sleeping 30 s, must not outlive the run
+    prog = ("import os, time\nprint(os.readlink('/proc/self/ns/pid'), flush=True)\nif os.fork() == 0:\n"
+            "    os.setsid()\n    if os.fork() == 0:\n        time.sleep(30)\n    os._exit(0)\ntime.sleep(0.2)")
+    res = run_sandboxed(prog, None, limits=SandboxLimits(cpu_time=1, wall_time=3, max_processes=4))
+    ns = res.stdout.split()[0]
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            left += [pid] if os.readlink(f"/proc/{pid}/ns/pid") == ns else []
+        except OSError:
+            continue
+    assert ns.startswith("pid:[") and res.returncode == 0 and left == [], (res, left)
