@@ -55,7 +55,7 @@ PLAIN = (type(None), bool, int, float, str)
 def encode(value, depth=0):
     """A plain value as tagged JSON: None/bool/int/float/str/list as themselves; tuple, set,
     frozenset, dict (as pairs), bytes, complex and range tagged; iterators materialised (tag
-    ``iter``); numpy values through ``tolist()``. Anything else raises TypeError."""
+    ``iter``); numpy values through ``tolist()``. Anything else (subclasses too) raises TypeError."""
     kind = type(value)
     if depth > 64:
         raise ValueError("nested deeper than 64")
@@ -63,21 +63,22 @@ def encode(value, depth=0):
         return value
     if kind is list:
         return [encode(v, depth + 1) for v in value]
-    if kind in (tuple, set, frozenset):
-        return {kind.__name__: [encode(v, depth + 1) for v in value]}
-    if kind is dict:
-        return {"dict": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
-    if kind is bytes:
-        return {"bytes": value.hex()}
-    if kind is complex:
-        return {"complex": [value.real, value.imag]}
-    if kind is range:
-        return {"range": [value.start, value.stop, value.step]}
+    if kind in TAGGED:
+        return {kind.__name__: TAGGED[kind](value, depth + 1)}
     if kind.__module__ == "numpy" and hasattr(value, "tolist"):
         return encode(value.tolist(), depth + 1)
     if hasattr(kind, "__next__") and hasattr(kind, "__iter__"):
         return {"iter": [encode(v, depth + 1) for v in value]}
     raise TypeError(f"a {kind.__name__} is not a plain value")
+
+
+def _items(value, depth):
+    return [encode(v, depth) for v in value]
+
+
+TAGGED = {tuple: _items, set: _items, frozenset: _items, bytes: lambda v, d: v.hex(),
+          dict: lambda v, d: [[encode(k, d), encode(x, d)] for k, x in v.items()],
+          complex: lambda v, d: [v.real, v.imag], range: lambda v, d: [v.start, v.stop, v.step]}
 
 
 def write_maps(pid, uid, gid):
@@ -100,6 +101,8 @@ def write_maps(pid, uid, gid):
 
 def set_attr(libc, path, attrs, recursive=True):
     """mount_setattr(AT_FDCWD, path, AT_RECURSIVE?, {attr_set=attrs}) == 0."""
+    if ARCH is None:
+        return False
     buf = ctypes.create_string_buffer(struct.pack("QQQQ", attrs, 0, 0, 0), 32)
     return libc.syscall(ARCH["mount_setattr"], -100, path.encode(), 0x8000 if recursive else 0, buf, 32) == 0
 
@@ -143,6 +146,8 @@ def build_jail(libc, root):
 def enter_jail(libc, root):
     """From pid 1: fresh /proc in the jail, pivot into it, detach the host tree, read-only root,
     16 MiB tmpfs at /sandbox. True iff all of it held."""
+    if ARCH is None:
+        return False
     proc = libc.mount(b"proc", f"{root}/proc".encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0
     os.chdir(root)
     if not proc or libc.syscall(ARCH["pivot_root"], b".", b".") != 0 or libc.umount2(b".", 2) != 0:  # MNT_DETACH

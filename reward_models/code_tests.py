@@ -142,10 +142,11 @@ def _bounded(node: ast.AST) -> bool:
 def host_judgeable(test: SplitTest) -> bool:
     """True iff the judge is only asserts over literals, ``__v`` names, operators and SAFE_BUILTINS
     (and :func:`_bounded`)."""
-    tree = ast.parse(test.judge)
-    if not all(isinstance(s, ast.Assert) for s in tree.body):
+    body = ast.parse(test.judge).body
+    asserts = [stmt for stmt in body if isinstance(stmt, ast.Assert)]
+    if len(asserts) != len(body):
         return False
-    for stmt in tree.body:
+    for stmt in asserts:
         for node in ast.walk(ast.Expression(stmt.test)):
             if not isinstance(node, _HOST_NODES) or not _bounded(node):
                 return False

@@ -1,5 +1,5 @@
 """Sandboxed code execution. Limits are small (1 s CPU, 3 s wall) so each test stays fast."""
-import time
+import signal
 
 import pytest
 from rm_helpers import assert_close, nan, samples
@@ -54,20 +54,22 @@ def test_io_tests_and_missing():
 
 
 def test_infinite_loop_is_stopped_by_cpu_limit():
-    start = time.perf_counter()
-    res = run_sandboxed("while True:\n    pass", ["1"], limits=FAST)
+    # a 10 s wall clock: on a loaded machine 1 CPU second can take several wall seconds
+    res = run_sandboxed("while True:\n    pass", ["1"], limits=SandboxLimits(cpu_time=1, wall_time=10, memory_mb=256))
     assert res.timed_out and res.calls == [(False, "no result")] and res.bad_result is None
-    assert time.perf_counter() - start < 2.9  # RLIMIT_CPU (1 s), before the 3 s wall clock
+    assert res.returncode == -signal.SIGXCPU  # RLIMIT_CPU (1 s) ended it, not the wall clock
 
 
 def test_sleep_is_stopped_by_wall_limit():
     res = run_sandboxed("import time\ntime.sleep(30)", ["1"], limits=SandboxLimits(cpu_time=1, wall_time=1))
     # the namespace's init kills it at 1 s and says so in its report (the host's backstop is 1 + 2 s)
-    assert res.timed_out and res.wall_s < 2.5 and res.isolation["pid_namespace"] and res.bad_result is None
+    assert res.timed_out and res.returncode == -signal.SIGKILL and res.isolation["pid_namespace"]
+    assert res.bad_result is None  # init's report came: it was init, not the host's backstop, that killed it
 
 
 def test_memory_bomb_is_contained():
-    res = run_sandboxed("x = []\nwhile True:\n    x.append(bytearray(10**7))", ["1"], limits=FAST)
+    res = run_sandboxed("x = []\nwhile True:\n    x.append(bytearray(10**7))", ["1"],
+                        limits=SandboxLimits(cpu_time=1, wall_time=10, memory_mb=256))
     assert res.load_error == "MemoryError" and res.calls == [(False, "no result")]
 
 

@@ -77,8 +77,8 @@ ATTACKS = {
     "oversize_result": (FD_LOOP.format("write(fd, b'[' * 70000)"), None),
     "ftruncate_every_fd": (FD_LOOP.format("ftruncate(fd, 0)"), None),
     # containment: each of these must be refused by the kernel, with the error shown
-    "init_fds_via_proc": ("import os\nfor fd in os.listdir('/proc/1/fd'):\n    open('/proc/1/fd/' + fd, 'w').write('{}')",
-                          "PermissionError"),
+    "init_fds_via_proc": ("import os\nfor fd in os.listdir('/proc/1/fd'):\n"
+                          "    open('/proc/1/fd/' + fd, 'w').write('{}')", "PermissionError"),
     "kill_init": ("import os, signal\nos.kill(1, signal.SIGKILL)", "PermissionError"),
     "kill_everything": ("import os, signal\nos.kill(-1, signal.SIGKILL)", "ProcessLookupError"),
     "ptrace_init": ("import ctypes\nassert ctypes.CDLL(None).ptrace(16, 1, 0, 0) == 0", "AssertionError"),
@@ -199,7 +199,7 @@ def test_attack_was_refused(batch, name):
 
 def test_no_expected_value_enters_the_sandbox(batch):
     scores, _ = batch
-    for name, (reward, _, res) in scores.items():
+    for name, (_, _, res) in scores.items():
         program, calls, stdin = res.sent
         # the sandbox gets the program, the calls with their literal inputs, and no expected value
         assert calls == ["add(1, 2)", "add(20000, 1337)"] and stdin == "", name

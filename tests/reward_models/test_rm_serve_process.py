@@ -80,8 +80,9 @@ def test_fifty_slow_clients_do_not_starve_legit_ones(served, monkeypatch):
         for t in slow:
             t.join(timeout=READ_TIMEOUT + 5)
         stop.set()
-    # each slow client was cut at the overall header deadline (1.5 s, reaped every 0.1 s) though it kept sending
-    assert len(closed_at) == 50 and max(closed_at) < READ_TIMEOUT + 1.0, sorted(closed_at)[-3:]
+    # each slow client was cut at the overall header deadline (1.5 s, reaped every 0.1 s; slack for a loaded
+    # machine) though it kept sending: before, each byte renewed a per-read timeout and they were held for good
+    assert len(closed_at) == 50 and max(closed_at) < READ_TIMEOUT + 2.0, sorted(closed_at)[-3:]
     assert proc.poll() is None
 
 
