@@ -4,7 +4,7 @@ Stdlib only (it runs before any isolation exists). Four processes:
 
 - **boot** (host namespaces) reads the inputs, forks the *setup* process and writes its uid/gid
   maps from outside (as host root it maps an unprivileged uid, ``nobody``, next to root);
-- **setup** enters new user + pid + network + mount namespaces and builds the jail: an empty tmpfs
+- **setup** enters new user + pid + network + mount (+ IPC, UTS) namespaces and builds the jail: an empty tmpfs
   with only the interpreter's own paths (``/usr``, ``sys.path``, a few ``/dev`` nodes) bound back
   read-only; then forks the *runner*;
 - **runner** is pid 1 (init) of the new pid namespace: it mounts a fresh ``/proc`` in the jail,
@@ -31,6 +31,7 @@ import sys
 import time
 
 CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID = 0x10000000, 0x40000000, 0x00020000, 0x20000000
+CLONE_NEWIPC, CLONE_NEWUTS = 0x08000000, 0x04000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 0x4000, 1 << 18
 ATTR_RDONLY, ATTR_NOSUID, ATTR_NODEV = 1, 2, 4
 NOBODY, AF_UNIX, JAIL_CWD = 65534, 1, "/sandbox"
@@ -339,7 +340,8 @@ def run_child(fn, *args):
 
 def setup(libc, cfg, job, sync_r, go_w):
     """New namespaces; wait for the host to write the id maps; build the jail; fork the runner."""
-    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | (0 if cfg["network"] else CLONE_NEWNET)
+    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | (0 if cfg["network"] else
+                                                                                      CLONE_NEWNET)
     unshared = libc.unshare(flags) == 0
     os.write(go_w, b"1" if unshared else b"0")
     mapped = os.read(sync_r, 1)

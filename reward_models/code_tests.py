@@ -30,7 +30,8 @@ from reward_models.sandbox import SandboxLimits, decode_value, run_sandboxed
 #: builtins a host-side judge may call (pure functions and constructors of plain values)
 SAFE_BUILTINS = {name: getattr(builtins, name) for name in (
     "abs", "all", "any", "bool", "dict", "enumerate", "float", "frozenset", "int", "isinstance", "len", "list",
-    "max", "min", "reversed", "round", "set", "sorted", "str", "sum", "tuple", "zip", "bytes", "complex")}
+    "max", "min", "reversed", "round", "set", "sorted", "str", "sum", "tuple", "zip", "complex")}
+SMALL = 64  #: the largest constant factor or exponent a host-side judge may apply to a program's value
 _HOST_NODES = (ast.Expression, ast.Constant, ast.Name, ast.Load, ast.Tuple, ast.List, ast.Set, ast.Dict,
                ast.UnaryOp, ast.BinOp, ast.BoolOp, ast.Compare, ast.IfExp, ast.Subscript, ast.Slice, ast.Call,
                ast.keyword, ast.unaryop, ast.operator, ast.boolop, ast.cmpop)
@@ -128,15 +129,18 @@ def split_tests(tests: list[str], row: int, key: str) -> list[SplitTest]:
     return out
 
 
+def _small(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float) and abs(node.value) <= SMALL
+
+
 def _bounded(node: ast.AST) -> bool:
-    """No ``a ** b``, ``a << b`` with a computed ``b``, nor ``a * b`` with both computed: a program's
-    value must not make the host's judge allocate or loop without bound."""
+    """``a * b``, ``a ** b``, ``a << b`` only with a small constant (``b`` for powers and shifts):
+    a program's value must not make the host's judge allocate or compute without bound."""
     if not isinstance(node, ast.BinOp):
         return True
     if isinstance(node.op, ast.Pow | ast.LShift):
-        return isinstance(node.right, ast.Constant)
-    return not isinstance(node.op, ast.Mult) or isinstance(node.left, ast.Constant) or isinstance(node.right,
-                                                                                                 ast.Constant)
+        return _small(node.right)
+    return not isinstance(node.op, ast.Mult) or _small(node.left) or _small(node.right)
 
 
 def host_judgeable(test: SplitTest) -> bool:

@@ -82,8 +82,10 @@ def decode_value(data: Any) -> Any:
         return {decode_value(k): decode_value(v) for k, v in body}
     if tag == "bytes" and type(body) is str:
         return bytes.fromhex(body)
-    if tag in ("complex", "range") and type(body) is list and all(type(v) in (int, float) for v in body):
-        return complex(*body) if tag == "complex" else range(*(int(v) for v in body))
+    if tag == "complex" and type(body) is list and all(type(v) in (int, float) for v in body):
+        return complex(*body)
+    if tag == "range" and type(body) is list and all(type(v) is int for v in body) and len(range(*body)) <= 1 << 16:
+        return range(*body)  # bounded: list(value) in a judge must not exhaust the host
     raise ValueError(f"bad tagged value {tag!r}")
 
 

@@ -61,9 +61,12 @@ def test_host_judge_compares_plain_values_with_python_semantics():
 
 
 @pytest.mark.parametrize("test", ["import math\nassert math.isclose(f(), 1)", "assert 2 ** f() == 8",
-                                  "assert f() * g() == 'aa'", "assert [y for y in f()] == [1]", "x = f()\nassert x"])
+                                  "assert f() * g() == 'aa'", "assert f() * 10**6 == 10**6", "assert f() ** 65 == 0",
+                                  "assert [y for y in f()] == [1]", "x = f()\nassert x", "assert bytes(f()) == b''"])
 def test_unbounded_or_non_expression_judges_go_to_the_sandbox(test):
-    assert not host_judgeable(split_test(test))  # 2 ** f(): the program would pick the exponent
+    # 2 ** f(): the program would pick the exponent; f() * 10**6: a 64 KB string would become 64 GB in the host
+    assert not host_judgeable(split_test(test))
+    assert host_judgeable(split_test("assert f() * 3 == 6 and f() ** 2 == 4 and 2 * g() << 1 == 8"))
 
 
 def test_judge_sandbox_holds_only_values():
@@ -87,7 +90,8 @@ def test_codec_materialises_iterators_and_refuses_objects():
         encode(type("A", (), {"__eq__": lambda s, o: True})())
     with pytest.raises(TypeError):
         encode(type("I", (int,), {})(3))  # a subclass of int is not an int here
-    for bad in ({"tuple": [1], "x": 1}, {"eval": "1"}, {"dict": [[1]]}, {"bytes": 5}, {"range": ["a"]}):
+    for bad in ({"tuple": [1], "x": 1}, {"eval": "1"}, {"dict": [[1]]}, {"bytes": 5}, {"range": ["a"]},
+                {"range": [10**18]}, {"set": [[1]]}):  # a huge range; an unhashable set item
         with pytest.raises((ValueError, TypeError)):
             decode_value(bad)
 
