@@ -130,7 +130,8 @@ def split_tests(tests: list[str], row: int, key: str) -> list[SplitTest]:
 
 
 def _small(node: ast.AST) -> bool:
-    return isinstance(node, ast.Constant) and type(node.value) in (int, float) and abs(node.value) <= SMALL
+    value = node.value if isinstance(node, ast.Constant) else None
+    return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) <= SMALL
 
 
 def _bounded(node: ast.AST) -> bool:
