@@ -196,7 +196,9 @@ def _spawn(cfg: dict, io_dir: Path, limits: SandboxLimits, python: str, calls: l
             os.close(report_w)
         killed = False
         try:
-            proc.wait(timeout=limits.wall_time + 2.0)  # the init kills at wall_time; this is the backstop
+            # the init kills at wall_time after the program starts; this backstop also covers the harness's
+            # own start, which takes seconds on a starved machine
+            proc.wait(timeout=2 * limits.wall_time + 10.0)
         except subprocess.TimeoutExpired:
             killed = True
         finally:

@@ -62,9 +62,9 @@ def test_infinite_loop_is_stopped_by_cpu_limit():
 
 def test_sleep_is_stopped_by_wall_limit():
     res = run_sandboxed("import time\ntime.sleep(30)", ["1"], limits=SandboxLimits(cpu_time=1, wall_time=1))
-    # the namespace's init kills it at 1 s and says so in its report (the host's backstop is 1 + 2 s)
+    # the namespace's init kills it at 1 s and says so in its report (the host's backstop: 2 * 1 + 10 s)
     assert res.timed_out and res.returncode == -signal.SIGKILL and res.isolation["pid_namespace"]
-    assert res.bad_result is None  # init's report came: it was init, not the host's backstop, that killed it
+    assert res.bad_result is None  # init's report came: it was init, not the host's backstop (12 s), that killed it
 
 
 def test_memory_bomb_is_contained():
