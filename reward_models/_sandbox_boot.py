@@ -2,26 +2,25 @@
 
 Stdlib only (it runs before any isolation exists). Four processes:
 
-- **boot** (host namespaces) reads the inputs and the per-run result key (from a pipe it then
-  closes), forks the *setup* process and writes its uid/gid maps from outside (as host root it maps
-  an unprivileged uid, ``nobody``, next to root);
-- **setup** enters new user + pid + network + mount namespaces, makes every mount read-only and
-  mounts a small tmpfs as the working directory, then forks the *runner*;
-- **runner** is pid 1 (init) of the new pid namespace in its own session: it mounts a fresh
-  ``/proc`` (only its own namespace visible) and forks the *program* process, whose wait status it
-  passes back to setup (init ignores the signals, e.g. SIGXCPU, that must end the program);
-- **program** drops every capability and switches to the unprivileged uid, sets rlimits, installs a
-  seccomp filter (no namespace / mount / ptrace / keyring / bpf syscalls; no process creation when
-  ``max_processes <= 1``; no x32 syscalls), reports which of those held, and runs the program.
+- **boot** (host namespaces) reads the inputs, forks the *setup* process and writes its uid/gid
+  maps from outside (as host root it maps an unprivileged uid, ``nobody``, next to root);
+- **setup** enters new user + pid + network + mount (+ IPC, UTS) namespaces and builds the jail: an empty tmpfs
+  with only the interpreter's own paths (``/usr``, ``sys.path``, a few ``/dev`` nodes) bound back
+  read-only; then forks the *runner*;
+- **runner** is pid 1 (init) of the new pid namespace: it mounts a fresh ``/proc`` in the jail,
+  pivots into it (the host's tree is detached), mounts a 16 MiB tmpfs as ``/sandbox`` (the cwd),
+  forks the *program* process, checks from ``/proc`` that it holds no capability and is under
+  seccomp, waits for it (killing the namespace at the wall-clock limit) and writes the
+  **isolation report** (features held, wait status, timed out) on a pipe the program never holds;
+- **program** closes every descriptor but stdio and its results file, drops every capability,
+  switches to the unprivileged uid, sets rlimits (tasks always capped), installs a seccomp filter,
+  and runs the program: as ``__main__`` on stdin, or loaded as module ``solution`` followed by
+  each *call* expression, whose value goes to the results file as strict JSON of plain values.
 
+The expected values never enter the sandbox: the host compares (reward_models/code_tests.py).
 Each step the OS refuses is reported as not held, never faked.
-
-Report lines (``I``, ``T``, ``E``) carry an HMAC with the per-run key, so lines the program writes
-to the inherited report descriptor are ignored by the reader.
 """
 import ctypes
-import hashlib
-import hmac
 import json
 import os
 import platform
@@ -29,29 +28,58 @@ import resource
 import signal
 import struct
 import sys
+import time
 
 CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID = 0x10000000, 0x40000000, 0x00020000, 0x20000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 0x4000, 1 << 18
-NOBODY = 65534
-# syscall numbers per machine; "deny" are refused with EPERM for every sandboxed program
+CLONE_NEWIPC, CLONE_NEWUTS = 0x08000000, 0x04000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 0x4000, 1 << 18
+ATTR_RDONLY, ATTR_NOSUID, ATTR_NODEV = 1, 2, 4
+NOBODY, AF_UNIX, JAIL_CWD = 65534, 1, "/sandbox"
+DEV_NODES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
+# syscall numbers per machine; "deny" are refused with EPERM for every sandboxed program: namespaces,
+# mounts, pivot_root/chroot, ptrace, bpf, keys, perf, userfaultfd, process_vm_*, io_uring_*,
+# name_to_handle_at/open_by_handle_at, mknod*
 SYSCALLS = {
-    "x86_64": {"audit": 0xC000003E, "mount_setattr": 442, "open_tree": 428, "move_mount": 429, "clone": 56,
-               "clone3": 435, "fork": [57, 58], "capset": 126,
+    "x86_64": {"audit": 0xC000003E, "mount_setattr": 442, "pivot_root": 155, "clone": 56, "clone3": 435,
+               "fork": [57, 58], "capset": 126, "socket": 41,
                "deny": [272, 308, 165, 166, 155, 161, 101, 428, 429, 430, 431, 432, 433, 442, 321, 323, 248, 249,
-                        250, 298, 310, 311]},
-    "aarch64": {"audit": 0xC00000B7, "mount_setattr": 442, "open_tree": 428, "move_mount": 429, "clone": 220,
-                "clone3": 435, "fork": [], "capset": 91,
+                        250, 298, 310, 311, 425, 426, 427, 303, 304, 133, 259]},
+    "aarch64": {"audit": 0xC00000B7, "mount_setattr": 442, "pivot_root": 41, "clone": 220, "clone3": 435,
+                "fork": [], "capset": 91, "socket": 198,
                 "deny": [97, 268, 40, 39, 41, 51, 117, 428, 429, 430, 431, 432, 433, 442, 280, 282, 217, 218,
-                         219, 241, 270, 271]},
+                         219, 241, 270, 271, 425, 426, 427, 264, 265, 33]},
 }
 ARCH = SYSCALLS.get(platform.machine())
-STATE = {"fd": 3, "key": b""}
+PLAIN = (type(None), bool, int, float, str)
 
 
-def report(line):
-    """Write one signed report line: ``<line> <hmac>``."""
-    sig = hmac.new(STATE["key"], line.encode(), hashlib.sha256).hexdigest()[:32]
-    os.write(STATE["fd"], f"{line} {sig}\n".encode())
+def encode(value, depth=0):
+    """A plain value as tagged JSON: None/bool/int/float/str/list as themselves; tuple, set,
+    frozenset, dict (as pairs), bytes, complex and range tagged; iterators materialised (tag
+    ``iter``); numpy values through ``tolist()``. Anything else (subclasses too) raises TypeError."""
+    kind = type(value)
+    if depth > 64:
+        raise ValueError("nested deeper than 64")
+    if kind in PLAIN:
+        return value
+    if kind is list:
+        return [encode(v, depth + 1) for v in value]
+    if kind in TAGGED:
+        return {kind.__name__: TAGGED[kind](value, depth + 1)}
+    if kind.__module__ == "numpy" and hasattr(value, "tolist"):
+        return encode(value.tolist(), depth + 1)
+    if hasattr(kind, "__next__") and hasattr(kind, "__iter__"):
+        return {"iter": [encode(v, depth + 1) for v in value]}
+    raise TypeError(f"a {kind.__name__} is not a plain value")
+
+
+def _items(value, depth):
+    return [encode(v, depth) for v in value]
+
+
+TAGGED = {tuple: _items, set: _items, frozenset: _items, bytes: lambda v, d: v.hex(),
+          dict: lambda v, d: [[encode(k, d), encode(x, d)] for k, x in v.items()],
+          complex: lambda v, d: [v.real, v.imag], range: lambda v, d: [v.start, v.stop, v.step]}
 
 
 def write_maps(pid, uid, gid):
@@ -72,68 +100,71 @@ def write_maps(pid, uid, gid):
     return b"2" if extra else b"1"
 
 
-def readonly_root(libc, workdir):
-    """Every mount read-only (recursive mount_setattr) and a 16 MiB tmpfs as the working directory."""
+def set_attr(libc, path, attrs, recursive=True):
+    """mount_setattr(AT_FDCWD, path, AT_RECURSIVE?, {attr_set=attrs}) == 0."""
+    if ARCH is None:
+        return False
+    buf = ctypes.create_string_buffer(struct.pack("QQQQ", attrs, 0, 0, 0), 32)
+    return libc.syscall(ARCH["mount_setattr"], -100, path.encode(), 0x8000 if recursive else 0, buf, 32) == 0
+
+
+def jail_binds():
+    """(host path, path in the jail) of what the interpreter needs: /usr (and /lib, /bin... when
+    they are real directories), every existing ``sys.path`` entry, a few /dev nodes."""
+    binds = [("/usr", "/usr")] + [(p, p) for p in ("/lib", "/lib64", "/bin") if os.path.isdir(p)
+                                  and not os.path.islink(p)]
+    for path in sorted(p for p in sys.path if p and os.path.isabs(p) and os.path.exists(p)):
+        if not any(path == t or path.startswith(t.rstrip("/") + "/") for _, t in binds):
+            binds.append((os.path.realpath(path), path))
+    return binds + [(p, p) for p in DEV_NODES if os.path.exists(p)]
+
+
+def build_jail(libc, root):
+    """An empty tmpfs at ``root`` holding read-only binds of :func:`jail_binds` (still in the host tree)."""
     if ARCH is None or libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         return False
-    attr = struct.pack("QQQQ", 1, 0, 0, 0)  # struct mount_attr{attr_set=MOUNT_ATTR_RDONLY}
-    buf = ctypes.create_string_buffer(attr, len(attr))
-    if libc.syscall(ARCH["mount_setattr"], -100, b"/", 0x8000, buf, len(attr)) != 0:  # AT_FDCWD, AT_RECURSIVE
+    if libc.mount(b"tmpfs", root.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=4m,mode=0755") != 0:
         return False
-    flags = MS_NOSUID | MS_NODEV
-    return libc.mount(b"tmpfs", workdir.encode(), b"tmpfs", flags, b"size=16m,mode=0777") == 0
-
-
-def _closed_ancestor(path):
-    """The topmost directory above ``path`` that other users cannot enter (mode without o+x), or None."""
-    parts = os.path.abspath(path).split(os.sep)[1:]
-    for i in range(1, len(parts)):
-        top = os.sep + os.sep.join(parts[:i])
-        if not os.stat(top).st_mode & 0o001:
-            return top
-    return None
-
-
-def expose_interpreter(libc, paths):
-    """Cover every directory others cannot enter (e.g. ``/root``) above the interpreter's import
-    paths with an empty tmpfs and bind those import paths back into it: the unprivileged uid can
-    import the standard library and sees nothing else of that directory."""
-    paths = sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
-    paths = [p for p in paths if not any(p.startswith(q + os.sep) for q in paths)]
-    covers = {}
-    for path in paths:
-        top = _closed_ancestor(path)
-        if top is not None:
-            covers.setdefault(top, []).append(path)
-    if not covers:
-        return True
-    if ARCH is None:  # no open_tree/move_mount numbers for this machine: cannot bind the paths back
-        return False
-    for top, inner in covers.items():
-        # open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | AT_RECURSIVE | O_CLOEXEC): detached copies
-        trees = [(p, libc.syscall(ARCH["open_tree"], -100, p.encode(), 1 | 0x8000 | 0x80000)) for p in inner]
-        if any(fd < 0 for _, fd in trees) or libc.mount(b"tmpfs", top.encode(), b"tmpfs", 0, b"size=1m,mode=0755") != 0:
+    for name in ("lib", "lib64", "bin", "sbin"):
+        if os.path.islink("/" + name):
+            os.symlink(os.readlink("/" + name), f"{root}/{name}")
+    for src, target in jail_binds():
+        inside = root + target
+        if os.path.isdir(src):
+            os.makedirs(inside, mode=0o755, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(inside), mode=0o755, exist_ok=True)
+            open(inside, "a").close()
+        attrs = ATTR_RDONLY | ATTR_NOSUID | (0 if target in DEV_NODES else ATTR_NODEV)
+        if libc.mount(src.encode(), inside.encode(), None, MS_BIND | MS_REC, None) != 0 or \
+                not set_attr(libc, inside, attrs):
             return False
-        for path, fd in trees:
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            if libc.syscall(ARCH["move_mount"], fd, b"", -100, path.encode(), 4) != 0:  # MOVE_MOUNT_F_EMPTY_PATH
-                return False
-            os.close(fd)
+    for name in ("proc", JAIL_CWD[1:]):
+        os.makedirs(f"{root}/{name}", mode=0o755, exist_ok=True)
     return True
 
 
+def enter_jail(libc, root):
+    """From pid 1: fresh /proc in the jail, pivot into it, detach the host tree, read-only root,
+    16 MiB tmpfs at /sandbox. True iff all of it held."""
+    if ARCH is None:
+        return False
+    proc = libc.mount(b"proc", f"{root}/proc".encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0
+    os.chdir(root)
+    if not proc or libc.syscall(ARCH["pivot_root"], b".", b".") != 0 or libc.umount2(b".", 2) != 0:  # MNT_DETACH
+        return False
+    os.chdir("/")
+    return set_attr(libc, "/", ATTR_RDONLY | ATTR_NOSUID | ATTR_NODEV, recursive=False) and libc.mount(
+        b"tmpfs", JAIL_CWD.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=16m,mode=0777") == 0
+
+
 def set_limits(cfg):
+    """CPU, memory, file size (= output cap), no core, 256 fds, and always a task cap (threads count)."""
     cpu = max(1, int(-(-cfg["cpu_time"] // 1)))
-    limits = [
-        (resource.RLIMIT_CPU, cpu, cpu + 1),
-        (resource.RLIMIT_AS, cfg["memory_mb"] << 20, cfg["memory_mb"] << 20),
-        (resource.RLIMIT_FSIZE, cfg["max_output_bytes"], cfg["max_output_bytes"]),
-        (resource.RLIMIT_CORE, 0, 0),
-        (resource.RLIMIT_NOFILE, 256, 256),
-    ]
-    if cfg["max_processes"] > 1:  # counts the uid's processes; in our own user namespace only its own
-        nproc = cfg["max_processes"] + cfg["nproc_extra"]
-        limits.append((resource.RLIMIT_NPROC, nproc, nproc))
+    tasks = (cfg["max_processes"] if cfg["max_processes"] > 1 else cfg["max_tasks"]) + cfg["nproc_extra"]
+    limits = [(resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_AS, cfg["memory_mb"] << 20, cfg["memory_mb"] << 20),
+              (resource.RLIMIT_FSIZE, cfg["max_output_bytes"], cfg["max_output_bytes"]), (resource.RLIMIT_CORE, 0, 0),
+              (resource.RLIMIT_NOFILE, 256, 256), (resource.RLIMIT_NPROC, tasks, tasks)]
     for which, soft, hard in limits:
         try:
             resource.setrlimit(which, (soft, hard))
@@ -142,8 +173,7 @@ def set_limits(cfg):
 
 
 def drop_privileges(libc, mapped_nobody):
-    """Empty the capability bounding set, switch to ``nobody`` when mapped, clear all capabilities.
-    Returns True iff the process ends with no effective capability and a non-root uid or no caps."""
+    """Empty the capability bounding set, switch to ``nobody`` when mapped, clear all capabilities."""
     ul = ctypes.c_ulong
     for cap in range(64):
         libc.prctl(24, ul(cap), ul(0), ul(0), ul(0))  # PR_CAPBSET_DROP (fails past the last cap)
@@ -153,19 +183,15 @@ def drop_privileges(libc, mapped_nobody):
             os.setresgid(NOBODY, NOBODY, NOBODY)
             os.setresuid(NOBODY, NOBODY, NOBODY)
         except OSError:
-            return False
+            pass
     if ARCH is not None:
         header = ctypes.create_string_buffer(struct.pack("Ii", 0x20080522, 0), 8)  # _LINUX_CAPABILITY_VERSION_3
-        data = ctypes.create_string_buffer(24)
-        libc.syscall(ARCH["capset"], header, data)
-    with open("/proc/self/status") as f:
-        status = dict(line.split(":", 1) for line in f if ":" in line)
-    return int(status.get("CapEff", "1").strip(), 16) == 0 and int(status.get("CapBnd", "1").strip(), 16) == 0
+        libc.syscall(ARCH["capset"], header, ctypes.create_string_buffer(24))
 
 
 def seccomp(libc, no_fork):
-    """Install the filter: x32 calls and SYSCALLS[...]["deny"] get EPERM; with ``no_fork`` also fork,
-    vfork and clone without CLONE_THREAD (EPERM) and clone3 (ENOSYS, so libc falls back to clone)."""
+    """Install the filter: x32 calls, SYSCALLS[...]["deny"] and socket(AF_UNIX) get EPERM; with
+    ``no_fork`` also fork, vfork and clone without CLONE_THREAD (EPERM) and clone3 (ENOSYS)."""
     if ARCH is None:
         return False
     allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
@@ -174,35 +200,18 @@ def seccomp(libc, no_fork):
             (jge, 0, 1, 0x40000000), (ret, 0, 0, eperm)]
     for n in ARCH["deny"] + (ARCH["fork"] if no_fork else []):
         prog += [(jeq, 0, 1, n), (ret, 0, 0, eperm)]
+    prog += [(jeq, 0, 4, ARCH["socket"]), (ld, 0, 0, 16), (jeq, 0, 1, AF_UNIX), (ret, 0, 0, eperm), (ret, 0, 0, allow)]
     if no_fork:
         prog += [(jeq, 0, 1, ARCH["clone3"]), (ret, 0, 0, enosys), (jeq, 1, 0, ARCH["clone"]), (ret, 0, 0, allow),
                  (ld, 0, 0, 16), (jset, 1, 0, 0x10000), (ret, 0, 0, eperm)]
     prog.append((ret, 0, 0, allow))
     raw = b"".join(struct.pack("HBBI", *ins) for ins in prog)
     filt = ctypes.create_string_buffer(raw, len(raw))
-    fprog = struct.pack("HxxxxxxQ", len(prog), ctypes.addressof(filt))
-    fbuf = ctypes.create_string_buffer(fprog, len(fprog))
+    fbuf = ctypes.create_string_buffer(struct.pack("HxxxxxxQ", len(prog), ctypes.addressof(filt)), 16)
     ul = ctypes.c_ulong
     if libc.prctl(38, ul(1), ul(0), ul(0), ul(0)) != 0:  # PR_SET_NO_NEW_PRIVS
         return False
     return libc.prctl(22, ul(2), ul(ctypes.addressof(fbuf)), ul(0), ul(0)) == 0  # PR_SET_SECCOMP, FILTER
-
-
-def run_tests(program, tests):
-    """Exec the program as module ``solution``; then each test in its namespace; report ``T i ok``."""
-    namespace = {"__name__": "solution"}
-    try:
-        exec(compile(program, "solution.py", "exec"), namespace)
-    except BaseException as err:  # noqa: BLE001 - a failing solution fails every test
-        report(f"E {type(err).__name__}")
-        return
-    for i, test in enumerate(tests):
-        try:
-            exec(compile(test, f"test_{i}.py", "exec"), namespace)
-            ok = 1
-        except BaseException:  # noqa: BLE001 - AssertionError, SystemExit, anything: a failed test
-            ok = 0
-        report(f"T {i} {ok}")
 
 
 def die_with_parent(libc, parent):
@@ -211,39 +220,102 @@ def die_with_parent(libc, parent):
         os._exit(1)
 
 
-def runner(libc, cfg, program, tests, held, status_w):
-    """pid 1 of the new pid namespace (its init, immune to signals from inside): fresh /proc, then
-    fork the program and hand its wait status to the setup process through ``status_w``."""
+def checked_status(pid, cfg, held):
+    """What the program process holds, read by init from /proc (not claimed by the program)."""
+    with open(f"/proc/{pid}/status") as f:
+        st = {k: v.strip() for k, v in (line.split(":", 1) for line in f if ":" in line)}
+    no_caps = int(st.get("CapEff", "1"), 16) == 0 and int(st.get("CapBnd", "1"), 16) == 0
+    uid = int(st.get("Uid", "0").split()[0])
+    filtered = st.get("Seccomp") == "2" and st.get("NoNewPrivs") == "1"
+    return {"unprivileged": no_caps and (uid != 0 or (held["user_namespace"] and cfg["host_uid"] != 0)),
+            "syscall_filter": filtered, "no_fork": filtered and cfg["max_processes"] <= 1}
+
+
+def runner(libc, cfg, job, held):
+    """pid 1 of the new pid namespace: enter the jail, fork the program, check it, report."""
     os.setsid()
     parent = held.pop("parent")
-    proc = held["user_namespace"] and libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                                                 None) == 0
-    held["pid_namespace"] = bool(proc) and os.getpid() == 1
+    jailed = held.pop("jail_built") and enter_jail(libc, cfg["jail"])
+    held["filesystem"] = bool(jailed)
+    held["pid_namespace"] = bool(jailed) and os.getpid() == 1 and os.listdir("/proc") is not None
+    held.update(unprivileged=False, syscall_filter=False, no_fork=False)
     die_with_parent(libc, 0 if os.getpid() == 1 else parent)
+    (ready_r, ready_w), (ack_r, ack_w) = os.pipe(), os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(status_w)
-        run_child(execute, libc, cfg, program, tests, held)
-    os.write(status_w, str(os.waitpid(pid, 0)[1]).encode())
+        os.close(ready_r)
+        os.close(ack_w)
+        run_child(execute, libc, cfg, job, held, ready_w, ack_r, JAIL_CWD if jailed else cfg["workdir"])
+    libc.prctl(4, ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))  # not dumpable
+    os.close(ready_w)
+    os.close(ack_r)
+    if os.read(ready_r, 1) == b"1" and (jailed or os.getpid() != 1):  # a /proc that shows our namespace
+        held.update(checked_status(pid, cfg, held))
+    os.write(ack_w, b"1")
+    os.close(ack_w)
+    status, timed_out = wait_until(pid, time.monotonic() + cfg["wall_time"])
+    held.pop("mapped_nobody", None)
+    os.write(cfg["report_fd"], json.dumps({"isolation": held, "status": status, "timed_out": timed_out}).encode())
+    os._exit(0)
 
 
-def execute(libc, cfg, program, tests, held):
-    """The program's process: no privileges, limits, seccomp, report what held, run the program."""
-    os.chdir(cfg["workdir"])  # before the uid change: the path above it is private to the host user
-    # the init of the namespace counts too when it shares the uid; outside a namespace every host task does
+def wait_until(pid, deadline):
+    """Wait for the program until ``deadline``; past it, kill every process of the namespace."""
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status, False
+        if time.monotonic() > deadline:
+            os.kill(-1 if os.getpid() == 1 else pid, signal.SIGKILL)
+            return os.waitpid(pid, 0)[1], True
+        time.sleep(0.005)
+
+
+def execute(libc, cfg, job, held, ready_w, ack_r, cwd):
+    """The program's process: only its own descriptors, no privileges, limits, seccomp, then the program."""
+    keep = {0, 1, 2, cfg["results_fd"], ready_w, ack_r}
+    for fd in map(int, os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd")):
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    os.chdir(cwd)
+    # tasks of the same uid in this user namespace (the init when it is not nobody); all host tasks outside one
     cfg["nproc_extra"] = (int(not held["mapped_nobody"]) if held["user_namespace"] else cfg["nproc_base"])
-    no_caps = drop_privileges(libc, held.pop("mapped_nobody"))
-    held["unprivileged"] = no_caps and (os.getuid() != 0 or (held["user_namespace"] and cfg["host_uid"] != 0))
+    drop_privileges(libc, held["mapped_nobody"])
     die_with_parent(libc, os.getppid())  # the namespace's init; set after the uid change, which clears it
     set_limits(cfg)
-    held["syscall_filter"] = seccomp(libc, cfg["max_processes"] <= 1)
-    held["no_fork"] = held["syscall_filter"] and cfg["max_processes"] <= 1
-    report("I " + json.dumps(held, separators=(",", ":"), sort_keys=True))
-    if tests is None:
+    seccomp(libc, cfg["max_processes"] <= 1)
+    os.write(ready_w, b"1")
+    os.close(ready_w)
+    os.read(ack_r, 1)  # init has read our /proc status
+    os.close(ack_r)
+    program, calls, results = job["program"], job["calls"], cfg["results_fd"]
+    del job, cfg, held
+    if calls is None:
         sys.argv = ["solution.py"]
         exec(compile(program, "solution.py", "exec"), {"__name__": "__main__"})
     else:
-        run_tests(program, tests)
+        run_calls(program, calls, results)
+
+
+def run_calls(program, calls, fd):
+    """Load the program as module ``solution``, then evaluate each call; one JSON line each."""
+    namespace = {"__name__": "solution"}
+    try:
+        exec(compile(program, "solution.py", "exec"), namespace)
+    except BaseException as err:  # noqa: BLE001 - a failing solution fails every call
+        os.write(fd, json.dumps({"load": type(err).__name__}).encode() + b"\n")
+        return
+    os.write(fd, b'{"load": null}\n')
+    for i, call in enumerate(calls):
+        try:
+            line = {"value": encode(eval(compile(call, f"call_{i}", "eval"), namespace))}
+            text = json.dumps(line)
+        except BaseException as err:  # noqa: BLE001 - the call failed: that test fails
+            text = json.dumps({"error": type(err).__name__})
+        os.write(fd, text.encode() + b"\n")
 
 
 def run_child(fn, *args):
@@ -266,57 +338,40 @@ def run_child(fn, *args):
     os._exit(code)
 
 
-def mirror(status):
-    """End this process the way a child with wait status ``status`` ended (exit code or signal)."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        if sig not in (signal.SIGKILL, signal.SIGSTOP):
-            signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
-    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
-
-
-def setup(libc, cfg, program, tests, sync_r, go_w):
-    """New namespaces; wait for the host to write the id maps; read-only mounts; fork the runner."""
-    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | (0 if cfg["network"] else CLONE_NEWNET)
+def setup(libc, cfg, job, sync_r, go_w):
+    """New namespaces; wait for the host to write the id maps; build the jail; fork the runner."""
+    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | (0 if cfg["network"] else
+                                                                                      CLONE_NEWNET)
     unshared = libc.unshare(flags) == 0
     os.write(go_w, b"1" if unshared else b"0")
     mapped = os.read(sync_r, 1)
-    held = {"user_namespace": unshared and mapped in (b"1", b"2"), "network": unshared and not cfg["network"],
-            "mapped_nobody": mapped == b"2", "parent": os.getpid()}
-    if held["mapped_nobody"] and not expose_interpreter(libc, sys.path[1:]):
-        held["mapped_nobody"] = False  # stay root in the namespace rather than lose the standard library
-    held["filesystem"] = held["user_namespace"] and readonly_root(libc, cfg["workdir"])
-    status_r, status_w = os.pipe()
+    userns = unshared and mapped in (b"1", b"2")
+    held = {"user_namespace": userns, "network": unshared and not cfg["network"], "mapped_nobody": mapped == b"2",
+            "parent": os.getpid(), "jail_built": userns and build_jail(libc, cfg["jail"])}
     pid = os.fork()
     if pid == 0:
-        os.close(status_r)
-        run_child(runner, libc, cfg, program, tests, held, status_w)
-    os.close(status_w)
-    status = os.waitpid(pid, 0)[1]
-    program_status = os.read(status_r, 32)  # the program's status, as its init saw it
-    mirror(int(program_status) if program_status else status)
+        run_child(runner, libc, cfg, job, held)
+    os.waitpid(pid, 0)
+    os._exit(0)
 
 
 def main():
     cfg = json.loads(sys.argv[1])
-    STATE["fd"], cfg["host_uid"] = cfg["report_fd"], os.getuid()
-    STATE["key"] = os.read(cfg["key_fd"], 64)
-    os.close(cfg["key_fd"])
-    with open(cfg["program_path"]) as f:
-        program = f.read()
-    with open(cfg["tests_path"]) as f:
-        tests = json.load(f)
+    cfg["host_uid"] = os.getuid()
+    with open(cfg["job_path"]) as f:
+        job = json.load(f)
     libc = ctypes.CDLL(None, use_errno=True)
     (to_setup_r, to_setup_w), (to_boot_r, to_boot_w) = os.pipe(), os.pipe()
     boot = os.getpid()
     pid = os.fork()
     if pid == 0:
         die_with_parent(libc, boot)
-        run_child(setup, libc, cfg, program, tests, to_setup_r, to_boot_w)
+        run_child(setup, libc, cfg, job, to_setup_r, to_boot_w)
+    os.close(cfg["report_fd"])
+    os.close(cfg["results_fd"])
     unshared = os.read(to_boot_r, 1) == b"1"
     os.write(to_setup_w, write_maps(pid, os.getuid(), os.getgid()) if unshared else b"0")
-    mirror(os.waitpid(pid, 0)[1])
+    os.waitpid(pid, 0)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,14 @@ import torch
 
 from reward_models.base import Reward
 from reward_models.config import build_reward
-from reward_models.remote import MAX_BODY, TOKEN_ENV, group_chunks, serve
+from reward_models.remote import MAX_BODY, MAX_CONNECTIONS, TOKEN_ENV, group_chunks, serve
 from reward_models.rollouts import read_rollouts
 from reward_models.types import RewardOutput
 
 
 def serve_main(argv: list[str] | None = None) -> int:
     """``serve-reward --config <reward yaml> [--host 127.0.0.1] [--port 8000] [--device cpu]
-    [--token-env TREPO_REWARD_TOKEN] [--max-body-mb 16] [--read-timeout 30]``."""
+    [--token-env TREPO_REWARD_TOKEN] [--max-body-mb 16] [--read-timeout 30] [--max-connections 64]``."""
     parser = argparse.ArgumentParser(prog="lightning-trepo serve-reward", description="Serve a reward tree over HTTP.")
     parser.add_argument("--config", required=True, help="reward YAML (class_path/init_args tree)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 = all: set a token)")
@@ -32,15 +32,18 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-env", default=TOKEN_ENV,
                         help="environment variable with the bearer token /score requires (unset = no authentication)")
     parser.add_argument("--max-body-mb", type=float, default=MAX_BODY / 2**20, help="request body limit in MiB")
-    parser.add_argument("--read-timeout", type=float, default=30.0, help="seconds a client has to send its request")
+    parser.add_argument("--read-timeout", type=float, default=30.0,
+                        help="seconds a client has for its request line and headers, and again for its body")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                        help="connections served at once; more get an immediate 503")
     args = parser.parse_args(argv)
-    if args.max_body_mb <= 0 or args.read_timeout <= 0:
-        parser.error("--max-body-mb and --read-timeout must be > 0")
+    if args.max_body_mb <= 0 or args.read_timeout <= 0 or args.max_connections < 1:
+        parser.error("--max-body-mb and --read-timeout must be > 0, --max-connections >= 1")
     token = os.environ.get(args.token_env) or None
     reward = _build_or_exit(parser, args.config)
     if args.device:
         reward.to(args.device)
-    serve(reward, args.host, args.port, token, int(args.max_body_mb * 2**20), args.read_timeout)
+    serve(reward, args.host, args.port, token, int(args.max_body_mb * 2**20), args.read_timeout, args.max_connections)
     return 0
 
 

@@ -1,10 +1,12 @@
-"""Code execution reward: run the completion's Python against the row's tests in a sandbox.
+"""Code execution reward: run the completion's Python in a sandbox and judge its outputs in the host.
 
-The sandbox (reward_models/sandbox.py) limits CPU time, wall time, memory, processes and output,
-runs in a fresh temporary directory with a minimal environment and, where the kernel allows, in its
-own user + pid + network + mount namespaces as an unprivileged uid, with no network, a read-only
-filesystem and a seccomp filter. Where a feature is missing the reward refuses to run untrusted code
-unless ``allow_unisolated: true``. docs/rewards.md says honestly what it does not stop.
+The sandbox (reward_models/sandbox.py) limits CPU time, wall time, memory, tasks and output, runs
+with a minimal environment and, where the kernel allows, in its own user + pid + network + mount
+namespaces as an unprivileged uid under seccomp, in a jail that shows only the interpreter. It
+evaluates the calls of the tests (reward_models/code_tests.py) or the stdin runs and sends back
+plain values or stdout; the expected values never enter it, and the comparison happens here. Where
+an isolation feature is missing the reward refuses to run untrusted code unless
+``allow_unisolated: true``. docs/rewards.md says honestly what it does not stop.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from reward_models.base import MISSING, Reward, check_missing, metadata_value
+from reward_models.code_tests import SplitTest, host_judgeable, judge_in_host, judge_in_sandbox, split_tests
 from reward_models.sandbox import ISOLATION_FEATURES, SandboxLimits, SandboxResult, probe_isolation, run_sandboxed
 from reward_models.types import RewardOutput, Samples
 
@@ -66,11 +69,14 @@ def parse_tests(value: Any, i: int, key: str) -> tuple[str, list[Any]]:
 class CodeExecution(Reward):
     """Fraction of the row's tests the completion's code passes (``mode="all"``: 1 iff all pass).
 
-    Assert tests run in one sandboxed process after the program is loaded as module ``solution``
-    (a test passes if it raises nothing; tests after a crash or timeout fail). I/O tests run the
-    program as ``__main__`` once per test with the input on stdin and compare stdout
-    (:func:`normalize_output`). No code scores 0. Metrics: ``timeout`` (some run hit a time limit),
-    ``no_code`` (no program found).
+    Assert tests are split (:func:`~reward_models.code_tests.split_test`): one sandboxed process
+    loads the program as module ``solution`` and evaluates every call of the row's tests; each test
+    passes iff its judge holds on the returned plain values (calls after a crash or timeout fail).
+    I/O tests run the program as ``__main__`` once per test with the input on stdin and compare
+    stdout (:func:`normalize_output`) here. No code scores 0. A row whose sandbox output is malformed,
+    oversize or lacks the isolation report scores 0 (NaN under ``on_error: nan``); the other rows
+    keep their scores. Metrics: ``timeout`` (some run hit a time limit), ``no_code`` (no program
+    found), ``bad_result`` (that row's sandbox output could not be scored).
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class CodeExecution(Reward):
         max_processes: int = 1,
         max_output_bytes: int = 65536,
         workers: int = 2,
+        max_tasks: int = 16,
         allow_unisolated: bool = False,
         missing: Literal["raise", "nan"] = "raise",
         python: str | None = None,
@@ -97,21 +104,26 @@ class CodeExecution(Reward):
             cpu_time: CPU seconds per run (RLIMIT_CPU).
             wall_time: wall seconds per run; the process group is killed after it.
             memory_mb: address-space limit per run (RLIMIT_AS).
-            max_processes: 1 = the program may not create processes (seccomp); more = RLIMIT_NPROC.
-            max_output_bytes: cap on stdout/stderr and on any file written.
+            max_processes: 1 = the program may not create processes (seccomp); more = RLIMIT_NPROC
+                of that many tasks (processes and threads).
+            max_output_bytes: cap on stdout/stderr, on the returned values and on any file written.
             workers: sandboxes run at once.
+            max_tasks: with ``max_processes: 1``, RLIMIT_NPROC: the program's threads, itself included.
             allow_unisolated: run untrusted code even where the sandbox lacks an isolation feature
                 (:data:`~reward_models.sandbox.ISOLATION_FEATURES`; a warning names them). Default: refuse.
             missing: ``"raise"`` or ``"nan"`` when a row has no tests.
             python: interpreter for the sandbox (default: this one).
-            on_error: ``"raise"`` or ``"nan"`` (NaN + ``failed``) when scoring itself fails.
+            on_error: ``"raise"`` or ``"nan"`` (NaN + ``failed``) when scoring itself fails; also
+                what a row with an unscorable sandbox output gets: 0 (``raise``) or NaN (``nan``).
         """
         if mode not in ("fraction", "all"):
             raise ValueError(f"CodeExecution: mode must be 'fraction' or 'all', got {mode!r}")
-        if workers < 1 or max_processes < 1 or memory_mb < 16 or cpu_time <= 0 or wall_time <= 0:
-            raise ValueError("CodeExecution: workers, max_processes >= 1, memory_mb >= 16, cpu_time, wall_time > 0")
+        if workers < 1 or max_processes < 1 or max_tasks < 1 or memory_mb < 16 or cpu_time <= 0 or wall_time <= 0:
+            raise ValueError("CodeExecution: workers, max_processes, max_tasks >= 1, memory_mb >= 16, cpu_time, "
+                             "wall_time > 0")
         self.tests_key, self.mode, self.extract, self.workers = tests_key, mode, extract, int(workers)
-        self.limits = SandboxLimits(cpu_time, wall_time, int(memory_mb), int(max_processes), int(max_output_bytes))
+        self.limits = SandboxLimits(cpu_time, wall_time, int(memory_mb), int(max_processes), int(max_output_bytes),
+                                    max_tasks=int(max_tasks))
         self.allow_unisolated, self.python = allow_unisolated, python
         self.missing = check_missing("CodeExecution", missing)
         self.set_policy(on_error, None)
@@ -133,13 +145,13 @@ class CodeExecution(Reward):
                     "(set allow_unisolated: true to run it anyway, on a machine you can afford to lose)")
             if lacking:
                 log.warning("CodeExecution: sandbox runs WITHOUT %s isolation (allow_unisolated)", lacking)
-        elif result is not None and result.isolation and not self.allow_unisolated:
+        elif result is not None and not result.bad_result and not self.allow_unisolated:
             lacking = self._lacking(result.isolation)
             if lacking:
                 raise RuntimeError(f"CodeExecution: a sandboxed run lost isolation {lacking}")
 
     def _jobs(self, samples: Samples) -> tuple[list[tuple[int, str, Any]], list[int], list[float]]:
-        """One job per sandbox run: (row, program, assert tests | (stdin, expected))."""
+        """One job per sandbox run: (row, program, split assert tests | (stdin, expected))."""
         jobs, n_tests, no_code = [], [], []
         for i, completion in enumerate(samples.completions):
             value = metadata_value(samples, i, self.tests_key, "CodeExecution", self.missing)
@@ -151,37 +163,58 @@ class CodeExecution(Reward):
             kind, tests = parse_tests(value, i, self.tests_key)
             n_tests.append(len(tests))
             if program and kind == "assert":
-                jobs.append((i, program, tests))
+                jobs.append((i, program, split_tests(tests, i, self.tests_key)))
             elif program:
                 jobs.extend((i, program, pair) for pair in tests)
         return jobs, n_tests, no_code
 
+    def _judge(self, tests: list[SplitTest], res: SandboxResult) -> int:
+        """Tests passed: each judge on the values of its own calls, in the host or a clean sandbox."""
+        passed, deferred = 0, []
+        for test in tests:
+            outcomes = res.calls[test.first:test.first + len(test.calls)]
+            if res.load_error is not None or not all(ok for ok, _ in outcomes):
+                continue
+            values = {f"__v{test.first + k}": value for k, (_, value) in enumerate(outcomes)}
+            if host_judgeable(test):
+                passed += judge_in_host(test, values)
+            else:
+                deferred.append((test, values))
+        return passed + (sum(judge_in_sandbox(deferred, self.limits, self.python)) if deferred else 0)
+
     def _run(self, job: tuple[int, str, Any]) -> tuple[int, int, bool, SandboxResult]:
         i, program, tests = job
         if isinstance(tests, list):
-            res = run_sandboxed(program, tests, limits=self.limits, python=self.python)
-            return i, sum(res.tests), res.timed_out, res
+            res = run_sandboxed(program, [c for t in tests for c in t.calls], limits=self.limits, python=self.python)
+            return i, 0 if res.bad_result else self._judge(tests, res), res.timed_out, res
         stdin, expected = tests
         res = run_sandboxed(program, None, stdin=stdin, limits=self.limits, python=self.python)
         ok = res.returncode == 0 and not res.timed_out and normalize_output(res.stdout) == normalize_output(expected)
-        return i, int(ok), res.timed_out, res
+        return i, int(ok and not res.bad_result), res.timed_out, res
 
     def forward(self, samples: Samples) -> RewardOutput:
         jobs, n_tests, no_code = self._jobs(samples)
         if jobs:
             self._check_isolation()
-        passed, timeout = [0] * len(samples), [0.0] * len(samples)
+        n = len(samples)
+        passed, timeout, bad = [0] * n, [0.0] * n, [0.0] * n
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="sandbox") as pool:
             for i, ok, timed_out, res in pool.map(self._run, jobs):
                 self._check_isolation(res)
+                if res.bad_result:
+                    log.warning("CodeExecution: row %d scored as failed: %s", i, res.bad_result)
                 passed[i] += ok
                 timeout[i] = max(timeout[i], float(timed_out))
+                bad[i] = max(bad[i], float(res.bad_result is not None))
         rewards = []
         for i, total in enumerate(n_tests):
-            if total < 0:
+            if total < 0 or (bad[i] and self.on_error == "nan"):
                 rewards.append(math.nan)
+            elif bad[i]:
+                rewards.append(0.0)
             elif self.mode == "all":
                 rewards.append(float(total > 0 and passed[i] == total))
             else:
                 rewards.append(passed[i] / total)
-        return RewardOutput(torch.tensor(rewards), {"timeout": torch.tensor(timeout), "no_code": torch.tensor(no_code)})
+        metrics = {"timeout": torch.tensor(timeout), "no_code": torch.tensor(no_code), "bad_result": torch.tensor(bad)}
+        return RewardOutput(torch.tensor(rewards), metrics)

@@ -5,10 +5,13 @@ Protocol (JSON, NaN sent as null):
 200 ``{"rewards": [...], "metrics": {key: [...]}}``; 400 ``{"error"}`` for a bad request;
 500 ``{"error"}`` when the reward tree fails. ``GET /health`` → ``{"status": "ok", "reward": name}``.
 
-Facing a network: with a token (environment variable :data:`TOKEN_ENV` on both sides) ``/score``
-needs ``Authorization: Bearer <token>`` (401 otherwise, compared in constant time); the body size is
-checked from ``Content-Length`` before anything is read (400 malformed, 411 missing, 413 too large);
-the body must arrive within ``read_timeout`` seconds (408); token-id batches whose padded tensors
+Facing a network: at most ``max_connections`` connections are served at once (beyond: an
+immediate 503, which :class:`RemoteReward` retries); the request line and headers must arrive within
+``read_timeout`` seconds in total (else the connection is closed); with a token (environment
+variable :data:`TOKEN_ENV` on both sides) ``/score`` needs ``Authorization: Bearer <token>``
+(401 otherwise, compared in constant time, before the body is read); the body size is checked from
+``Content-Length`` before anything is read (400 malformed, 411 missing, 413 too large); the body
+must arrive within another ``read_timeout`` seconds (408); token-id batches whose padded tensors
 would outgrow the body are refused (400), so a request costs a bounded multiple of its body.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -32,6 +36,7 @@ from reward_models.types import RewardOutput, Samples
 
 log = logging.getLogger("reward_models")
 MAX_BODY = 16 << 20  #: default request body limit in bytes (``serve-reward --max-body-mb``)
+MAX_CONNECTIONS = 64  #: default cap on connections served at once (``serve-reward --max-connections``)
 TOKEN_ENV = "TREPO_REWARD_TOKEN"  #: environment variable holding the shared bearer token
 RETRY_STATUS = {502, 503, 504}
 
@@ -172,7 +177,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(self.server.read_timeout)  # socket timeout for headers and each read
+        self.connection.settimeout(self.server.read_timeout)  # socket timeout for each read
+        self.server.set_deadline(self.connection, self.server.read_timeout)  # request line + headers in total
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.server.set_deadline(self.connection, None)  # the headers are in; the body has its own deadline
+        return ok
 
     def _send(self, status: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload).encode()
@@ -242,8 +253,8 @@ class _Handler(BaseHTTPRequestHandler):
             total += len(chunk)
 
     def _samples(self) -> Samples:
-        length = self._content_length()
         self._authorize()
+        length = self._content_length()
         body = self._read_body(length)
         try:
             _check_containers(body, self.server.max_body // 16)
@@ -279,18 +290,82 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class RewardServer(ThreadingHTTPServer):
-    """HTTP server holding a reward tree; calls are serialised by a lock (trees may hold state)."""
+    """HTTP server holding a reward tree; calls are serialised by a lock (trees may hold state).
+    Serves at most ``max_connections`` connections at once (503 beyond); a reaper thread closes
+    connections whose request line and headers outlive ``read_timeout``."""
 
     daemon_threads = True
     request_queue_size = 128  #: listen backlog: many trainers may connect at once
 
     def __init__(self, reward: Reward, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-                 max_body: int = MAX_BODY, read_timeout: float = 30.0) -> None:
+                 max_body: int = MAX_BODY, read_timeout: float = 30.0, max_connections: int = MAX_CONNECTIONS) -> None:
         if token is not None and not token:
             raise ValueError("RewardServer: the token must not be empty (None = no authentication)")
+        if max_connections < 1 or read_timeout <= 0:
+            raise ValueError("RewardServer: max_connections >= 1 and read_timeout > 0 required")
         super().__init__((host, port), _Handler)
         self.reward, self.lock = reward, threading.Lock()
         self.token, self.max_body, self.read_timeout = token, int(max_body), float(read_timeout)
+        self.max_connections, self.active, self._count_lock = int(max_connections), 0, threading.Lock()
+        self._deadlines: dict[socket.socket, float] = {}
+        self._closed = threading.Event()
+        threading.Thread(target=self._reap, name="reward-server-reaper", daemon=True).start()
+
+    def set_deadline(self, conn: socket.socket, seconds: float | None) -> None:
+        """Close ``conn`` unless it is done reading headers within ``seconds`` (None: no deadline)."""
+        with self._count_lock:
+            if seconds is None:
+                self._deadlines.pop(conn, None)
+            else:
+                self._deadlines[conn] = time.monotonic() + seconds
+
+    def _reap(self) -> None:
+        while not self._closed.wait(0.1):
+            now = time.monotonic()
+            with self._count_lock:
+                late = [conn for conn, deadline in self._deadlines.items() if deadline < now]
+                for conn in late:
+                    del self._deadlines[conn]
+            for conn in late:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)  # the handler's blocked read returns: it ends
+                except OSError:
+                    pass
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._count_lock:
+            full = self.active >= self.max_connections
+            self.active += not full
+        if full:
+            body = json.dumps({"error": f"server busy: {self.max_connections} connections open; retry"}).encode()
+            try:
+                request.settimeout(0.5)
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(request)
+
+    def _release(self, request: Any) -> None:
+        with self._count_lock:
+            self.active -= 1
+            self._deadlines.pop(request, None)
+
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("reward server: error while handling a request from %s", client_address)
@@ -302,9 +377,9 @@ class RewardServer(ThreadingHTTPServer):
 
 
 def serve(reward: Reward, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          max_body: int = MAX_BODY, read_timeout: float = 30.0) -> None:
+          max_body: int = MAX_BODY, read_timeout: float = 30.0, max_connections: int = MAX_CONNECTIONS) -> None:
     """Serve ``reward`` until interrupted (``port=0`` picks a free port; the URL is printed)."""
-    server = RewardServer(reward, host, port, token, max_body, read_timeout)
+    server = RewardServer(reward, host, port, token, max_body, read_timeout, max_connections)
     auth = "bearer token required" if token else "NO authentication"
     print(f"serving {type(reward).__name__} on {server.url} (POST /score, GET /health; {auth})", flush=True)
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):

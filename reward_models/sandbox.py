@@ -1,23 +1,24 @@
 """Run untrusted Python in a limited subprocess. What this boundary does and does not stop: docs/rewards.md.
 
-One call = one fresh ``python -I`` process tree (``_sandbox_boot.py``) with a minimal environment, its
-own temporary working directory, rlimits (CPU time, address space, file size = output cap, no core
-files), a wall-clock timeout that kills it, and — where the kernel allows — new user + pid + network
-+ mount namespaces (the program is pid 1 of its own namespace, sees only itself in ``/proc``, runs as
-an unprivileged uid with no capabilities, has no network, every mount read-only, a 16 MiB tmpfs as
-cwd) and a seccomp filter (no namespace/mount/ptrace syscalls; no process creation when
-``max_processes <= 1``). Test results are HMAC-signed with a per-run key the harness reads from a
-pipe, so lines the program forges on the report descriptor are ignored. The result says which
-isolation features held (``isolation``, keys :data:`ISOLATION_FEATURES`).
+One call = one fresh ``python -I`` process tree (``_sandbox_boot.py``) with a minimal environment,
+rlimits (CPU time, address space, file size = output cap, no core files, a task cap that counts
+threads), a wall-clock limit, and — where the kernel allows — new user + pid + network + mount
+namespaces: the program is pid 2 of its own namespace, runs as an unprivileged uid with no
+capabilities under a seccomp filter, has no network, and sees only a jail (an empty tmpfs root with
+the interpreter's own paths bound back read-only and a 16 MiB tmpfs as cwd).
+
+The program runs as ``__main__`` on ``stdin`` (its stdout is the answer), or is loaded as module
+``solution`` and each *call* expression is evaluated; the values come back as strict JSON of plain
+values (:func:`decode_value`). Expected values never enter the sandbox: the caller compares. The
+isolation report (keys :data:`ISOLATION_FEATURES`) is written by the namespace's init on a pipe the
+program never holds; a missing or unparsable report, or malformed results, set ``bad_result``.
 """
 from __future__ import annotations
 
+import fcntl
 import functools
-import hashlib
-import hmac
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BOOT = str(Path(__file__).with_name("_sandbox_boot.py"))
 #: Every isolation feature the boot reports (``no_fork`` only matters with ``max_processes <= 1``).
@@ -38,23 +40,53 @@ class SandboxLimits:
     """Limits of one sandboxed run."""
 
     cpu_time: float = 2.0  #: CPU seconds (RLIMIT_CPU, rounded up to whole seconds)
-    wall_time: float = 5.0  #: wall-clock seconds before the process group is killed
+    wall_time: float = 5.0  #: wall-clock seconds before every process of the run is killed
     memory_mb: int = 512  #: address-space limit (RLIMIT_AS)
-    max_processes: int = 1  #: 1 = no child processes (seccomp); >1 = RLIMIT_NPROC on the sandbox's own uid
-    max_output_bytes: int = 1 << 16  #: stdout/stderr and any written file (RLIMIT_FSIZE)
+    max_processes: int = 1  #: 1 = no child processes (seccomp); >1 = RLIMIT_NPROC = this many tasks
+    max_output_bytes: int = 1 << 16  #: stdout/stderr, results and any written file (RLIMIT_FSIZE)
     network: bool = False  #: allow network (False = a fresh, empty network namespace)
+    max_tasks: int = 16  #: with max_processes 1: RLIMIT_NPROC, the program's threads (itself included)
 
 
 @dataclass
 class SandboxResult:
-    returncode: int | None
+    returncode: int | None  #: the program's exit code (negative: killed by that signal); None if unknown
     stdout: str
     stderr: str
     timed_out: bool
     wall_s: float
-    tests: list[bool] = field(default_factory=list)  #: per-test pass flags (assert mode)
-    load_error: str | None = None  #: exception type raised while loading the program (assert mode)
+    load_error: str | None = None  #: exception type raised while loading the program (call mode)
+    calls: list[tuple[bool, Any]] = field(default_factory=list)  #: per call: (True, value) or (False, error type)
+    bad_result: str | None = None  #: why this run's output cannot be scored (malformed, oversize, no report)
     isolation: dict[str, bool] = field(default_factory=dict)  #: which ISOLATION_FEATURES held
+
+
+_TAGS = {"tuple": tuple, "set": set, "frozenset": frozenset, "iter": iter}
+
+
+def decode_value(data: Any) -> Any:
+    """The plain value a sandbox sent (the boot's ``encode``): JSON scalars and lists as themselves;
+    one-key objects ``{"tuple"|"set"|"frozenset"|"iter": [...]}``, ``{"dict": [[k, v], ...]}``,
+    ``{"bytes": hex}``, ``{"complex": [re, im]}``, ``{"range": [a, b, c]}``. Anything else raises
+    ValueError or TypeError: only built-in types come out, so no ``__eq__`` of the program's."""
+    if data is None or type(data) in (bool, int, float, str):
+        return data
+    if type(data) is list:
+        return [decode_value(v) for v in data]
+    if type(data) is not dict or len(data) != 1:
+        raise ValueError(f"not a tagged value: {str(data)[:60]}")
+    (tag, body), = data.items()
+    if tag in _TAGS and type(body) is list:
+        return _TAGS[tag]([decode_value(v) for v in body])
+    if tag == "dict" and type(body) is list and all(type(p) is list and len(p) == 2 for p in body):
+        return {decode_value(k): decode_value(v) for k, v in body}
+    if tag == "bytes" and type(body) is str:
+        return bytes.fromhex(body)
+    if tag == "complex" and type(body) is list and all(type(v) in (int, float) for v in body):
+        return complex(*body)
+    if tag == "range" and type(body) is list and all(type(v) is int for v in body) and len(range(*body)) <= 1 << 16:
+        return range(*body)  # bounded: list(value) in a judge must not exhaust the host
+    raise ValueError(f"bad tagged value {tag!r}")
 
 
 def _minimal_env(workdir: str) -> dict[str, str]:
@@ -63,7 +95,7 @@ def _minimal_env(workdir: str) -> dict[str, str]:
 
 
 def _user_task_count() -> int:
-    """Tasks (threads count) owned by this uid: RLIMIT_NPROC counts them all."""
+    """Tasks (threads count) owned by this uid: outside a user namespace RLIMIT_NPROC counts them all."""
     uid, count = os.getuid(), 0
     for pid in os.listdir("/proc"):
         if pid.isdigit():
@@ -75,101 +107,126 @@ def _user_task_count() -> int:
     return count
 
 
-def _signed_lines(text: str, key: bytes) -> list[list[str]]:
-    """The report lines whose trailing HMAC matches ``key`` (split into words, signature removed)."""
-    lines = []
-    for line in text.splitlines():
-        body, _, sig = line.rpartition(" ")
-        want = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()[:32]
-        if body and hmac.compare_digest(sig, want):
-            lines.append(body.split(" ", 1))
-    return lines
+def parse_results(raw: bytes, cap: int, n_calls: int, result: SandboxResult) -> None:
+    """Fill ``load_error`` and ``calls`` from the results file: a ``{"load": null | type}`` line, then
+    one ``{"value": v}`` or ``{"error": type}`` line per call. Calls without a line (the program died
+    or ran out of time) failed; anything malformed, extra or cut at ``cap`` sets ``bad_result``."""
+    result.calls = [(False, "no result")] * n_calls
+    if not raw:
+        result.load_error = "no result"
+        return
+    lines = raw.split(b"\n")
+    if len(raw) >= cap or lines[-1] != b"" or len(lines) - 1 > 1 + n_calls:
+        result.bad_result = "results oversize, cut or with extra lines"
+        return
+    try:
+        parsed = [json.loads(line) for line in lines[:-1]]
+        head = parsed[0]
+        if type(head) is not dict or set(head) != {"load"} or type(head["load"]) not in (str, type(None)):
+            raise ValueError("first line is not {'load': ...}")
+        result.load_error = head["load"]
+        if result.load_error is not None and len(parsed) > 1:
+            raise ValueError("calls after a load error")
+        for i, line in enumerate(parsed[1:]):
+            if type(line) is dict and set(line) == {"value"}:
+                result.calls[i] = (True, decode_value(line["value"]))
+            elif type(line) is dict and set(line) == {"error"} and type(line["error"]) is str:
+                result.calls[i] = (False, line["error"][:80])
+            else:
+                raise ValueError(f"result line {i + 1} is neither a value nor an error")
+    except (ValueError, TypeError, RecursionError, OverflowError) as err:
+        result.calls = [(False, "bad result")] * n_calls
+        result.bad_result = f"malformed results: {type(err).__name__}: {str(err)[:80]}"
 
 
-def _parse_report(text: str, key: bytes, result: SandboxResult, n_tests: int) -> None:
-    """Fill isolation, per-test flags and load error from the signed lines (first line of each wins)."""
-    passed: list[bool | None] = [None] * n_tests
-    for kind, *rest in _signed_lines(text, key):
-        arg = rest[0] if rest else ""
-        if kind == "I" and not result.isolation:
-            result.isolation = {k: bool(v) for k, v in json.loads(arg).items()}
-        elif kind == "T" and arg.count(" ") == 1 and arg.split()[0].isdigit() and int(arg.split()[0]) < n_tests:
-            index, ok = arg.split()
-            passed[int(index)] = ok == "1" if passed[int(index)] is None else passed[int(index)]
-        elif kind == "E" and result.load_error is None:
-            result.load_error = arg or "error"
-    result.tests = [bool(p) for p in passed]
+def parse_report(raw: bytes, result: SandboxResult) -> int | None:
+    """Isolation, timeout and the program's wait status from init's report; None (and
+    ``bad_result``) if it is missing or unparsable."""
+    try:
+        report = json.loads(raw)
+        isolation, status = report["isolation"], report["status"]
+        if type(isolation) is not dict or type(status) is not int or type(report["timed_out"]) is not bool:
+            raise ValueError("wrong types")
+    except (ValueError, TypeError, KeyError, RecursionError) as err:
+        result.bad_result = result.bad_result or f"no isolation report ({type(err).__name__})"
+        return None
+    result.isolation = {k: bool(isolation.get(k)) for k in ISOLATION_FEATURES}
+    result.timed_out = result.timed_out or report["timed_out"]
+    return status
+
+
+def run_sandboxed(
+    program: str,
+    calls: list[str] | None = None,
+    stdin: str = "",
+    limits: SandboxLimits | None = None,
+    python: str | None = None,
+) -> SandboxResult:
+    """Run ``program``: as ``__main__`` reading ``stdin`` (``calls=None``), or load it as module
+    ``solution`` and evaluate each expression of ``calls`` in its namespace (values in ``calls``)."""
+    limits = limits or SandboxLimits()
+    root = Path(tempfile.mkdtemp(prefix="trepo-sandbox-"))
+    try:
+        for name in ("work", "io", "jail"):
+            (root / name).mkdir()
+        (root / "io" / "job.json").write_text(json.dumps({"program": program, "calls": calls}))
+        (root / "io" / "stdin.txt").write_text(stdin)
+        cfg = {"job_path": str(root / "io" / "job.json"), "workdir": str(root / "work"), "jail": str(root / "jail"),
+               "cpu_time": limits.cpu_time, "wall_time": limits.wall_time, "memory_mb": limits.memory_mb,
+               "max_output_bytes": limits.max_output_bytes, "max_processes": limits.max_processes,
+               "max_tasks": limits.max_tasks, "network": limits.network, "nproc_base": _user_task_count()}
+        return _spawn(cfg, root / "io", limits, python or sys.executable, calls)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _spawn(cfg: dict, io_dir: Path, limits: SandboxLimits, python: str, calls: list[str] | None) -> SandboxResult:
+    report_r, report_w = os.pipe()
+    cap = limits.max_output_bytes
+    with open(io_dir / "stdin.txt", "rb") as fin, open(io_dir / "stdout", "wb") as fout, \
+            open(io_dir / "stderr", "wb") as ferr, open(io_dir / "results", "wb+") as fres:
+        cfg = {**cfg, "report_fd": report_w, "results_fd": fres.fileno()}
+        start = time.perf_counter()
+        try:
+            proc = subprocess.Popen(
+                [python, "-I", BOOT, json.dumps(cfg)], stdin=fin, stdout=fout, stderr=ferr, cwd=cfg["workdir"],
+                env=_minimal_env(cfg["workdir"]), start_new_session=True, pass_fds=(report_w, fres.fileno()),
+            )
+        finally:
+            os.close(report_w)
+        killed = False
+        try:
+            # the init kills at wall_time after the program starts; this backstop also covers the harness's
+            # own start, which takes seconds on a starved machine
+            proc.wait(timeout=2 * limits.wall_time + 10.0)
+        except subprocess.TimeoutExpired:
+            killed = True
+        finally:
+            _kill_group(proc)
+        wall = time.perf_counter() - start
+    result = SandboxResult(None, _read_capped(io_dir / "stdout", cap), _read_capped(io_dir / "stderr", cap),
+                           killed, wall)
+    fcntl.fcntl(report_r, fcntl.F_SETFL, os.O_NONBLOCK)
+    try:
+        raw_report = os.read(report_r, 1 << 16)
+    except BlockingIOError:
+        raw_report = b""
+    finally:
+        os.close(report_r)
+    status = parse_report(raw_report, result)
+    if status is not None:
+        result.returncode = os.waitstatus_to_exitcode(status)
+        # RLIMIT_CPU ends in SIGXCPU/SIGKILL: count it as a timeout too
+        result.timed_out = result.timed_out or result.returncode in (-signal.SIGXCPU, -signal.SIGKILL)
+    if calls is not None:
+        with open(io_dir / "results", "rb") as f:
+            parse_results(f.read(cap + 1), cap, len(calls), result)
+    return result
 
 
 def _read_capped(path: Path, cap: int) -> str:
     with open(path, "rb") as f:
         return f.read(cap).decode("utf-8", errors="replace")
-
-
-def run_sandboxed(
-    program: str,
-    tests: list[str] | None = None,
-    stdin: str = "",
-    limits: SandboxLimits | None = None,
-    python: str | None = None,
-) -> SandboxResult:
-    """Run ``program``: as ``__main__`` reading ``stdin`` (``tests=None``), or load it as module
-    ``solution`` and exec each test string in its namespace (a test passes if it raises nothing)."""
-    limits = limits or SandboxLimits()
-    root = Path(tempfile.mkdtemp(prefix="trepo-sandbox-"))
-    try:
-        workdir, io_dir = root / "work", root / "io"
-        workdir.mkdir()
-        io_dir.mkdir()
-        (io_dir / "program.py").write_text(program)
-        (io_dir / "tests.json").write_text(json.dumps(tests))
-        (io_dir / "stdin.txt").write_text(stdin)
-        cfg = {"program_path": str(io_dir / "program.py"), "tests_path": str(io_dir / "tests.json"),
-               "workdir": str(workdir), "cpu_time": limits.cpu_time, "memory_mb": limits.memory_mb,
-               "max_output_bytes": limits.max_output_bytes, "max_processes": limits.max_processes,
-               "network": limits.network, "nproc_base": _user_task_count() if limits.max_processes > 1 else 0}
-        return _spawn(cfg, io_dir, limits, python or sys.executable, len(tests or []))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _key_pipe() -> tuple[bytes, int]:
-    """A fresh result key and the read end of a pipe holding it (the boot reads it, then closes it)."""
-    key = secrets.token_bytes(32)
-    read_fd, write_fd = os.pipe()
-    os.write(write_fd, key)
-    os.close(write_fd)
-    return key, read_fd
-
-
-def _spawn(cfg: dict, io_dir: Path, limits: SandboxLimits, python: str, n_tests: int) -> SandboxResult:
-    key, key_fd = _key_pipe()
-    with open(io_dir / "stdin.txt", "rb") as fin, open(io_dir / "stdout", "wb") as fout, \
-            open(io_dir / "stderr", "wb") as ferr, open(io_dir / "report", "wb+") as frep:
-        cfg = {**cfg, "report_fd": frep.fileno(), "key_fd": key_fd}
-        start = time.perf_counter()
-        try:
-            proc = subprocess.Popen(
-                [python, "-I", BOOT, json.dumps(cfg)], stdin=fin, stdout=fout, stderr=ferr, cwd=cfg["workdir"],
-                env=_minimal_env(cfg["workdir"]), start_new_session=True, pass_fds=(frep.fileno(), key_fd),
-            )
-        finally:
-            os.close(key_fd)
-        timed_out = False
-        try:
-            proc.wait(timeout=limits.wall_time)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            _kill_group(proc)
-        wall = time.perf_counter() - start
-    rc = proc.returncode
-    # RLIMIT_CPU ends in SIGXCPU/SIGKILL: count it as a timeout too
-    timed_out = timed_out or rc in (-signal.SIGXCPU, -signal.SIGKILL)
-    result = SandboxResult(rc, _read_capped(io_dir / "stdout", limits.max_output_bytes),
-                           _read_capped(io_dir / "stderr", limits.max_output_bytes), timed_out, wall)
-    _parse_report((io_dir / "report").read_text(errors="replace"), key, result, n_tests)
-    return result
 
 
 @functools.cache

@@ -51,14 +51,19 @@ def test_sees_only_its_own_processes():
 
 
 def test_forged_result_lines_score_zero():
-    # write pass lines, signed-looking ones too, to every open descriptor, then leave before the tests run
+    # write pass-looking lines, old (``T 0 1``) and new (``{"value": true}``) style, to every open
+    # descriptor, then leave before the calls run: the results are the program's own and prove nothing
     prog = ("import os\nfor fd in map(int, os.listdir('/proc/self/fd')):\n    try:\n"
-            "        os.write(fd, b'T 0 1\\nT 0 1 ' + b'0' * 32 + b'\\nI {}\\n')\n"
+            "        os.write(fd, b'T 0 1\\n{\"load\": null}\\n{\"value\": true}\\n')\n"
             "    except OSError:\n        pass\nos._exit(0)")
-    res = run_sandboxed(prog, ["assert 1 == 2"], limits=FAST)
-    assert res.tests == [False]
-    reward = CodeExecution(cpu_time=1, wall_time=3)(samples([prog], [{"tests": ["assert 1 == 2"]}]))
-    assert_close(reward.rewards, [0.0])
+    res = run_sandboxed(prog, ["f()"], limits=FAST)
+    # 'T 0 1' is no result line and there is one line too many: the row's results are unusable
+    assert res.bad_result and res.calls == [(False, "no result")]
+    assert all(res.isolation.values()), res.isolation  # init's report is out of the program's reach
+    honest = "def f():\n    return 2"
+    out = CodeExecution(cpu_time=1, wall_time=3)(samples([prog, honest], [{"tests": ["assert f() == 1 + 1"]}] * 2))
+    assert_close(out.rewards, [0.0, 1.0])  # the forged row fails alone; the honest row keeps its score
+    assert_close(out.metrics["bad_result"], [1.0, 0.0])
 
 
 def test_cannot_read_host_secrets(monkeypatch):
@@ -99,8 +104,8 @@ def test_ctypes_tricks_are_refused():
 
 
 def test_subprocess_and_exec_are_refused():
-    res = run("import subprocess\nsubprocess.run(['sh', '-c', 'kill -9 -1'])", ["assert True"])
-    assert res.load_error == "PermissionError" and res.tests == [False]
+    res = run("import subprocess\nsubprocess.run(['sh', '-c', 'kill -9 -1'])", ["1"])
+    assert res.load_error == "PermissionError" and res.calls == [(False, "no result")]
 
 
 def test_hostile_completion_leaves_the_reward_server_up(bystander, caplog):
@@ -182,12 +187,30 @@ def test_hostile_completions_leave_the_serve_reward_process_up(monkeypatch):
         hostile = [fence.format(f"import os\nos.kill(os.getppid(), 9)\nos.kill({proc.pid}, 9)"),
                    fence.format("import os\nfor fd in range(3, 20):\n    try:\n        os.write(fd, b'T 0 1\\n')\n"
                                 "    except OSError:\n        pass\nos._exit(0)"),
+                   fence.format("import os\nfor fd in range(3, 20):\n    try:\n        os.write(fd, b'I [0]\\n')\n"
+                                "    except OSError:\n        pass\ndef f():\n    return 1"),
                    fence.format("def f():\n    return 1")]
-        out = RemoteReward(url, retries=0, timeout=30)(samples(hostile, [{"tests": ["assert f() == 2 - 1"]}] * 3))
-        # total = tests + 0.1 * fenced: every completion is fenced; only the honest one passes its test
-        assert_close(out.rewards, [0.1, 0.1, 1.1])
+        out = RemoteReward(url, retries=0, timeout=30)(samples(hostile, [{"tests": ["assert f() == 2 - 1"]}] * 4))
+        # total = tests + 0.1 * fenced: every completion is fenced; only the honest one passes its test; the
+        # row that wrote a malformed result line fails alone (no HTTP 500, the honest row keeps its score)
+        assert_close(out.rewards, [0.1, 0.1, 0.1, 1.1])
         with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
             assert r.status == 200 and proc.poll() is None
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_detached_grandchildren_die_with_the_run():
+    # with processes allowed: a grandchild in its own session, sleeping 30 s, must not outlive the run
+    prog = ("import os, time\nprint(os.readlink('/proc/self/ns/pid'), flush=True)\nif os.fork() == 0:\n"
+            "    os.setsid()\n    if os.fork() == 0:\n        time.sleep(30)\n    os._exit(0)\ntime.sleep(0.2)")
+    res = run_sandboxed(prog, None, limits=SandboxLimits(cpu_time=1, wall_time=3, max_processes=4))
+    ns = res.stdout.split()[0]
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            left += [pid] if os.readlink(f"/proc/{pid}/ns/pid") == ns else []
+        except OSError:
+            continue
+    assert ns.startswith("pid:[") and res.returncode == 0 and left == [], (res, left)
