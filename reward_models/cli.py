@@ -1,4 +1,4 @@
-"""``lightning-trepo serve-reward`` and ``lightning-trepo score`` (wired by lightning_trepo.cli).
+"""``lightning-trepo serve-reward`` and ``lightning-trepo score`` (wired by lightning_trepo.cli.main).
 
 Both take a reward YAML: a ``class_path``/``init_args`` tree (or a training config holding one under
 ``model.init_args.reward``), built with jsonargparse as LightningCLI would.

@@ -15,8 +15,9 @@ import torch
 import yaml
 
 from lightning_trepo import GRPO, RLOO
-from lightning_trepo.checkpointing import NonFiniteGuard, PeriodicCheckpoint, check_readable
 from lightning_trepo.errors import InputError, TrainingHalted
+from lightning_trepo.training.callbacks import NonFiniteGuard
+from lightning_trepo.training.checkpoints import PeriodicCheckpoint, check_readable
 from reward_models import FunctionReward, Normalize
 from tests.helpers import TINY, datamodule, policy_params, rollout_cfg, trainer
 
@@ -194,7 +195,8 @@ class KillAt(pl.Callback):
 
 def _console(tmp_path: Path, save_dir: str, *extra: str) -> subprocess.CompletedProcess:
     overlay = tmp_path / f"{save_dir}.yaml"
-    callbacks = [{"class_path": "lightning_trepo.checkpointing.PeriodicCheckpoint", "init_args": {"every_n_steps": 2}}]
+    callbacks = [{"class_path": "lightning_trepo.training.checkpoints.PeriodicCheckpoint",
+                  "init_args": {"every_n_steps": 2}}]
     if "--kill" in extra:
         callbacks.append({"class_path": "tests.test_checkpointing.KillAt", "init_args": {"step": 5}})
         extra = tuple(e for e in extra if e != "--kill")
@@ -231,7 +233,7 @@ def test_kill_9_then_ckpt_path_last_equals_the_uninterrupted_run(tmp_path):
 
 
 def test_console_refuses_a_checkpoint_of_another_group_size(tmp_path, capsys, monkeypatch):
-    from lightning_trepo.cli import main
+    from lightning_trepo.cli.main import main
 
     fit(tmp_path, max_steps=2, every=2)  # group size 2, the built-in tiny model (model_path None)
     monkeypatch.setattr(sys, "argv", ["lightning-trepo"])

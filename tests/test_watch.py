@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lightning_trepo.callbacks import StepProgressBar
-from lightning_trepo.cli import build_cli, main
-from lightning_trepo.schedule import LRScheduleConfig, lr_factor
+from lightning_trepo.cli.main import build_cli, main
+from lightning_trepo.training.callbacks import StepProgressBar
+from lightning_trepo.training.schedule import LRScheduleConfig, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 LR = 0.0002  # configs/grpo.yaml's AdamW lr

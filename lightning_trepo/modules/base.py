@@ -21,8 +21,6 @@ from torch import Tensor
 
 from lightning_trepo.algorithms.kl import kl_estimate
 from lightning_trepo.algorithms.losses import aggregate, clipped_surrogate_loss
-from lightning_trepo.checkpointing import load_run_state, save_run_state
-from lightning_trepo.export import drop_frozen_base, hparams_ignore, restore_frozen_base
 from lightning_trepo.modules.config import (
     OptimizerFactory,
     RolloutConfig,
@@ -30,10 +28,16 @@ from lightning_trepo.modules.config import (
     default_optimizer,
     reward_prompts,
 )
-from lightning_trepo.modules.sharding import (
+from lightning_trepo.ops import masked_mean
+from lightning_trepo.policy import AdapterDisabled, PolicyConfig, load_tokenizer
+from lightning_trepo.policy.lora_checkpoint import drop_frozen_base, hparams_ignore, restore_frozen_base
+from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan
+from lightning_trepo.rollout.logging import RolloutWriter, step_metrics, timed
+from lightning_trepo.rollout.logprobs import sequence_logprobs
+from lightning_trepo.training.run_state import decorrelate_rank_rng, load_run_state, save_run_state
+from lightning_trepo.training.sharding import (
     build_policy,
     build_reference,
-    decorrelate_rank_rng,
     fully_shard_model,
     gathered_for_generation,
     on_device,
@@ -43,11 +47,6 @@ from lightning_trepo.modules.sharding import (
     unsharded_trainable,
     visiting,
 )
-from lightning_trepo.ops import masked_mean
-from lightning_trepo.policy import AdapterDisabled, PolicyConfig, load_tokenizer
-from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan
-from lightning_trepo.rollout.logging import RolloutWriter, step_metrics, timed
-from lightning_trepo.rollout.logprobs import sequence_logprobs
 from lightning_trepo.types import LossOutput, Rollout
 from reward_models import Reward, RewardOutput, Samples, TrainerState
 
@@ -87,6 +86,9 @@ class RLModule(LightningModule):
         self._writer = RolloutWriter(rollout.log_path) if rollout.log_path else None
         self._t_loss: float | None = None
         self._perm: tuple[Rollout, Tensor] | None = None  # the minibatch permutation of the cached rollout
+        self.rank_state_restored = False
+        """Set by :meth:`on_load_checkpoint`: every rank got its own random streams back from the checkpoint, so
+        :meth:`on_fit_start` must not decorrelate the ranks again (that would change a resumed run's rollouts)."""
 
     # ------------------------------------------------------------------ model lifecycle
     def configure_model(self) -> None:
@@ -142,7 +144,7 @@ class RLModule(LightningModule):
             offload = self.policy_cfg.offload_reference and name == "ref"
             self._frozen[name] = place_frozen(strategy, model, self.device, offload=offload)
         self.reward.to("cpu" if self.rollout_cfg.offload_reward else self.device)
-        if not getattr(self, "_rank_state_restored", False):  # a resume got each rank's own stream back
+        if not self.rank_state_restored:  # a resume got each rank's own stream back
             decorrelate_rank_rng(self.global_rank, self.trainer.world_size)
 
     @property
@@ -378,6 +380,6 @@ class RLModule(LightningModule):
         drop_frozen_base(self, checkpoint)  # LoRA: adapters only, the base comes from policy.model_path
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        load_run_state(self, checkpoint)  # refuses another algorithm / model / group size
+        self.rank_state_restored = load_run_state(self, checkpoint)  # refuses another algorithm / model / group size
         restore_frozen_base(self, checkpoint)
 

@@ -1,14 +1,17 @@
-"""Callbacks the CLI adds by default."""
+"""Callbacks the CLI adds by default: the console line, the step progress bar, the final checkpoint, and the
+guard that keeps non-finite updates off the weights."""
 from __future__ import annotations
 
 import os
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_trepo.checkpointing import PeriodicCheckpoint, atomic_save
+from lightning_trepo.errors import TrainingHalted, require
+from lightning_trepo.training.checkpoints import CB, PeriodicCheckpoint, atomic_save
 
 
 class StepPrinter(Callback):
@@ -81,3 +84,52 @@ class SaveOnTrainEnd(Callback):
         if ckpt is None or ckpt.dirpath is None or trainer.global_step == 0 or isinstance(ckpt, PeriodicCheckpoint):
             return  # PeriodicCheckpoint writes its own final checkpoint and last.ckpt
         atomic_save(trainer, os.path.join(ckpt.dirpath, "last.ckpt"))
+
+
+class NonFiniteGuard(Callback):
+    """Non-finite values never reach the weights: a NaN/inf loss or gradient skips that optimizer update (its
+    gradients are dropped), counts it in ``train/skipped_updates`` and warns; ``max_consecutive`` skips in a row
+    stop the run with a message (the last periodic checkpoint holds the last good state). With several ranks the
+    decision is shared, so all ranks skip together. Under DeepSpeed ZeRO the gradients live in DeepSpeed's own
+    buffers: a non-finite loss is still counted, warned about and stops the run after ``max_consecutive``, but the
+    update itself is not dropped."""
+
+    def __init__(self, max_consecutive: int = 5) -> None:
+        """
+        Args:
+            max_consecutive: stop after this many skipped updates in a row.
+        """
+        require(max_consecutive >= 1, "NonFiniteGuard.max_consecutive", max_consecutive, "an integer >= 1", section=CB)
+        self.max_consecutive = max_consecutive
+        self.skipped, self.consecutive = 0, 0
+        self._loss_bad = False
+
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
+        self._loss_bad = self._loss_bad or not bool(torch.isfinite(loss.detach()).all())
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads_ok = bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all()) if params else True
+        bad = trainer.strategy.reduce_boolean_decision(self._loss_bad or not grads_ok, all=False)
+        self._loss_bad = False
+        if not bad:
+            self.consecutive = 0
+        else:
+            for p in params:
+                p.grad = None  # the optimizer skips parameters without a gradient: no update, no moment change
+            self.skipped, self.consecutive = self.skipped + 1, self.consecutive + 1
+            what = "gradient" if not grads_ok else "loss"
+            rank_zero_warn(f"step {trainer.global_step}: non-finite {what}, "
+                           f"update skipped ({self.consecutive} in a row, {self.skipped} in total)")
+        pl_module.log("train/skipped_updates", float(self.skipped), on_step=True, on_epoch=False, batch_size=1)
+        if self.consecutive >= self.max_consecutive:
+            raise TrainingHalted(f"{self.consecutive} consecutive updates had a non-finite loss or gradient "
+                                 f"(NonFiniteGuard.max_consecutive={self.max_consecutive}); training stopped at step "
+                                 f"{trainer.global_step}. Lower the learning rate or check the reward for inf/NaN; "
+                                 "resume from the last checkpoint with --ckpt_path last")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "consecutive": self.consecutive}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped, self.consecutive = state_dict["skipped"], state_dict["consecutive"]

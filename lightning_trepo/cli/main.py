@@ -19,13 +19,13 @@ from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_trepo.callbacks import SaveOnTrainEnd, StepPrinter, use_step_progress_bar
-from lightning_trepo.checkpointing import refuse_foreign_checkpoint
+from lightning_trepo.cli.error_report import debug_requested, reporting_errors
 from lightning_trepo.data import PromptDataModule
-from lightning_trepo.errors import debug_requested, reporting_errors
-from lightning_trepo.export import ExportConfig, export_trained
 from lightning_trepo.modules.base import RLModule
-from lightning_trepo.schedule import LRScheduleConfig, attach_lr_schedule
+from lightning_trepo.tools.export import ExportConfig, export_trained
+from lightning_trepo.training.callbacks import SaveOnTrainEnd, StepPrinter, use_step_progress_bar
+from lightning_trepo.training.run_state import refuse_foreign_checkpoint
+from lightning_trepo.training.schedule import LRScheduleConfig, attach_lr_schedule
 
 TOOLS_HELP = """tool commands (each has its own --help):
   export              write a checkpoint's policy as a Hugging Face directory (LoRA merged, or --adapter-only)
@@ -34,7 +34,7 @@ TOOLS_HELP = """tool commands (each has its own --help):
   verify-estimators   exact bias/variance of the advantage estimators on a toy token MDP"""
 
 
-BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "base.yaml"
+BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
 
 
 class TrepoCLI(LightningCLI):
@@ -88,7 +88,7 @@ class TrepoCLI(LightningCLI):
         parser.add_class_arguments(ExportConfig, "export", sub_configs=True)
         parser.add_argument("--lr_scheduler", type=LRScheduleConfig | None, default=None,
                             help="warmup + constant/linear/cosine decay of the optimizer's lr per step "
-                                 "(lightning_trepo.schedule.LRScheduleConfig)")
+                                 "(lightning_trepo.training.schedule.LRScheduleConfig)")
         parser.add_lightning_class_args(StepPrinter, "step_printer")
 
     def after_fit(self) -> None:
@@ -134,7 +134,7 @@ def _tool_commands() -> dict[str, Callable[[list[str]], int | None]]:
         return serve_main(argv)
 
     def export(argv: list[str]) -> int | None:
-        from lightning_trepo.export import export_main
+        from lightning_trepo.tools.export import export_main
         return export_main(argv)
 
     return {"export": export, "verify-estimators": verify, "score": score, "serve-reward": serve}
