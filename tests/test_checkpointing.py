@@ -56,6 +56,26 @@ def test_periodic_checkpoints_keep_the_last_k_and_point_last_at_the_newest(tmp_p
     assert state["lightning_trepo"]["rank_states"][0]["reward"]["count"] == 28
 
 
+def test_periodic_checkpoints_say_nothing_on_the_console(tmp_path):
+    # Lightning logs "`weights_only` was not set, defaulting to `False`" for each save that does not say
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    lightning_log = logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector")
+    level = lightning_log.level
+    lightning_log.addHandler(handler)
+    lightning_log.setLevel(logging.INFO)
+    try:
+        fit(tmp_path, max_steps=4, every=1, keep=2)  # 4 periodic saves
+    finally:
+        lightning_log.removeHandler(handler)
+        lightning_log.setLevel(level)
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["last.ckpt", "step=000003.ckpt", "step=000004.ckpt"]
+    assert [r.getMessage() for r in records if "weights_only" in r.getMessage()] == []
+
+
 def test_resume_from_a_mid_run_periodic_checkpoint_equals_the_uninterrupted_run(tmp_path):
     straight, _ = fit(tmp_path / "a", max_steps=6, every=2, keep=5)
     fit(tmp_path / "b", max_steps=4, every=2, keep=5)  # "killed" after step 4: its newest checkpoint is step 4
@@ -195,14 +215,14 @@ class KillAt(pl.Callback):
 
 def _console(tmp_path: Path, save_dir: str, *extra: str) -> subprocess.CompletedProcess:
     overlay = tmp_path / f"{save_dir}.yaml"
-    callbacks = [{"class_path": "lightning_trepo.training.checkpoints.PeriodicCheckpoint",
-                  "init_args": {"every_n_steps": 2}}]
+    callbacks = []  # the periodic checkpoint is the CLI's own (crash_safety), whatever trainer.callbacks lists
     if "--kill" in extra:
         callbacks.append({"class_path": "tests.test_checkpointing.KillAt", "init_args": {"step": 5}})
         extra = tuple(e for e in extra if e != "--kill")
     reward = {"class_path": "reward_models.FunctionReward", "init_args": {"fn": "tests.modules.rewards.length_reward"}}
     overlay.write_text(
-        yaml.safe_dump({"trainer": {"callbacks": callbacks}, "model": {"init_args": {"reward": reward}}})
+        yaml.safe_dump({"trainer": {"callbacks": callbacks}, "crash_safety": {"every_n_steps": 2},
+                        "model": {"init_args": {"reward": reward}}})
     )
     cmd = [sys.executable, "-m", "lightning_trepo", "fit", "--config", str(ROOT / "configs" / "grpo.yaml"),
            "--config", str(overlay), "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0",

@@ -1,8 +1,10 @@
-"""Callbacks the CLI adds by default: the console line, the step progress bar, the final checkpoint, and the
-guard that keeps non-finite updates off the weights."""
+"""Callbacks the CLI adds by default: crash safety (:class:`CrashSafety`: periodic atomic checkpoints and the
+guard that keeps non-finite updates off the weights), the console line, the step progress bar, the final checkpoint."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -133,3 +135,41 @@ class NonFiniteGuard(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.skipped, self.consecutive = state_dict["skipped"], state_dict["consecutive"]
+
+
+# ---------------------------------------------------------------------------------------------- crash safety
+@dataclass
+class CrashSafety:
+    """``crash_safety:`` in a fit config: a :class:`PeriodicCheckpoint` and a :class:`NonFiniteGuard` that the CLI
+    puts ahead of ``trainer.callbacks`` itself, so no overlay can drop them (a ``trainer.callbacks`` list in a later
+    config replaces the earlier list whole). Only ``crash_safety.enabled: false`` turns both off;
+    ``trainer.enable_checkpointing: false`` drops the checkpoint alone. A ``PeriodicCheckpoint`` or
+    ``NonFiniteGuard`` that ``trainer.callbacks`` lists itself takes the place of the CLI's own."""
+
+    enabled: bool = True
+    """False: no periodic checkpoints and no non-finite guard (the one switch that turns crash safety off)."""
+    every_n_steps: int = 10
+    """An atomic checkpoint every N optimizer steps (at the first rollout boundary after N) and at the end of fit."""
+    keep_last: int = 3
+    """Step checkpoints kept (oldest removed); ``last.ckpt`` points at the newest, for ``fit --ckpt_path last``."""
+    dirpath: str | None = None
+    """Directory of the checkpoints; None = ``<logger dir>/checkpoints`` of this run."""
+    max_consecutive_nonfinite: int = 5
+    """A NaN/inf loss or gradient skips its update; this many skips in a row stop the run."""
+
+    def __post_init__(self) -> None:
+        for key in ("every_n_steps", "keep_last", "max_consecutive_nonfinite"):
+            value = getattr(self, key)
+            require(isinstance(value, int) and value >= 1, key, value, "an integer >= 1", section="crash_safety")
+
+    def callbacks(self, listed: Sequence[Callback], checkpointing: bool = True) -> list[Callback]:
+        """What to put ahead of ``listed`` (the instantiated ``trainer.callbacks``); ``checkpointing`` is
+        ``trainer.enable_checkpointing`` (Lightning refuses a checkpoint callback when it is off)."""
+        if not self.enabled:
+            return []
+        out: list[Callback] = []
+        if checkpointing and not any(isinstance(c, PeriodicCheckpoint) for c in listed):
+            out.append(PeriodicCheckpoint(self.every_n_steps, self.keep_last, self.dirpath))
+        if not any(isinstance(c, NonFiniteGuard) for c in listed):
+            out.append(NonFiniteGuard(self.max_consecutive_nonfinite))
+        return out

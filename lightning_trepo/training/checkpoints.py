@@ -31,7 +31,7 @@ def atomic_save(trainer: Trainer, path: str | Path) -> None:
     """``trainer.save_checkpoint`` to ``path`` through a temporary name and ``os.replace`` (all ranks call it)."""
     path = str(path)
     tmp = f"{path}.tmp"
-    trainer.save_checkpoint(tmp)
+    trainer.save_checkpoint(tmp, weights_only=False)  # the full state (saying so keeps Lightning quiet)
     if trainer.is_global_zero:
         _replace(tmp, path)
     trainer.strategy.barrier()
