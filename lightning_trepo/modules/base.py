@@ -25,6 +25,7 @@ from lightning_trepo.modules.config import (
     OptimizerFactory,
     RolloutConfig,
     UpdateConfig,
+    check_reward_fits,
     default_optimizer,
     reward_prompts,
 )
@@ -73,6 +74,7 @@ class RLModule(LightningModule):
         super().__init__()
         if not isinstance(reward, Reward):
             raise TypeError(f"model.init_args.reward must be a reward_models.Reward, got {type(reward).__name__}")
+        check_reward_fits(reward, rollout)
         self.save_hyperparameters(ignore=hparams_ignore())  # the CLI config keeps the reward tree: reloads alone
         self.reward = reward
         self.policy_cfg, self.rollout_cfg, self.update_cfg = policy, rollout, update
