@@ -108,5 +108,9 @@ def test_help_lists_fit_validate_and_tools_and_no_crashing_subcommand(capsys):
 
 def test_validate_subcommand_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = build_cli(["validate", "--config", str(ROOT / "configs" / "grpo.yaml"), *SMALL, "--trainer.logger", "false"])
-    assert 0.0 <= float(cli.trainer.callback_metrics["val/accuracy"]) <= 1.0
+    # reward 1 iff the row's answer is even: the 4 held-out prompts (answers 136, 141, 20, 181) give accuracy 2/4
+    reward = ('{"class_path": "reward_models.FunctionReward", '
+              '"init_args": {"fn": "tests.modules.rewards.answer_is_even"}}')
+    cli = build_cli(["validate", "--config", str(ROOT / "configs" / "grpo.yaml"), *SMALL, "--trainer.logger", "false",
+                     "--model.init_args.reward", reward])
+    assert float(cli.trainer.callback_metrics["val/accuracy"]) == 0.5

@@ -10,3 +10,9 @@ def length_reward(completions, **_):
 def starts_with_one(completions, **_):
     """1.0 iff the completion's first character is '1': fixed by the first token alone."""
     return [1.0 if c.startswith("1") else 0.0 for c in completions]
+
+
+def answer_is_even(completions, answer, **_):
+    """1.0 iff the row's reference answer is even: fixed by the prompt alone, so held-out accuracy is known exactly
+    from the data, whatever the policy generates."""
+    return [1.0 if int(a) % 2 == 0 else 0.0 for a in answer]
