@@ -25,10 +25,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# Extra demo options, e.g. `make demo DEMO_ARGS="--max-steps 60"` (python -m lightning_trepo.demo --help lists them).
+# Extra demo options, e.g. `make demo DEMO_ARGS="--max-steps 60"` (python -m lightning_trepo.cli.demo --help lists them).
 DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/python -m lightning_trepo.demo $(DEMO_ARGS)
+	$(BIN)/python -m lightning_trepo.cli.demo $(DEMO_ARGS)
 
 # pyright ([tool.pyright] in pyproject.toml): lightning_trepo/algorithms and reward_models, against .venv
 lint: $(STAMP)

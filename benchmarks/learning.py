@@ -39,9 +39,9 @@ from lightning.pytorch import Callback
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lightning_trepo.cli import build_cli  # noqa: E402
-from lightning_trepo.demo import eval_rows, quiet_build  # noqa: E402
-from lightning_trepo.evaluation import evaluate_policy  # noqa: E402
+from lightning_trepo.cli.demo import eval_rows, quiet_build  # noqa: E402
+from lightning_trepo.cli.main import build_cli  # noqa: E402
+from lightning_trepo.tools.evaluation import evaluate_policy  # noqa: E402
 
 ALGORITHMS: dict[str, list[str]] = {
     "REINFORCE": ["--model.class_path", "lightning_trepo.REINFORCE"],

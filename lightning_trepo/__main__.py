@@ -1,3 +1,3 @@
-from lightning_trepo.cli import main
+from lightning_trepo.cli.main import main
 
 main()

@@ -302,6 +302,17 @@ def metadata_value(samples: Samples, i: int, key: str, component: str, missing: 
     raise KeyError(f"{component}: metadata row {i} has no {key!r} (row keys: {sorted(row)})")
 
 
+def score_by_reference(samples: Samples, key: str, component: str, missing: str,
+                       judge: Callable[[int, str, Any], float]) -> list[float | None]:
+    """``judge(i, completion, reference)`` for each sample, the reference being ``metadata[i][key]``
+    (:func:`metadata_value`); None ("does not apply") where it is missing and ``missing="nan"``."""
+    out: list[float | None] = []
+    for i, completion in enumerate(samples.completions):
+        ref = metadata_value(samples, i, key, component, missing)
+        out.append(None if ref is MISSING else float(judge(i, completion, ref)))
+    return out
+
+
 def check_missing(owner: str, missing: str) -> str:
     if missing not in ("raise", "nan"):
         raise ValueError(f"{owner}: missing must be 'raise' or 'nan', got {missing!r}")

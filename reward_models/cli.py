@@ -1,4 +1,4 @@
-"""``lightning-trepo serve-reward`` and ``lightning-trepo score`` (wired by lightning_trepo.cli).
+"""``lightning-trepo serve-reward`` and ``lightning-trepo score`` (wired by lightning_trepo.cli.main).
 
 Both take a reward YAML: a ``class_path``/``init_args`` tree (or a training config holding one under
 ``model.init_args.reward``), built with jsonargparse as LightningCLI would.
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from reward_models.base import Reward
+from reward_models.combinators import nan_mean_std
 from reward_models.config import build_reward
 from reward_models.remote import MAX_BODY, MAX_CONNECTIONS, TOKEN_ENV, group_chunks, serve
 from reward_models.rollouts import read_rollouts
@@ -56,26 +57,16 @@ def node_paths(reward: Reward, prefix: str = "") -> dict[str, Reward]:
 
 
 def summarize(out: RewardOutput, latency: dict[str, float]) -> list[dict[str, Any]]:
-    """Per key: mean and population std over non-NaN values, NaN rate, summed latency (nodes only)."""
+    """Per key: mean and population std over non-NaN values (:func:`nan_mean_std`; NaN when all are NaN), NaN rate,
+    summed latency (nodes only)."""
     rows = []
     for key, values in {"total": out.rewards, **out.metrics}.items():
         values = values.double()
-        finite = values[~torch.isnan(values)]
-        mean = finite.mean().item() if finite.numel() else math.nan
-        std = ((finite - mean) ** 2).mean().sqrt().item() if finite.numel() else math.nan
-        nan_rate = 1 - finite.numel() / values.numel() if values.numel() else 0.0
-        rows.append({"component": key, "mean": mean, "std": std, "nan_rate": nan_rate, "latency_s": latency.get(key)})
+        mean, std = nan_mean_std(values, empty=math.nan)
+        nan_rate = float(torch.isnan(values).double().mean()) if values.numel() else 0.0
+        rows.append({"component": key, "mean": mean.item(), "std": std.item(), "nan_rate": nan_rate,
+                     "latency_s": latency.get(key)})
     return rows
-
-
-def _concat(parts: list[tuple[torch.Tensor, RewardOutput]], n: int) -> RewardOutput:
-    rewards = torch.full((n,), math.nan)
-    metrics: dict[str, torch.Tensor] = {}
-    for index, out in parts:
-        rewards[index] = out.rewards
-        for key, value in out.metrics.items():
-            metrics.setdefault(key, torch.full((n,), math.nan))[index] = value.float()
-    return RewardOutput(rewards, metrics)
 
 
 def score_main(argv: list[str] | None = None) -> int:
@@ -108,7 +99,7 @@ def score_main(argv: list[str] | None = None) -> int:
         parts.append((torch.tensor(rows, dtype=torch.long), reward(samples.select(rows))))
         for key, node in nodes.items():
             latency[key] = latency.get(key, 0.0) + node.last_latency_s
-    table = summarize(_concat(parts, len(samples)), latency)
+    table = summarize(RewardOutput.scatter(len(samples), parts), latency)
     source = f"{args.rollouts} ({len(bad)} bad lines skipped)" if bad else args.rollouts
     print(json.dumps(table, indent=1) if args.json else format_table(table, len(samples), source))
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from reward_models.functions import completion_id_lists
 from reward_models.types import RewardOutput, Samples, TrainerState
 
 # written outputs of a training run (lightning_trepo's RolloutWriter: step, reward, components), not inputs
@@ -37,13 +38,6 @@ def _finite_or_none(values: Iterable[float]) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in values]
 
 
-def _ids_lists(samples: Samples) -> list[list[int]] | None:
-    if samples.completion_ids is None:
-        return None
-    mask = samples.completion_mask if samples.completion_mask is not None else torch.ones_like(samples.completion_ids)
-    return [row[m.bool()].tolist() for row, m in zip(samples.completion_ids, mask, strict=True)]
-
-
 def _padded(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     width = max((len(r) for r in ids), default=0)
     out = torch.zeros(len(ids), width, dtype=torch.long)
@@ -56,7 +50,7 @@ def _padded(ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def samples_to_rows(samples: Samples, output: RewardOutput | None = None) -> list[dict[str, Any]]:
     """One JSON-ready dict per sample (with ``reward`` and ``metrics`` when ``output`` is given)."""
-    ids = _ids_lists(samples)
+    ids = completion_id_lists(samples)
     groups = samples.group_index.tolist() if samples.group_index is not None else list(range(len(samples)))
     rows = []
     for i in range(len(samples)):
@@ -152,7 +146,7 @@ def samples_to_payload(samples: Samples) -> dict[str, Any]:
     state = samples.trainer_state
     return {"prompts": samples.prompts, "completions": samples.completions, "metadata": samples.metadata,
             "group_index": samples.group_index.tolist() if samples.group_index is not None else None,
-            "completion_ids": _ids_lists(samples), "trainer_state": None if state is None else asdict(state)}
+            "completion_ids": completion_id_lists(samples), "trainer_state": None if state is None else asdict(state)}
 
 
 def _column(payload: dict[str, Any], key: str, n: int, ok: Any, what: str) -> list[Any] | None:

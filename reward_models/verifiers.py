@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 
 from reward_models.answers import Answer, extract_answer, extract_number, last_boxed, last_number  # noqa: F401 (re-exported)
-from reward_models.base import MISSING, Reward, check_missing, metadata_value
+from reward_models.base import MISSING, Reward, check_missing, metadata_value, score_by_reference
 from reward_models.types import RewardOutput, Samples
 
 
@@ -117,17 +117,13 @@ class ExactMatch(Reward):
         return matches[-1].group(1 if self.pattern.groups else 0)
 
     def score(self, samples: Samples) -> list[float | None]:
-        out: list[float | None] = []
-        for i, completion in enumerate(samples.completions):
-            ref = metadata_value(samples, i, self.answer_key, "ExactMatch", self.missing)
-            if ref is MISSING:
-                out.append(None)
-                continue
-            refs = ref if isinstance(ref, (list, tuple)) else [ref]
-            norm = lambda t: _normalize_text(str(t), self.ignore_case, self.normalize_whitespace)  # noqa: E731
-            cand = self._candidate(completion)
-            out.append(float(cand is not None and norm(cand) in {norm(r) for r in refs}))
-        return out
+        return score_by_reference(samples, self.answer_key, "ExactMatch", self.missing, self._judge)
+
+    def _judge(self, i: int, completion: str, ref: Any) -> float:
+        refs = ref if isinstance(ref, (list, tuple)) else [ref]
+        norm = lambda t: _normalize_text(str(t), self.ignore_case, self.normalize_whitespace)  # noqa: E731
+        cand = self._candidate(completion)
+        return float(cand is not None and norm(cand) in {norm(r) for r in refs})
 
 
 class RegexMatch(Reward):
@@ -145,21 +141,16 @@ class RegexMatch(Reward):
         self.missing = check_missing("RegexMatch", missing)
 
     def score(self, samples: Samples) -> list[float | None]:
-        out: list[float | None] = []
-        for i, completion in enumerate(samples.completions):
-            pattern = metadata_value(samples, i, self.pattern_key, "RegexMatch", self.missing)
-            if pattern is MISSING:
-                out.append(None)
-                continue
-            try:
-                regex = re.compile(str(pattern), self.flags)
-            except re.error as err:
-                raise ValueError(
-                    f"RegexMatch: metadata row {i} {self.pattern_key!r}={pattern!r} is not a regex: {err}"
-                ) from err
-            match = regex.fullmatch(completion.strip()) if self.fullmatch else regex.search(completion)
-            out.append(float(match is not None))
-        return out
+        return score_by_reference(samples, self.pattern_key, "RegexMatch", self.missing, self._judge)
+
+    def _judge(self, i: int, completion: str, pattern: Any) -> float:
+        try:
+            regex = re.compile(str(pattern), self.flags)
+        except re.error as err:
+            raise ValueError(f"RegexMatch: metadata row {i} {self.pattern_key!r}={pattern!r} is not a regex: {err}"
+                             ) from err
+        match = regex.fullmatch(completion.strip()) if self.fullmatch else regex.search(completion)
+        return float(match is not None)
 
 
 def extract_choice(text: str, letters: str = "ABCDEFGHIJ") -> str | None:
@@ -208,11 +199,6 @@ class MultipleChoice(Reward):
         return letter
 
     def score(self, samples: Samples) -> list[float | None]:
-        out: list[float | None] = []
-        for i, completion in enumerate(samples.completions):
-            ref = metadata_value(samples, i, self.answer_key, "MultipleChoice", self.missing)
-            if ref is MISSING:
-                out.append(None)
-                continue
-            out.append(float(extract_choice(completion, self.letters) == self._reference(ref, i)))
-        return out
+        return score_by_reference(samples, self.answer_key, "MultipleChoice", self.missing,
+                                  lambda i, completion, ref: extract_choice(completion, self.letters)
+                                  == self._reference(ref, i))

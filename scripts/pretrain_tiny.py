@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lightning_trepo.data.tasks import generate_task  # noqa: E402
-from lightning_trepo.evaluation import evaluate_policy, heldout_rows  # noqa: E402
 from lightning_trepo.policy import TinyModelConfig, build_char_tokenizer, build_tiny_model  # noqa: E402
 from lightning_trepo.rollout.engine import SamplingConfig  # noqa: E402
+from lightning_trepo.tools.evaluation import evaluate_policy, heldout_rows  # noqa: E402
 from reward_models import NumericAnswer  # noqa: E402
 
 DEFAULT_OUT = ROOT / "lightning_trepo" / "assets" / "tiny-arith"

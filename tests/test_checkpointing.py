@@ -15,8 +15,9 @@ import torch
 import yaml
 
 from lightning_trepo import GRPO, RLOO
-from lightning_trepo.checkpointing import NonFiniteGuard, PeriodicCheckpoint, check_readable
 from lightning_trepo.errors import InputError, TrainingHalted
+from lightning_trepo.training.callbacks import NonFiniteGuard
+from lightning_trepo.training.checkpoints import PeriodicCheckpoint, check_readable
 from reward_models import FunctionReward, Normalize
 from tests.helpers import TINY, datamodule, policy_params, rollout_cfg, trainer
 
@@ -53,6 +54,26 @@ def test_periodic_checkpoints_keep_the_last_k_and_point_last_at_the_newest(tmp_p
     assert len(state["lightning_trepo"]["rank_states"]) == 1
     # the running reward statistics of the rank: 7 rollouts of 2 prompts x 2 samples = 28 values
     assert state["lightning_trepo"]["rank_states"][0]["reward"]["count"] == 28
+
+
+def test_periodic_checkpoints_say_nothing_on_the_console(tmp_path):
+    # Lightning logs "`weights_only` was not set, defaulting to `False`" for each save that does not say
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    lightning_log = logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector")
+    level = lightning_log.level
+    lightning_log.addHandler(handler)
+    lightning_log.setLevel(logging.INFO)
+    try:
+        fit(tmp_path, max_steps=4, every=1, keep=2)  # 4 periodic saves
+    finally:
+        lightning_log.removeHandler(handler)
+        lightning_log.setLevel(level)
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["last.ckpt", "step=000003.ckpt", "step=000004.ckpt"]
+    assert [r.getMessage() for r in records if "weights_only" in r.getMessage()] == []
 
 
 def test_resume_from_a_mid_run_periodic_checkpoint_equals_the_uninterrupted_run(tmp_path):
@@ -194,13 +215,14 @@ class KillAt(pl.Callback):
 
 def _console(tmp_path: Path, save_dir: str, *extra: str) -> subprocess.CompletedProcess:
     overlay = tmp_path / f"{save_dir}.yaml"
-    callbacks = [{"class_path": "lightning_trepo.checkpointing.PeriodicCheckpoint", "init_args": {"every_n_steps": 2}}]
+    callbacks = []  # the periodic checkpoint is the CLI's own (crash_safety), whatever trainer.callbacks lists
     if "--kill" in extra:
         callbacks.append({"class_path": "tests.test_checkpointing.KillAt", "init_args": {"step": 5}})
         extra = tuple(e for e in extra if e != "--kill")
     reward = {"class_path": "reward_models.FunctionReward", "init_args": {"fn": "tests.modules.rewards.length_reward"}}
     overlay.write_text(
-        yaml.safe_dump({"trainer": {"callbacks": callbacks}, "model": {"init_args": {"reward": reward}}})
+        yaml.safe_dump({"trainer": {"callbacks": callbacks}, "crash_safety": {"every_n_steps": 2},
+                        "model": {"init_args": {"reward": reward}}})
     )
     cmd = [sys.executable, "-m", "lightning_trepo", "fit", "--config", str(ROOT / "configs" / "grpo.yaml"),
            "--config", str(overlay), "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0",
@@ -231,7 +253,7 @@ def test_kill_9_then_ckpt_path_last_equals_the_uninterrupted_run(tmp_path):
 
 
 def test_console_refuses_a_checkpoint_of_another_group_size(tmp_path, capsys, monkeypatch):
-    from lightning_trepo.cli import main
+    from lightning_trepo.cli.main import main
 
     fit(tmp_path, max_steps=2, every=2)  # group size 2, the built-in tiny model (model_path None)
     monkeypatch.setattr(sys, "argv", ["lightning-trepo"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_trepo.cli import TrepoCLI
+from lightning_trepo.cli.main import TrepoCLI
 from lightning_trepo.data import PromptDataModule
 from lightning_trepo.modules.base import RLModule
 from reward_models import Reward
@@ -140,7 +140,7 @@ def test_fit_with_local_hf_model_directory(tmp_path):
 def test_checkpointing_off_drops_the_configs_checkpoint_callbacks(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lightning_trepo.checkpointing import PeriodicCheckpoint
+    from lightning_trepo.training.checkpoints import PeriodicCheckpoint
 
     args = ["--config", str(ROOT / "configs" / "grpo.yaml"), "--trainer.default_root_dir", str(tmp_path)]
     on = TrepoCLI(RLModule, PromptDataModule, subclass_mode_model=True, run=False, args=args,
@@ -149,3 +149,72 @@ def test_checkpointing_off_drops_the_configs_checkpoint_callbacks(tmp_path):
     off = TrepoCLI(RLModule, PromptDataModule, subclass_mode_model=True, run=False,
                    args=[*args, "--trainer.enable_checkpointing", "false"], auto_configure_optimizers=False)
     assert not any(isinstance(c, ModelCheckpoint) for c in off.trainer.callbacks)
+
+
+# ---------------------------------------------------------------------------------------------- crash safety
+OVERLAYS = [*DATA_CONFIGS, *WATCH_CONFIGS, *RECIPES]
+
+
+def _listed_callbacks(cfg) -> list:
+    """``trainer.callbacks`` of a parsed (not instantiated) config, built: they are cheap (monitors, checkpoints)."""
+    import importlib
+
+    entries = cfg.trainer.callbacks or []
+    out = []
+    for entry in entries if isinstance(entries, list) else [entries]:
+        module, _, name = entry.class_path.rpartition(".")
+        out.append(getattr(importlib.import_module(module), name)(**vars(entry.init_args or {})))
+    return out
+
+
+def test_every_overlay_sets_something_and_the_overlay_list_is_not_empty():
+    assert len(OVERLAYS) >= 12 and all(yaml.safe_load(p.read_text()) for p in OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_overlay_drops_crash_safety(overlay):
+    # watch/*.yaml set trainer.callbacks, which REPLACES base.yaml's list: crash safety must not live in that list
+    from lightning_trepo.cli.main import run_callbacks
+    from lightning_trepo.training.callbacks import CrashSafety, NonFiniteGuard
+    from lightning_trepo.training.checkpoints import PeriodicCheckpoint
+
+    for algo in ALGO_CONFIGS:
+        cfg = cli_parse_only(["--config", str(algo), "--config", str(overlay)])
+        callbacks = run_callbacks(_listed_callbacks(cfg), CrashSafety(**vars(cfg.crash_safety)),
+                                  cfg.trainer.enable_checkpointing)
+        kinds = [type(c) for c in callbacks]
+        assert kinds.count(PeriodicCheckpoint) == 1 and kinds.count(NonFiniteGuard) == 1, (algo.name, kinds)
+        assert kinds[0] is PeriodicCheckpoint  # first: trainer.checkpoint_callback, the one --ckpt_path last asks
+        periodic = callbacks[0]
+        assert (periodic.every_n_steps, periodic.keep_last) == (10, 3)  # CrashSafety's defaults (or smollm2's own)
+
+
+def test_crash_safety_is_in_the_built_trainer_with_a_callbacks_overlay(tmp_path):
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from lightning_trepo.training.callbacks import NonFiniteGuard
+    from lightning_trepo.training.checkpoints import PeriodicCheckpoint
+
+    base = ["--config", str(ROOT / "configs" / "grpo.yaml"), "--config", str(ROOT / "configs" / "watch" / "wandb.yaml"),
+            "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
+    on = cli([*base, "--crash_safety.every_n_steps", "4", "--crash_safety.max_consecutive_nonfinite", "2"])
+    kinds = [type(c) for c in on.trainer.callbacks]
+    assert LearningRateMonitor in kinds and kinds.count(NonFiniteGuard) == 1
+    assert isinstance(on.trainer.checkpoint_callback, PeriodicCheckpoint)
+    assert on.trainer.checkpoint_callback.every_n_steps == 4
+    (guard,) = [c for c in on.trainer.callbacks if isinstance(c, NonFiniteGuard)]
+    assert guard.max_consecutive == 2
+    off = cli([*base, "--crash_safety.enabled", "false", "--trainer.enable_checkpointing", "false"])
+    kinds = [type(c) for c in off.trainer.callbacks]
+    assert NonFiniteGuard not in kinds and not any(issubclass(k, ModelCheckpoint) for k in kinds)
+    no_ckpt = cli([*base, "--trainer.enable_checkpointing", "false"])  # the checkpoint goes, the guard stays
+    kinds = [type(c) for c in no_ckpt.trainer.callbacks]
+    assert NonFiniteGuard in kinds and not any(issubclass(k, ModelCheckpoint) for k in kinds)
+
+
+def test_crash_safety_settings_are_checked_with_their_key():
+    from lightning_trepo.errors import ConfigError
+    from lightning_trepo.training.callbacks import CrashSafety
+
+    with pytest.raises(ConfigError, match=r"^crash_safety.keep_last = 0: accepted: an integer >= 1$"):
+        CrashSafety(keep_last=0)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_trepo.evaluation import evaluate_policy, heldout_rows, mean_pass_at_k, pass_at_k
 from lightning_trepo.policy import ASSETS, PolicyConfig, load_policy
 from lightning_trepo.rollout.engine import SamplingConfig
+from lightning_trepo.tools.evaluation import evaluate_policy, heldout_rows, mean_pass_at_k, pass_at_k
 from reward_models import NumericAnswer, Reward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def test_evaluate_policy_threshold_and_records(tiny):
 # ---------------------------------------------------------------- plots
 def test_plot_writer_makes_a_png_from_a_small_csv(tmp_path):
     pytest.importorskip("matplotlib")
-    from lightning_trepo.plots import metric_series, plot_training_curves, read_metrics
+    from lightning_trepo.tools.plots import metric_series, plot_training_curves, read_metrics
 
     csv_path = tmp_path / "metrics.csv"
     csv_path.write_text("epoch,reward/total,step,val/accuracy\n0,0.25,0,\n0,0.5,1,\n0,,1,0.4\n0,0.75,2,\n0,,2,0.8\n")
@@ -132,7 +132,7 @@ def test_the_demo_config_starts_from_the_shipped_model_and_validates_on_held_out
 @pytest.mark.slow
 def test_demo_pipeline_two_steps(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from lightning_trepo.demo import run
+    from lightning_trepo.cli.demo import run
 
     results = run(["--max-steps", "2", "--eval-size", "8", "--num-samples", "2", "--show", "3",
                    "--save-dir", str(tmp_path), "--", "--trainer.val_check_interval", "1",
@@ -149,7 +149,7 @@ def test_demo_pipeline_two_steps(tmp_path, capsys):
 
 def test_demo_default_config_ships_inside_the_package():
     import lightning_trepo
-    from lightning_trepo.demo import DEFAULT_CONFIG
+    from lightning_trepo.cli.demo import DEFAULT_CONFIG
 
     package = Path(lightning_trepo.__file__).resolve().parent
     assert DEFAULT_CONFIG.is_file() and DEFAULT_CONFIG.is_relative_to(package)  # package data, not the checkout

@@ -1,9 +1,10 @@
 """Docs that run: every fenced block of README.md and docs/*.md is discovered and exercised.
 
-- ``python`` blocks whose first line is ``# <path>.py`` are user modules: written to a temporary
-  directory on ``sys.path`` (so the YAML blocks naming them build); other python blocks must compile.
+- ``python`` blocks run; those whose first line is ``# <path>.py`` are user modules: written to a temporary
+  directory on ``sys.path``, and each Reward class they define is used by a YAML block of the docs.
 - ``yaml`` blocks: a reward tree (``class_path`` at the root, or ``reward:``) is built with the
-  project's own builder; a training config (``model:``/``trainer:``/``data:``) is parsed by the
+  project's own builder and scored on two samples (a correct and a wrong answer: their rewards differ); a
+  training config (``model:``/``trainer:``/``data:``) is parsed by the
   project's CLI, on top of ``configs/grpo.yaml`` when it is an overlay.
 - ``bash`` lines running ``lightning-trepo``: ``fit`` examples are parsed by the CLI (training is
   not fast); ``verify-estimators``, ``measure-variance`` (smoke-sized), ``score`` and ``serve-reward``
@@ -31,7 +32,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 MODULE_HEADER = re.compile(r"#\s*([\w/]+\.py)\b")
 CONFIG_KEYS = {"model", "trainer", "data", "seed_everything", "ckpt_path", "optimizer", "lr_scheduler", "step_printer",
-               "export"}
+               "export", "crash_safety"}
 
 
 def blocks(lang: str) -> list[tuple[str, str]]:
@@ -79,8 +80,29 @@ def test_docs_have_blocks_of_each_kind():
 
 
 @pytest.mark.parametrize("where, body", blocks("python"), ids=[w for w, _ in blocks("python")])
-def test_python_block_compiles(where, body):
-    compile(body, where, "exec")
+def test_python_block_runs(where, body, user_modules):
+    namespace: dict = {"__name__": "doc_block"}
+    exec(compile(body, where, "exec"), namespace)  # noqa: S102 - the docs' own code, as a reader would run it
+    header = MODULE_HEADER.match(body.lstrip())
+    if header is None:
+        return
+    # a user module's Reward classes: some YAML block of the docs plugs each in, and that tree scores (the YAML test)
+    module = header.group(1)[:-3].replace("/", ".")
+    defined = [n for n, v in namespace.items() if isinstance(v, type) and issubclass(v, Reward) and v is not Reward]
+    for name in defined:
+        assert any(f"{module}.{name}" in b for _, b in blocks("yaml")), f"{where}: no docs YAML block uses {name}"
+
+
+def _two_samples():
+    """What a reward tree of the docs is scored on: a polite, tagged, correct answer and a bare wrong one."""
+    import torch
+
+    from reward_models import Samples
+
+    ids = torch.tensor([[5, 6, 7, 8], [5, 0, 0, 0]])
+    return Samples(prompts=["What is 2+2?"] * 2, completions=["<think>please</think><answer>4</answer>", "5"],
+                   completion_ids=ids, completion_mask=(ids > 0).long(), group_index=torch.tensor([0, 0]),
+                   metadata=[{"answer": "4", "solution": "4"}, {"answer": "4", "solution": "4"}])
 
 
 @pytest.mark.parametrize("where, body", blocks("yaml"), ids=[w for w, _ in blocks("yaml")])
@@ -88,7 +110,13 @@ def test_yaml_block_builds(where, body, user_modules, tmp_path):
     data = yaml.safe_load(body)
     assert isinstance(data, dict), f"{where}: a YAML block must be a mapping"
     if "class_path" in data or "reward" in data:
-        assert isinstance(build_reward(data), Reward), where
+        reward = build_reward(data)
+        assert isinstance(reward, Reward), where
+        if not _needs_a_service(body):
+            out = reward(_two_samples())  # it runs: the docs' own reward classes included
+            assert out.rewards.shape == (2,) and not out.rewards.isnan().any(), (where, out.rewards)
+            if "NumericAnswer" in body or "accuracy" in body:  # it checks the answer: correct and wrong differ
+                assert float(out.rewards[0]) != float(out.rewards[1]), (where, out.rewards)
     elif CONFIG_KEYS & set(data):
         from tests.test_cli import cli_parse_only
 
@@ -98,6 +126,13 @@ def test_yaml_block_builds(where, body, user_modules, tmp_path):
         assert cli_parse_only([*base, "--config", str(path)]).model.class_path, where
     else:
         pytest.fail(f"{where}: YAML block is neither a reward tree nor a training config; teach tests/test_docs.py")
+
+
+def _needs_a_service(body: str) -> bool:
+    """A tree that calls a model, a server or a sandbox, or TRL's functions (conversational completions; they run in
+    tests/reward_models/test_rm_trl.py), is built but not scored here."""
+    return any(name in body for name in ("RemoteReward", "LearnedReward", "HFReward", "Judge", "CodeExecution",
+                                         "model_path", "url:", "trl."))
 
 
 def _rollouts(tmp_path: Path) -> str:
@@ -134,7 +169,7 @@ def test_command_line_example_runs(where, args, tmp_path, monkeypatch, capsys):
         keep = [a for i, a in enumerate(rest) if a != "--print_config" and "--ckpt_path" not in (a, rest[i - 1])]
         assert cli_parse_only(keep).model.class_path
     elif command == "export":
-        from lightning_trepo.export import export_main
+        from lightning_trepo.tools.export import export_main
         from tests.test_export import fit, saved_base
 
         # the example's run directory does not exist here: export a two-step fit's checkpoint (LoRA for --adapter-only)

@@ -11,8 +11,9 @@ import pytest
 from lightning_trepo import GRPO, PPO, REINFORCE, RLOO, TRePO, UpdateConfig
 from lightning_trepo.algorithms.kl import KL_KINDS
 from lightning_trepo.algorithms.losses import AGGREGATIONS
-from lightning_trepo.cli import main
-from lightning_trepo.errors import DEBUG_ENV, ConfigError, choices
+from lightning_trepo.cli.error_report import DEBUG_ENV
+from lightning_trepo.cli.main import main
+from lightning_trepo.errors import ConfigError, choices
 from lightning_trepo.modules.config import Aggregation, KLEstimator, RolloutConfig
 from lightning_trepo.rollout.engine import SamplingConfig
 from reward_models import NumericAnswer
@@ -187,7 +188,7 @@ def test_bad_jsonl_line_at_run_time_is_a_short_input_error_naming_file_and_line(
 
 
 def test_internal_errors_keep_their_traceback():
-    from lightning_trepo.errors import describe
+    from lightning_trepo.cli.error_report import describe
 
     def fit_step():  # a bug inside the project's own training code, not a user's input
         raise RuntimeError("shape mismatch in the loss")
@@ -216,3 +217,23 @@ def test_run_that_only_produces_nan_updates_stops_with_a_short_message(tmp_path,
     # NonFiniteGuard.max_consecutive is 5 in the config: steps 0..4 are skipped, the 5th skip stops the run
     assert "5 consecutive updates had a non-finite loss or gradient" in err and "at step 4" in err
     assert len(err.splitlines()) <= 4 and "Traceback" not in err
+
+
+def test_overlong_penalty_must_measure_against_the_generation_budget(tmp_path, capsys, monkeypatch):
+    from reward_models import Gate, OverlongPenalty, TagFormat, WeightedSum
+
+    def tree(max_length: int) -> WeightedSum:  # the penalty two levels down, as in configs/rewards/math_format_gate
+        inner = WeightedSum({"overlong": OverlongPenalty(max_length, 2)})
+        return WeightedSum({"correct": Gate(TagFormat(tags=["answer"]), NumericAnswer()), "length": inner})
+
+    fits = rollout_cfg(group_size=2, max_new_tokens=6)
+    GRPO(reward=tree(6), policy=TINY, rollout=fits)  # equal: builds
+    with pytest.raises(ConfigError) as err:
+        GRPO(reward=tree(8), policy=TINY, rollout=fits)
+    assert err.value.key == "model.init_args.rollout.sampling.max_new_tokens" and err.value.value == 6
+    assert err.value.accepted == "8, the max_length of the OverlongPenalty at reward/length/overlong"
+    # the console names it too: base.yaml's budget is 5 tokens
+    overlay = tmp_path / "reward.yaml"
+    overlay.write_text("class_path: reward_models.OverlongPenalty\ninit_args: {max_length: 7, buffer_length: 2}\n")
+    err = report(capsys, monkeypatch, "--model.init_args.reward", str(overlay))
+    assert "model.init_args.rollout.sampling.max_new_tokens = 5" in err and "OverlongPenalty at reward" in err

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from lightning_trepo import GRPO, UpdateConfig
-from lightning_trepo.cli import build_cli, main
-from lightning_trepo.export import BASE_OMITTED, export_checkpoint, find_checkpoint
+from lightning_trepo.cli.main import build_cli, main
 from lightning_trepo.policy import LoraConfig, PolicyConfig, load_policy
+from lightning_trepo.policy.lora_checkpoint import BASE_OMITTED
+from lightning_trepo.tools.export import export_checkpoint, find_checkpoint
 from reward_models import FunctionReward, NumericAnswer
 from tests.helpers import TINY, datamodule, rollout_cfg, trainer
 

@@ -68,7 +68,7 @@ def test_a_missing_gguf_file_is_named():
 
 
 def test_the_shipped_recipe_takes_a_step_with_the_chat_template(cache, tmp_path):
-    from lightning_trepo.cli import build_cli
+    from lightning_trepo.cli.main import build_cli
 
     cli = build_cli(["--config", str(ROOT / "configs" / "smollm2_grpo.yaml"), "--trainer.max_steps", "1",
                      "--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lightning_trepo.callbacks import StepProgressBar
-from lightning_trepo.cli import build_cli, main
-from lightning_trepo.schedule import LRScheduleConfig, lr_factor
+from lightning_trepo.cli.main import build_cli, main
+from lightning_trepo.training.callbacks import StepProgressBar
+from lightning_trepo.training.schedule import LRScheduleConfig, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 LR = 0.0002  # configs/grpo.yaml's AdamW lr
@@ -63,8 +63,10 @@ def test_tensorboard_overlay_logs_the_scheduled_lr_and_keeps_the_best_checkpoint
     assert [s for s, _ in lrs] == [0, 1, 2, 3]
     assert [v for _, v in lrs] == pytest.approx([0.0, LR / 2, LR, LR / 2], rel=1e-6)
     assert "reward/total" in events.Tags()["scalars"] and "val/accuracy" in events.Tags()["scalars"]
+    # the overlay's ModelCheckpoint keeps the best 2 of the 2 validations; the CLI's own crash-safety checkpoint
+    # (every 10 steps: here only the final one, with last.ckpt) is still there, though the overlay set the list
     ckpts = sorted(p.name for p in Path(cli.trainer.checkpoint_callback.dirpath).iterdir())
-    assert ckpts == ["last.ckpt", "step=2.ckpt", "step=4.ckpt"]  # save_top_k 2 of the 2 validations, + last
+    assert ckpts == ["best-step=2.ckpt", "best-step=4.ckpt", "last.ckpt", "step=000004.ckpt"]
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert [int(line.split("|")[0].split()[1]) for line in lines] == [2, 4]  # every_n_steps: 2
 
@@ -106,5 +108,9 @@ def test_help_lists_fit_validate_and_tools_and_no_crashing_subcommand(capsys):
 
 def test_validate_subcommand_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = build_cli(["validate", "--config", str(ROOT / "configs" / "grpo.yaml"), *SMALL, "--trainer.logger", "false"])
-    assert 0.0 <= float(cli.trainer.callback_metrics["val/accuracy"]) <= 1.0
+    # reward 1 iff the row's answer is even: the 4 held-out prompts (answers 136, 141, 20, 181) give accuracy 2/4
+    reward = ('{"class_path": "reward_models.FunctionReward", '
+              '"init_args": {"fn": "tests.modules.rewards.answer_is_even"}}')
+    cli = build_cli(["validate", "--config", str(ROOT / "configs" / "grpo.yaml"), *SMALL, "--trainer.logger", "false",
+                     "--model.init_args.reward", reward])
+    assert float(cli.trainer.callback_metrics["val/accuracy"]) == 0.5

@@ -4,6 +4,13 @@ All inputs are (N, L) per-token tensors with a right-padded ``mask`` (1 = real c
 padded entries are ignored even when they hold NaN or inf, in the value AND the gradient (every input
 is selected with ``torch.where`` before any arithmetic, so no NaN·0 reaches autograd). Advantages may be
 (N,) (one per response) or (N, L) (per token) and are treated as constants (detached).
+
+Every algorithm module trains through :func:`clipped_surrogate_loss` (``RLModule.compute_loss``), REINFORCE, RLOO
+and ReMax included: on the first pass over a rollout the ratio is 1, where the clipped surrogate's gradient is
+exactly :func:`policy_gradient_loss`'s, -A ∇log π (tested: ``test_clipped_surrogate_on_policy_equals_policy_gradient``),
+and a further epoch or minibatch (``update.epochs``/``num_minibatches`` > 1) is then clipped as in PPO instead of
+silently off-policy. :func:`policy_gradient_loss` is the plain estimator that the theory check
+(:mod:`lightning_trepo.theory.estimators`) differentiates.
 """
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def fit_arguments(args: argparse.Namespace, rest: list[str]) -> list[str]:
 
 def load_weights(module: Any, path: str) -> str:
     """The checkpoint's weights into ``module`` (policy, and a PPO critic); returns the checkpoint file used."""
-    from lightning_trepo.export import find_checkpoint, load_checkpoint
+    from lightning_trepo.tools.export import find_checkpoint, load_checkpoint
 
     ckpt = find_checkpoint(path)
     state = load_checkpoint(ckpt)["state_dict"]
@@ -77,7 +77,7 @@ def load_weights(module: Any, path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lightning_trepo.cli import build_cli
+    from lightning_trepo.cli.main import build_cli
 
     args, rest = parse_args(argv)
     specs = [parse_estimator(e) for e in args.estimators]  # bad estimator names fail before anything loads

@@ -21,21 +21,27 @@ from torch import Tensor
 
 from lightning_trepo.algorithms.kl import kl_estimate
 from lightning_trepo.algorithms.losses import aggregate, surrogate_loss, truncated_filtered_mask
-from lightning_trepo.checkpointing import load_run_state, save_run_state
-from lightning_trepo.export import drop_frozen_base, hparams_ignore, restore_frozen_base
 from lightning_trepo.modules.config import (
     OptimizerFactory,
     RolloutConfig,
     UpdateConfig,
+    check_reward_fits,
     default_optimizer,
     reward_prompts,
 )
 from lightning_trepo.modules.controls import adaptive_kl_step, any_rank, refill_stream
 from lightning_trepo.modules.cpu_heap import keep_freed_cpu_memory
-from lightning_trepo.modules.sharding import (
+from lightning_trepo.ops import masked_mean
+from lightning_trepo.policy import AdapterDisabled, PolicyConfig, load_tokenizer
+from lightning_trepo.policy.lora_checkpoint import drop_frozen_base, hparams_ignore, restore_frozen_base
+from lightning_trepo.rollout.dynamic_sampling import Scored, dynamic_sampling
+from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan
+from lightning_trepo.rollout.logging import RolloutWriter, step_metrics, timed
+from lightning_trepo.rollout.logprobs import sequence_logprobs
+from lightning_trepo.training.run_state import decorrelate_rank_rng, load_run_state, save_run_state
+from lightning_trepo.training.sharding import (
     build_policy,
     build_reference,
-    decorrelate_rank_rng,
     fully_shard_model,
     gathered_for_generation,
     on_device,
@@ -45,12 +51,6 @@ from lightning_trepo.modules.sharding import (
     unsharded_trainable,
     visiting,
 )
-from lightning_trepo.ops import masked_mean
-from lightning_trepo.policy import AdapterDisabled, PolicyConfig, load_tokenizer
-from lightning_trepo.rollout.dynamic_sampling import Scored, dynamic_sampling
-from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan
-from lightning_trepo.rollout.logging import RolloutWriter, step_metrics, timed
-from lightning_trepo.rollout.logprobs import sequence_logprobs
 from lightning_trepo.types import LossOutput, Rollout
 from reward_models import Reward, RewardOutput, Samples, TrainerState
 
@@ -77,6 +77,7 @@ class RLModule(LightningModule):
         super().__init__()
         if not isinstance(reward, Reward):
             raise TypeError(f"model.init_args.reward must be a reward_models.Reward, got {type(reward).__name__}")
+        check_reward_fits(reward, rollout)
         self.save_hyperparameters(ignore=hparams_ignore())  # the CLI config keeps the reward tree: reloads alone
         self.reward = reward
         self.policy_cfg, self.rollout_cfg, self.update_cfg = policy, rollout, update
@@ -93,6 +94,9 @@ class RLModule(LightningModule):
         self._refill: Any = None  # dynamic sampling's stream of extra prompt batches
         if update.kl_target is not None:  # the adaptive KL controller's β is module state: saved in checkpoints
             self.register_buffer("kl_coef_value", torch.tensor(float(update.kl_coef), dtype=torch.float64))
+        self.rank_state_restored = False
+        """Set by :meth:`on_load_checkpoint`: every rank got its own random streams back from the checkpoint, so
+        :meth:`on_fit_start` must not decorrelate the ranks again (that would change a resumed run's rollouts)."""
 
     # ------------------------------------------------------------------ model lifecycle
     def configure_model(self) -> None:
@@ -150,7 +154,7 @@ class RLModule(LightningModule):
             offload = self.policy_cfg.offload_reference and name == "ref"
             self._frozen[name] = place_frozen(strategy, model, self.device, offload=offload)
         self.reward.to("cpu" if self.rollout_cfg.offload_reward else self.device)
-        if not getattr(self, "_rank_state_restored", False):  # a resume got each rank's own stream back
+        if not self.rank_state_restored:  # a resume got each rank's own stream back
             decorrelate_rank_rng(self.global_rank, self.trainer.world_size)
 
     @property
@@ -428,6 +432,6 @@ class RLModule(LightningModule):
         drop_frozen_base(self, checkpoint)  # LoRA: adapters only, the base comes from policy.model_path
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        load_run_state(self, checkpoint)  # refuses another algorithm / model / group size
+        self.rank_state_restored = load_run_state(self, checkpoint)  # refuses another algorithm / model / group size
         restore_frozen_base(self, checkpoint)
 

@@ -13,6 +13,7 @@ from lightning_trepo.errors import check_choice, require
 from lightning_trepo.policy import PolicyConfig, TinyModelConfig
 from lightning_trepo.rollout.decoding import Decoder
 from lightning_trepo.rollout.engine import SamplingConfig
+from reward_models import OverlongPenalty, Reward
 
 KLEstimator = KLKind
 BehaviourPass = Literal["auto", "always"]
@@ -170,3 +171,16 @@ torch.serialization.add_safe_globals([PolicyConfig, TinyModelConfig, SamplingCon
 def reward_prompts(batch: dict[str, Any]) -> list[str]:
     """Prompt texts the reward tree reads: before the chat template when the data module provides them."""
     return batch.get("raw_prompts") or batch["prompts"]
+
+
+def check_reward_fits(reward: Reward, rollout: RolloutConfig, path: tuple[str, ...] = ()) -> None:
+    """Settings of the reward tree that must agree with the rollout's: DAPO's overlong penalty measures against the
+    generation budget, so each ``OverlongPenalty.max_length`` must equal ``rollout.sampling.max_new_tokens`` (a
+    longer one never reaches its full penalty, a shorter one punishes every response the budget allows)."""
+    if isinstance(reward, OverlongPenalty):
+        budget, where = rollout.sampling.max_new_tokens, "/".join(("reward", *path))
+        require(reward.max_length == budget, "rollout.sampling.max_new_tokens", budget,
+                f"{reward.max_length}, the max_length of the OverlongPenalty at {where}",
+                "DAPO's overlong penalty measures against the generation budget: set both alike")
+    for name, child in reward.children().items():
+        check_reward_fits(child, rollout, (*path, name))

@@ -26,10 +26,10 @@ from lightning_trepo.modules.base import (
     UpdateConfig,
     default_optimizer,
 )
-from lightning_trepo.modules.sharding import build_policy
 from lightning_trepo.ops import masked_mean, masked_whiten
 from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.rollout.logprobs import completion_logits, fused_head_supported, sequence_logprobs
+from lightning_trepo.training.sharding import build_policy
 from lightning_trepo.types import LossOutput, Rollout
 from reward_models import Reward
 

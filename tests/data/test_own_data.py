@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_trepo.cli import TrepoCLI, build_cli
+from lightning_trepo.cli.main import TrepoCLI, build_cli
 from lightning_trepo.data import HFDatasetSource, JsonlSource, ListSource, PromptDataModule
 from lightning_trepo.modules.base import RLModule
 from reward_models import NumericAnswer, Samples

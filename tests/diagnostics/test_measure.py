@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_trepo import GRPO, PPO, UpdateConfig
-from lightning_trepo.cli import _tool_commands
+from lightning_trepo.cli.main import _tool_commands
 from lightning_trepo.diagnostics.command import main
 from lightning_trepo.diagnostics.stats import summarize
 from lightning_trepo.diagnostics.variance import build_estimators, measure, parse_estimator

@@ -13,8 +13,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from lightning_trepo.callbacks import SaveOnTrainEnd
-from lightning_trepo.export import export_trained
+from lightning_trepo.tools.export import export_trained
+from lightning_trepo.training.callbacks import SaveOnTrainEnd
 from tests.distributed.workers import PER_RANK_BATCH, quiet_trainer, sharded_grpo
 from tests.helpers import datamodule
 

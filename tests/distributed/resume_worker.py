@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_trepo import GRPO
-from lightning_trepo.checkpointing import PeriodicCheckpoint
+from lightning_trepo.training.checkpoints import PeriodicCheckpoint
 from reward_models import FunctionReward, Normalize
 from tests.helpers import TINY, datamodule, rollout_cfg
 

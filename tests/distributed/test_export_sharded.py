@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_trepo.export import export_checkpoint, find_checkpoint
+from lightning_trepo.tools.export import export_checkpoint, find_checkpoint
 from tests.distributed.launch import check, launch
 
 pytestmark = pytest.mark.distributed

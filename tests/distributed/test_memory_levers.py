@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from lightning_trepo import GRPO, UpdateConfig
-from lightning_trepo.modules.sharding import Offloaded, transformer_blocks
 from lightning_trepo.policy import AdapterDisabled, LoraConfig, load_policy
 from lightning_trepo.rollout.logprobs import sequence_logprobs
+from lightning_trepo.training.sharding import Offloaded, transformer_blocks
 from reward_models import FunctionReward
 from tests.distributed.workers import REWARD, SeededGRPO, quiet_trainer
 from tests.helpers import TINY, datamodule, rollout_cfg

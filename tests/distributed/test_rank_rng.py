@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_trepo.modules.sharding import decorrelate_rank_rng
+from lightning_trepo.training.run_state import decorrelate_rank_rng
 
 
 def _draws(rank: int, world_size: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """REINFORCE, RLOO, ReMax and PPO each train 2 steps from their shipped config through the console script.
 
 The console script's own function (``lightning-trepo`` = ``python -m lightning_trepo`` =
-``lightning_trepo.cli:main``) runs in-process: a subprocess per algorithm would spend most of its time
+``lightning_trepo.cli.main:main``) runs in-process: a subprocess per algorithm would spend most of its time
 re-importing torch/transformers; tests/test_cli.py covers the ``python -m`` subprocess path itself.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_trepo.cli import main
+from lightning_trepo.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 ALGOS = {"reinforce": "REINFORCE", "rloo": "RLOO", "remax": "ReMax", "ppo": "PPO"}

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from lightning_trepo import GRPO, PPO, REINFORCE, UpdateConfig
-from lightning_trepo.cli import main
+from lightning_trepo.cli.main import main
 from reward_models import FunctionReward
 from tests.helpers import TINY, datamodule, rollout_cfg, trainer
 from tests.test_cli import cli

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_trepo.cli import main
+from lightning_trepo.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE = Path(__file__).parent / "data" / "nested_reward.yaml"

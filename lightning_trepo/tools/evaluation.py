@@ -3,7 +3,7 @@
 Used by ``make demo``, ``scripts/pretrain_tiny.py`` and ``benchmarks/learning.py``; independent of
 Lightning (plain ``model`` + ``tokenizer`` + ``Reward``), so it also scores a saved HF directory::
 
-    from lightning_trepo.evaluation import evaluate_policy, heldout_rows
+    from lightning_trepo.tools.evaluation import evaluate_policy, heldout_rows
     result = evaluate_policy(model, tokenizer, heldout_rows("addition", 500), NumericAnswer(), num_samples=8)
     result.greedy_accuracy, result.pass_at_k[8]
 

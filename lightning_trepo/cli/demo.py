@@ -1,8 +1,8 @@
 """``make demo``: TRePO teaches the shipped tiny model addition, with before/after numbers and a plot.
 
-    python -m lightning_trepo.demo                       # configs/trepo.yaml, a few minutes on 2 CPU cores
-    python -m lightning_trepo.demo --max-steps 2 --eval-size 16 --num-samples 2     # smoke run
-    python -m lightning_trepo.demo --config configs/grpo.yaml -- --model.init_args.update.kl_coef 0.01
+    python -m lightning_trepo.cli.demo                       # configs/trepo.yaml, a few minutes on 2 CPU cores
+    python -m lightning_trepo.cli.demo --max-steps 2 --eval-size 16 --num-samples 2     # smoke run
+    python -m lightning_trepo.cli.demo --config configs/grpo.yaml -- --model.init_args.update.kl_coef 0.01
 
 The fit goes through the same ``TrepoCLI`` as ``lightning-trepo fit`` (arguments after ``--`` are
 passed to it). Before and after the fit the policy is scored on held-out prompts of the config's
@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from lightning_trepo.data.sources import BuiltinTaskSource
-from lightning_trepo.evaluation import EvalResult, evaluate_policy
+from lightning_trepo.tools.evaluation import EvalResult, evaluate_policy
 
 DEFAULT_CONFIG = (
-    Path(__file__).resolve().parent / "configs" / "trepo.yaml"
+    Path(__file__).resolve().parents[1] / "configs" / "trepo.yaml"
 )  # shipped in the package (configs/ links here)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="python -m lightning_trepo.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lightning_trepo.cli.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="algorithm config (default: configs/trepo.yaml)")
     p.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps (e.g. 2 for a smoke run)")
@@ -97,7 +97,7 @@ def quiet_build(build: Any, cli_args: list[str]) -> Any:
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Fit from the config and write the report; returns the numbers (also in ``demo_results.json``)."""
-    from lightning_trepo.cli import build_cli
+    from lightning_trepo.cli.main import build_cli
 
     args, overrides = parse_args(argv)
     cli_args = ["--config", str(args.config), *overrides]
@@ -126,7 +126,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 def report(results: dict[str, Any], before: EvalResult, after: EvalResult, val_n: int, show: int) -> dict[str, Any]:
     """Write table, samples, JSON and plot next to the run's metrics.csv; print them; the plot path last."""
-    from lightning_trepo.plots import plot_training_curves
+    from lightning_trepo.tools.plots import plot_training_curves
 
     log_dir, algo, steps = Path(results["log_dir"]), results["algorithm"], results["steps"]
     text = table(before, after, f"after {algo}, {steps} steps")

@@ -1,6 +1,6 @@
 """Plots of a run from its Lightning ``CSVLogger`` metrics (``metrics.csv``); needs the ``plot`` extra.
 
-    from lightning_trepo.plots import plot_training_curves
+    from lightning_trepo.tools.plots import plot_training_curves
     plot_training_curves("runs/lightning_trepo/version_0/metrics.csv", "curves.png")
 """
 from __future__ import annotations

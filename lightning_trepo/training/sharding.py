@@ -350,13 +350,3 @@ def visiting(obj: Any, device: torch.device, enabled: bool) -> Iterator[None]:
         yield
     finally:
         obj.to("cpu")
-
-
-def decorrelate_rank_rng(rank: int, world_size: int) -> None:
-    """Give each rank its own sampling stream. Lightning seeds every rank alike, so ranks would draw the same
-    random numbers for their (different) prompts; the new seed is drawn from the shared state, so a run (and a
-    resume that restored that state) stays reproducible."""
-    if world_size <= 1:
-        return
-    seed = int(torch.randint(0, 2**31 - 1, (1,)))  # the same draw on every rank
-    torch.manual_seed(seed + rank)

@@ -18,15 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_trepo.callbacks import SaveOnTrainEnd, StepPrinter, use_step_progress_bar
-from lightning_trepo.checkpointing import refuse_foreign_checkpoint
+from lightning_trepo.cli.error_report import debug_requested, reporting_errors
 from lightning_trepo.data import PromptDataModule
-from lightning_trepo.errors import debug_requested, reporting_errors
-from lightning_trepo.export import ExportConfig, export_trained
 from lightning_trepo.modules.base import RLModule
-from lightning_trepo.schedule import LRScheduleConfig, attach_lr_schedule
+from lightning_trepo.tools.export import ExportConfig, export_trained
+from lightning_trepo.training.callbacks import CrashSafety, SaveOnTrainEnd, StepPrinter, use_step_progress_bar
+from lightning_trepo.training.run_state import refuse_foreign_checkpoint
+from lightning_trepo.training.schedule import LRScheduleConfig, attach_lr_schedule
 
 TOOLS_HELP = """tool commands (each has its own --help):
   export              write a checkpoint's policy as a Hugging Face directory (LoRA merged, or --adapter-only)
@@ -36,7 +37,7 @@ TOOLS_HELP = """tool commands (each has its own --help):
   measure-variance    gradient variance per token of every estimator on a config's model and reward"""
 
 
-BASE_CONFIG = Path(__file__).resolve().parent / "configs" / "base.yaml"
+BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
 
 
 class TrepoCLI(LightningCLI):
@@ -78,19 +79,26 @@ class TrepoCLI(LightningCLI):
             attach_lr_schedule(self.model, init.lr_scheduler)
         use_step_progress_bar(self.trainer)
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with :func:`run_callbacks` as its callbacks."""
+        init = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = init.get("trainer") or {}
+        callbacks = run_callbacks(trainer.get("callbacks"), init.crash_safety, trainer.get("enable_checkpointing"))
+        return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({
             "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": "runs", "name": "lightning_trepo"}},
             "trainer.log_every_n_steps": 1,
-            "trainer.accelerator": "auto",
             "trainer.devices": 1,
             "trainer.num_sanity_val_steps": 0,
         })
+        parser.add_class_arguments(CrashSafety, "crash_safety", sub_configs=True)
         parser.add_class_arguments(ExportConfig, "export", sub_configs=True)
         parser.add_argument("--lr_scheduler", type=LRScheduleConfig | None, default=None,
                             help="warmup + constant/linear/cosine decay of the optimizer's lr per step "
-                                 "(lightning_trepo.schedule.LRScheduleConfig)")
+                                 "(lightning_trepo.training.schedule.LRScheduleConfig)")
         parser.add_lightning_class_args(StepPrinter, "step_printer")
 
     def after_fit(self) -> None:
@@ -105,6 +113,14 @@ class TrepoCLI(LightningCLI):
             self.config
         )  # a broken or foreign --ckpt_path, before its hyper-parameters are adopted
         super()._parse_ckpt_path()
+
+
+def run_callbacks(listed: Any, crash_safety: CrashSafety, enable_checkpointing: bool | None = True) -> list[Callback]:
+    """``crash_safety``'s callbacks ahead of the config's ``trainer.callbacks`` (instantiated; None, one or a list):
+    an overlay's list replaces the list before it, but cannot drop these, and the periodic checkpoint comes first,
+    so it is ``trainer.checkpoint_callback``, the one ``--ckpt_path last`` and :class:`SaveOnTrainEnd` consult."""
+    listed = [] if listed is None else list(listed) if isinstance(listed, list) else [listed]
+    return [*crash_safety.callbacks(listed, checkpointing=enable_checkpointing is not False), *listed]
 
 
 def _is_checkpoint_callback(entry: Any) -> bool:
@@ -136,7 +152,7 @@ def _tool_commands() -> dict[str, Callable[[list[str]], int | None]]:
         return serve_main(argv)
 
     def export(argv: list[str]) -> int | None:
-        from lightning_trepo.export import export_main
+        from lightning_trepo.tools.export import export_main
         return export_main(argv)
 
     def measure_variance(argv: list[str]) -> int | None:
