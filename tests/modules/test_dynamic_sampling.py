@@ -82,7 +82,8 @@ def test_grpo_trains_two_steps_with_dynamic_sampling(tmp_path):
     # the data module's refill stream is sampled; the rollout trained on holds only informative groups
     pl.seed_everything(0)
     module = GRPO(reward=FunctionReward("tests.modules.rewards.first_char_odd"), policy=TINY,
-                  rollout=rollout_cfg(group_size=2, dynamic_sampling=True, max_extra_rounds=3),
+                  # eager generate: the seeded samples the expected rounds below were read from
+                  rollout=rollout_cfg(group_size=2, dynamic_sampling=True, max_extra_rounds=3, decoder="eager"),
                   update=UpdateConfig(), optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     t = trainer(tmp_path)
     t.fit(module, datamodule=datamodule(batch_size=2))
