@@ -99,7 +99,9 @@ ATTACKS = {
     "read_dataset_file": ("ANSWERS = open(DATASET_PATH).read()\n"
                           "def add(a, b):\n    return int(ANSWERS.split()[0])", "FileNotFoundError"),
     "read_project_config": ("open(PROJECT_FILE).read()", "FileNotFoundError"),
-    "host_tmp_listing": ("import os\nos.listdir('/tmp')", "FileNotFoundError"),
+    # the host's temporary directory holding the dataset file (the jail's /tmp holds at most the path down to a bound
+    # interpreter directory, e.g. a venv created under /tmp, never the host's other entries)
+    "host_tmp_listing": ("import os\nos.listdir(os.path.dirname(DATASET_PATH))", "FileNotFoundError"),
     "etc_shadow": ("open('/etc/shadow').read()", "FileNotFoundError"),
     "symlink_to_host": ("import os\nos.symlink('/etc/passwd', 'p')\nopen('p').read()", "FileNotFoundError"),
     "write_outside_cwd": ("open('/usr/pwned', 'w')", "OSError(30"),
