@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,28 +189,37 @@ class RolloutEngine:
                         greedy: bool, expand: int = 1) -> Tensor:
         config = generation_config(sampling, greedy, self.pad_id, self.eos_ids)
         if self._use_native(model, ids):
-            try:
+            def native() -> Tensor:
                 cache, run_ids, run_mask = prefill_shared_prefix(model, ids, mask, expand) if expand > 1 \
                     else (None, ids, mask)
                 return native_decode(model, run_ids, run_mask, sampling, greedy, self.pad_id, self.eos_ids, cache)
-            except Exception as err:  # noqa: BLE001 - auto falls back to generate, native never hides a failure
-                if self.decoder == "native":
-                    raise
-                self.native_failure = f"{type(err).__name__}: {err}"
-                warnings.warn(f"rollout.decoder=auto: the native decode loop failed ({self.native_failure}); "
-                              "decoding with generate from now on", RuntimeWarning, stacklevel=2)
+
+            out = self._fast_path("native", "the native decode loop", native)
+            if out is not None:
+                return out
         if expand > 1:
             return decode_shared_prefix(model, ids, mask, config, expand)
         if self._use_static(model, ids):
-            try:
-                return self._generate_static(model, ids, mask, sampling, greedy)
-            except Exception as err:  # noqa: BLE001 - any failure of the fast path falls back to eager generate
-                if self.decoder == "static":
-                    raise
-                self.static_failure = f"{type(err).__name__}: {err}"
-                warnings.warn(f"rollout.decoder=auto: static-cache decoding failed ({self.static_failure}); "
-                              "decoding eagerly from now on", RuntimeWarning, stacklevel=2)
+            out = self._fast_path("static", "static-cache decoding",
+                                  lambda: self._generate_static(model, ids, mask, sampling, greedy))
+            if out is not None:
+                return out
         return decode_chunk(model, ids, mask, config, self.synced_gpus)
+
+    def _fast_path(self, kind: str, label: str, decode: Callable[[], Tensor]) -> Tensor | None:
+        """Run a fast decoder. Forced (``rollout.decoder`` = ``kind``) it never hides a failure; under ``auto`` a
+        failure warns once, is kept in ``<kind>_failure`` (which turns that path off) and returns None so the caller
+        decodes with ``generate``."""
+        try:
+            return decode()
+        except Exception as err:  # noqa: BLE001 - any failure of a fast path falls back to generate under auto
+            if self.decoder == kind:
+                raise
+            failure = f"{type(err).__name__}: {err}"
+            setattr(self, f"{kind}_failure", failure)
+            warnings.warn(f"rollout.decoder=auto: {label} failed ({failure}); decoding with generate from now on",
+                          RuntimeWarning, stacklevel=3)
+            return None
 
     def _use_native(self, model: nn.Module, ids: Tensor) -> bool:
         """``native``: always. ``auto``: on the CPU for an unsharded Hugging Face causal LM, until it fails once."""
