@@ -121,6 +121,11 @@ class UpdateConfig:
     """auto: skip the π_old log-prob pass when the update is on-policy (1 epoch, 1 minibatch: the loss pass runs on
     the weights that sampled the rollout, so π_old is its own detached log-probs and the ratio is exactly 1, as in
     TRL); always: compute it every rollout."""
+    shared_prompt_pass: bool = True
+    """The log-prob passes (loss, behaviour, reference) run each distinct prompt once and share its KV cache (and,
+    in the loss pass, its backward) across the rows that sample from it, a group's G samples; the same log-probs and
+    gradients up to float rounding. Off without a decoder-only model that keeps a cache, under gradient
+    checkpointing, and for the loss pass with sharded parameters (FSDP2, ZeRO-3); false = one full forward per row."""
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "update.epochs", self.epochs, "an integer >= 1")

@@ -138,7 +138,8 @@ class PPO(RLModule):
         args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
         logprobs, entropy = sequence_logprobs(policy_forward if head_mode else self.policy, *args,
                                               self.rollout_cfg.sampling.temperature, with_entropy,
-                                              head=fused_head_supported(self.policy))
+                                              head=fused_head_supported(self.policy),
+                                              prompt_cache_kw=self.prompt_cache_kw(self.policy))
         length = batch.completion_ids.shape[1]
         # same positions as the logits: the hidden state that predicts completion token t
         hidden = captured["hidden"][:, -length - 1:-1] if head_mode else completion_logits(self._critic_forward, *args)

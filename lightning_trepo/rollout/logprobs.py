@@ -165,37 +165,98 @@ def fused_head_logprobs(head: nn.Module, targets: Tensor, temperature: float, wi
         del head.forward
 
 
-def completion_logits(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor,
-                      completion_ids: Tensor, completion_mask: Tensor) -> Tensor:
+def shared_prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Rows whose left-padded prompt (ids and mask) is the same: ``(first, inverse)`` with ``first`` (R,) one row of
+    each distinct prompt and ``inverse`` (N,) the group of every row, or None when no two rows share a prompt (or
+    the prompt is a single token, which leaves no prefix to share)."""
+    if prompt_ids.shape[0] < 2 or prompt_ids.shape[1] < 2:
+        return None
+    key = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)
+    distinct, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if distinct.shape[0] == key.shape[0]:
+        return None
+    rows = torch.arange(key.shape[0], device=key.device)
+    first = torch.full((distinct.shape[0],), key.shape[0], dtype=rows.dtype, device=key.device)
+    return first.scatter_reduce_(0, inverse, rows, "amin"), inverse
+
+
+def prompt_cache_supported(model: Any) -> bool:
+    """Whether a log-prob pass may run each distinct prompt once and share its KV cache: a decoder-only causal LM
+    that keeps a cache in training (gradient checkpointing would re-run layers in backward and append to it twice)."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    config = getattr(base, "config", None)
+    # transformers 5 names the flag is_activation_checkpointing (is_gradient_checkpointing is deprecated there)
+    flag = "is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing") \
+        else "is_gradient_checkpointing"
+    return config is not None and not getattr(config, "is_encoder_decoder", False) and not getattr(base, flag, False)
+
+
+def _positions(attention: Tensor) -> Tensor:
+    return (attention.cumsum(-1) - 1).clamp(min=0)
+
+
+def prompt_prefix_cache(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, cache_kw: str) -> tuple[Any, int] | None:
+    """ONE forward of each distinct prompt minus its last token (:func:`shared_prompt_groups`), its KV cache then
+    gathered back to all N rows (autograd flows through the gather, so each prompt's backward also runs once).
+    ``cache_kw``: the keyword the model takes and returns its cache by (``decoding.cache_argument``). Returns the
+    cache and the number of prompt columns it holds, or None when no rows share a prompt or the model hands back no
+    cache that can be gathered."""
+    groups = shared_prompt_groups(prompt_ids, prompt_mask)
+    if groups is None:
+        return None
+    first, inverse = groups
+    head_ids, head_mask = prompt_ids[first, :-1], prompt_mask[first, :-1].long()
+    out = model(input_ids=head_ids, attention_mask=head_mask, position_ids=_positions(head_mask), use_cache=True,
+                logits_to_keep=1)
+    cache = getattr(out, cache_kw, None)
+    if cache is None or not hasattr(cache, "batch_select_indices") or cache.get_seq_length() != head_ids.shape[1]:
+        return None
+    cache.batch_select_indices(inverse)
+    return cache, head_ids.shape[1]
+
+
+def completion_logits(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                      completion_mask: Tensor, prefix: tuple[Any, int, str] | None = None) -> Tensor:
     """Logits (N, L, V) that predict each completion token given everything before it (inside
     :func:`fused_head_logprobs`: the (N, L) log-probs of the completion tokens themselves).
 
     Prompts are left padded and completions right padded; position ids follow the attention mask
-    so a left-padded prompt sees the same positions as an unpadded one.
+    so a left-padded prompt sees the same positions as an unpadded one. ``prefix`` (a cache from
+    :func:`prompt_prefix_cache`, the columns it holds and the model's cache keyword): only the columns after it run.
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention = torch.cat([prompt_mask, completion_mask], dim=1).long()
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    position_ids = _positions(attention)
     length = completion_ids.shape[1]
-    out = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                logits_to_keep=length + 1, use_cache=False)
+    if prefix is None:
+        out = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                    logits_to_keep=length + 1, use_cache=False)
+    else:
+        cache, start, cache_kw = prefix
+        out = model(input_ids=input_ids[:, start:], attention_mask=attention, position_ids=position_ids[:, start:],
+                    use_cache=True, logits_to_keep=length + 1, **{cache_kw: cache})
     return out.logits[:, -length - 1:-1]
 
 
-def sequence_logprobs(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+def sequence_logprobs(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                       completion_mask: Tensor, temperature: float = 1.0, with_entropy: bool = False,
-                      head: nn.Module | None = None) -> tuple[Tensor, Tensor | None]:
+                      head: nn.Module | None = None,
+                      prompt_cache_kw: str | None = None) -> tuple[Tensor, Tensor | None]:
     """Per-token log π(w_t | prefix) at the sampling temperature, (N, L), and optionally the (detached) entropy.
 
     When the model's LM head is a plain linear layer (``head``, found on ``model`` when not given), the log-probs
-    come from the hidden states chunk by chunk (above): no (N, L, V) logits.
+    come from the hidden states chunk by chunk (above): no (N, L, V) logits. ``prompt_cache_kw`` (the keyword the
+    model takes its KV cache by; the caller checks :func:`prompt_cache_supported`): rows with the same prompt (a
+    group's G samples) run it once (:func:`prompt_prefix_cache`). Same values as the plain pass up to rounding.
     """
     head = head if head is not None else fused_head_supported(model)
+    cached = prompt_prefix_cache(model, prompt_ids, prompt_mask, prompt_cache_kw) if prompt_cache_kw else None
+    prefix = (*cached, prompt_cache_kw) if cached is not None and prompt_cache_kw else None
     if head is not None:
         with fused_head_logprobs(head, completion_ids, temperature, with_entropy) as extra:
-            logprobs = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+            logprobs = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, prefix)
         return logprobs * completion_mask, extra.get("entropy")
-    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, prefix)
     logprobs = token_logprobs(logits, completion_ids, temperature) * completion_mask
     entropy = entropy_from_logits(logits.detach(), temperature) if with_entropy else None
     return logprobs, entropy

@@ -160,3 +160,26 @@ def test_entropy_is_computed_only_on_logged_steps(tmp_path):
     t.fit(module, datamodule=datamodule())
     assert asked == [True, False, True, False]
     assert "entropy" in t.callback_metrics
+
+
+class _GradientsAtBatchStart(pl.Callback):
+    """Whether any policy gradient is held when each training batch starts (before its rollout and forward)."""
+
+    def __init__(self) -> None:
+        self.held: list[bool] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.held.append(any(p.grad is not None for p in module.policy.parameters()))
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_spent_gradients_are_freed_right_after_the_optimizer_step(tmp_path, accumulate):
+    pl.seed_everything(0)
+    module = GRPO(reward=FunctionReward("tests.modules.rewards.length_reward"), policy=TINY, rollout=rollout_cfg(),
+                  optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    probe = _GradientsAtBatchStart()
+    t = trainer(tmp_path, max_steps=2, accumulate_grad_batches=accumulate, callbacks=[probe])
+    t.fit(module, datamodule=datamodule())
+    # no step has run before batch 0; with accumulation over 2 batches, batch 1 and 3 start mid-accumulation and
+    # must still hold batch 0's and 2's gradients; every batch after an optimizer step starts with none
+    assert probe.held == ([False, False] if accumulate == 1 else [False, True, False, True])

@@ -62,11 +62,13 @@ def test_whitened_advantages_have_zero_mean_unit_variance_on_real_tokens():
 def test_one_policy_forward_feeds_lm_and_value_heads():
     module = make()
     module.configure_model()
-    calls = []
-    module.policy.register_forward_hook(lambda *_: calls.append(1))
+    seen = []
+    module.policy.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
     rollout = tiny_rollout([[1, 1, 1], [1, 1, 0]], group_size=2)
     logprobs, _, values = module.logprobs_and_values(rollout)
-    assert len(calls) == 1 and values.shape == logprobs.shape == (2, 3) and values[1, 2] == 0
+    # every position runs once for both heads: the group's shared prompt minus its last token (1 x 2), then each
+    # row's last prompt token and completion (2 x 4) on its cache (update.shared_prompt_pass)
+    assert seen == [(1, 2), (2, 4)] and values.shape == logprobs.shape == (2, 3) and values[1, 2] == 0
     # the value head reads the hidden state that predicts each completion token (the LM head's input)
     module.value_head.weight.data.normal_()
     _, _, values = module.logprobs_and_values(rollout)
