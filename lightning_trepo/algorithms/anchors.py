@@ -11,16 +11,19 @@ or after the end collapse to T_i ("padding anchors", ``valid`` False, Û = RM(W)
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
-OFFSET_MODES = ("uniform", "every")
+OffsetMode = Literal["uniform", "every"]
+OFFSET_MODES: tuple[str, ...] = get_args(OffsetMode)
 
 
 def fixed_anchor_offsets(
     num_anchors: int,
     max_len: int,
-    mode: str = "uniform",
+    mode: OffsetMode = "uniform",
     every: int | None = None,
     num_samples: int | None = None,
     generator: torch.Generator | None = None,
