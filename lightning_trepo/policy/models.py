@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reward_models.hf import DTYPES
+from lightning_trepo.errors import require
+from reward_models.hf import DTYPES, resolve_dtype
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CHAR_SPECIALS = ("<pad>", "<eos>", "<unk>")
@@ -58,10 +59,8 @@ class LoraConfig:
     architecture."""
 
     def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"policy.lora.r must be >= 1 (got {self.r})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"policy.lora.dropout must be in [0, 1) (got {self.dropout})")
+        require(self.r >= 1, "policy.lora.r", self.r, "an integer >= 1")
+        require(0.0 <= self.dropout < 1.0, "policy.lora.dropout", self.dropout, "a number in [0, 1)")
 
 
 torch.serialization.add_safe_globals([LoraConfig])  # saved inside PolicyConfig hyper-parameters
@@ -102,6 +101,7 @@ class PolicyConfig:
         for name in ("model_path", "tokenizer_path", "gguf_file"):
             if getattr(self, name) in ("", "null", "None"):
                 setattr(self, name, None)
+        require(self.torch_dtype in DTYPES, "policy.torch_dtype", self.torch_dtype, "one of " + ", ".join(DTYPES))
 
 
 def build_char_tokenizer():
@@ -173,9 +173,7 @@ def _package_dir(path: str) -> str:
 def load_policy(cfg: PolicyConfig, lora: bool = True):
     """Return ``(model, tokenizer)``: left-padding tokenizer with a pad token, model in train mode
     (wrapped with ``cfg.lora`` adapters unless ``lora=False``)."""
-    if cfg.torch_dtype not in DTYPES:
-        raise ValueError(f"policy.torch_dtype {cfg.torch_dtype!r} is not one of {sorted(DTYPES)}")
-    dtype = DTYPES[cfg.torch_dtype]
+    dtype = resolve_dtype(cfg.torch_dtype, "policy.torch_dtype")
     if cfg.model_path is None:
         tokenizer = build_char_tokenizer()
         model = build_tiny_model(cfg.tiny, len(tokenizer)).to(dtype)
