@@ -15,6 +15,7 @@ from torch import Tensor
 
 from lightning_trepo.algorithms.advantages import leave_one_out_mean, segment_advantages
 from lightning_trepo.algorithms.anchors import (
+    OffsetMode,
     anchor_positions_from_offsets,
     boundary_anchor_positions,
     build_anchor_values,
@@ -39,9 +40,9 @@ from lightning_trepo.rollout.continuations import (
 from lightning_trepo.rollout.engine import RolloutPlan
 from lightning_trepo.rollout.logging import timed
 from lightning_trepo.types import Rollout
-from reward_models import Reward, Samples
+from reward_models import Reward
 
-AnchorMode = Literal["uniform", "every", "boundary"]
+AnchorMode = Literal[OffsetMode, "boundary"]
 StartValue = Literal["loo", "fresh"]
 
 
@@ -142,12 +143,7 @@ class TRePO(RLModule):
         """(N, M+2) mean reward of the K continuations per anchor (NaN where none were sampled)."""
         if cont.sample_index.numel() == 0:
             return torch.full(shape, float("nan"), device=self.device)
-        idx = cont.sample_index.tolist()
-        samples = Samples(prompts=[rollout.prompts[i] for i in idx], completions=cont.completions,
-                          completion_ids=cont.completion_ids.cpu(), completion_mask=cont.completion_mask.cpu(),
-                          group_index=rollout.group_index[cont.sample_index].cpu(),
-                          metadata=[rollout.metadata[i] for i in idx])
-        scores = torch.nan_to_num(self.score_samples(samples).rewards.to(self.device), nan=0.0)
+        scores = torch.nan_to_num(self.score_samples(cont.to_samples(rollout)).rewards.to(self.device), nan=0.0)
         return continuation_means(scores, cont.sample_index, cont.anchor_column, (shape[0], shape[1]))
 
     def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from lightning_trepo.rollout.engine import RolloutEngine, SamplingConfig, right_pad
 from lightning_trepo.types import Rollout
+from reward_models import Samples
 
 
 @dataclass
@@ -30,6 +31,12 @@ class Continuations:
     completions: list[str]  # (C,) decoded full responses
     generated_tokens: int  # continuation tokens actually generated (excluding prefixes)
     num_calls: int
+
+    def to_samples(self, rollout: Rollout) -> Samples:
+        """The reward layer's view: each continuation scored as a full response to its sample's prompt and row."""
+        extended = replace(rollout.select(self.sample_index), completion_ids=self.completion_ids,
+                           completion_mask=self.completion_mask, completions=self.completions)
+        return extended.to_samples()
 
 
 def request_pairs(valid: Tensor, fresh_start: bool) -> tuple[Tensor, Tensor]:
