@@ -14,8 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,20 +64,6 @@ def parse_estimator(text: str) -> EstimatorSpec:
     raise ValueError(f"estimator {text!r} is not one of reinforce, rloo, remax, ppo, grpo[:scale], trepo:MxK[:start]")
 
 
-@contextmanager
-def _reusing_tokenizer(tokenizer: Any) -> Iterator[None]:
-    """While estimator modules are constructed, their ``load_tokenizer`` returns the base's tokenizer (a GGUF
-    tokenizer takes seconds to parse, once per module otherwise); every module gets the base's policy anyway."""
-    import lightning_trepo.modules.base as base_module
-
-    original = base_module.load_tokenizer
-    base_module.load_tokenizer = lambda cfg: tokenizer
-    try:
-        yield
-    finally:
-        base_module.load_tokenizer = original
-
-
 def build_estimators(base: RLModule, specs: Sequence[EstimatorSpec]) -> list[tuple[str, RLModule]]:
     """One module per spec, all sharing ``base``'s policy, tokenizer, reference and reward tree (nothing loads
     twice). A spec of ``base``'s own class with no overrides is ``base`` itself (its configured settings);
@@ -93,9 +78,8 @@ def build_estimators(base: RLModule, specs: Sequence[EstimatorSpec]) -> list[tup
         if type(base) is spec.cls and not spec.init:
             out.append((spec.label, base))
             continue
-        with _reusing_tokenizer(base.tokenizer):
-            module = spec.cls(reward=base.reward, policy=base.policy_cfg, rollout=base.rollout_cfg,
-                              update=base.update_cfg, optimizer=base.optimizer_factory, **spec.init)
+        module = spec.cls(reward=base.reward, policy=base.policy_cfg, rollout=base.rollout_cfg,
+                          update=base.update_cfg, optimizer=base.optimizer_factory, **spec.init)
         module.policy, module.tokenizer, module._frozen = base.policy, base.tokenizer, base._frozen
         out.append((spec.label, module.to(base.device)))
     return out
