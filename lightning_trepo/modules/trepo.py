@@ -38,7 +38,7 @@ from lightning_trepo.rollout.continuations import (
     sample_continuations,
 )
 from lightning_trepo.rollout.engine import RolloutPlan
-from lightning_trepo.rollout.logging import timed
+from lightning_trepo.rollout.metrics import timed
 from lightning_trepo.types import Rollout
 from reward_models import Reward
 
