@@ -36,8 +36,8 @@ from lightning_trepo.policy import AdapterDisabled, PolicyConfig, load_tokenizer
 from lightning_trepo.policy.lora_checkpoint import drop_frozen_base, hparams_ignore, restore_frozen_base
 from lightning_trepo.rollout.dynamic_sampling import Scored, dynamic_sampling
 from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan
-from lightning_trepo.rollout.logging import RolloutWriter, step_metrics, timed
 from lightning_trepo.rollout.logprobs import sequence_logprobs
+from lightning_trepo.rollout.metrics import RolloutWriter, step_metrics, timed
 from lightning_trepo.training.run_state import decorrelate_rank_rng, load_run_state, save_run_state
 from lightning_trepo.training.sharding import (
     build_policy,
