@@ -95,6 +95,26 @@ Rollout.PER_SAMPLE = tuple(f.name for f in fields(Rollout) if f.metadata.get("pe
 
 
 @dataclass
+class Advantages:
+    """What an algorithm's ``compute_advantages`` hook returns, the hook's whole contract: the advantages the policy
+    loss weighs, the metrics of their computation and, for an algorithm with a critic, its per-token targets. The
+    hook reads the rollout and writes nothing; :meth:`write_into` stores the result in the rollout's fields."""
+
+    advantages: Tensor  # (N,) one per response, or (N, L) per token
+    metrics: dict[str, Tensor] = field(default_factory=dict)  # scalar metrics of the computation
+    returns: Tensor | None = None  # (N, L) value targets (PPO)
+    token_rewards: Tensor | None = None  # (N, L) per-token rewards GAE read (PPO)
+
+    def write_into(self, rollout: Rollout) -> None:
+        """Set ``rollout.advantages`` and, where computed, ``returns`` and ``token_rewards``."""
+        rollout.advantages = self.advantages
+        if self.returns is not None:
+            rollout.returns = self.returns
+        if self.token_rewards is not None:
+            rollout.token_rewards = self.token_rewards
+
+
+@dataclass
 class LossOutput:
     """A scalar loss to back-propagate and detached scalar metrics to log."""
 

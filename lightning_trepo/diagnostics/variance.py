@@ -159,12 +159,12 @@ def estimator_rollout(module: RLModule, shared: _Shared, seconds: dict[str, floa
         tokens += int(shared.greedy.completion_mask.sum())
     before = module.engine.generated_tokens
     with module.generation_context():
-        rollout, _ = module.extend_rollout(rollout, shared.rewards)
+        rollout, _ = module.extend_rollout(plan, rollout, shared.rewards)
     tokens += module.engine.generated_tokens - before
     if type(module).behaviour_logprobs is not RLModule.behaviour_logprobs:  # PPO: log-probs and critic values
         rollout.old_logprobs, rollout.values = module.behaviour_logprobs(rollout)
     rollout.rewards = torch.nan_to_num(shared.rewards, nan=0.0)
-    rollout.advantages, _ = module.compute_advantages(rollout, rollout.rewards)
+    module.compute_advantages(rollout, rollout.rewards).write_into(rollout)
     _timed(seconds, f"advantages/{label}", t0)
     return rollout, tokens
 

@@ -5,8 +5,9 @@ then a loss on one minibatch of the cached rollout. Multiple policy epochs and m
 from the data module repeating each prompt batch ``steps_per_rollout`` times, so Lightning's
 automatic optimisation, ``accumulate_grad_batches`` and gradient clipping all keep working.
 
-Subclasses (one per algorithm) override :meth:`rollout_plan`, :meth:`compute_advantages` and, if
-they need to, :meth:`compute_loss`.
+Subclasses (one per algorithm) override :meth:`rollout_plan`, :meth:`compute_advantages` (which returns
+:class:`~lightning_trepo.types.Advantages` and writes nothing) and, if they need to, :meth:`extend_rollout` and
+:meth:`compute_loss`.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ from lightning_trepo.training.sharding import (
     unsharded_trainable,
     visiting,
 )
-from lightning_trepo.types import LossOutput, Rollout
+from lightning_trepo.types import Advantages, LossOutput, Rollout
 from reward_models import Reward, RewardOutput, Samples, TrainerState
 
 
@@ -200,9 +201,10 @@ class RLModule(LightningModule):
                            need_ref_logprobs=self.ref_model is not None, dynamic_sampling=cfg.dynamic_sampling,
                            max_extra_rounds=cfg.max_extra_rounds)
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """(N,) or (N, L) advantages from the (N,) rewards, and the scalar metrics of that computation.
-        Every algorithm overrides this."""
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
+        """(N,) or (N, L) advantages from the (N,) rewards, the scalar metrics of that computation and any per-token
+        targets (:class:`~lightning_trepo.types.Advantages`); reads the rollout, writes nothing. Every algorithm
+        overrides this."""
         raise NotImplementedError
 
     def compute_loss(self, batch: Rollout) -> LossOutput:
@@ -298,18 +300,19 @@ class RLModule(LightningModule):
         """plan -> generate -> score -> extend -> behaviour/ref log-probs -> advantages."""
         plan, calls_before = self.rollout_plan(), self.engine.generate_calls
         rollout, rewards, components, sample_metrics = self.sample_and_score(plan, batch)
-        rollout, extend_metrics = self.extend_rollout(rollout, rewards)
+        rollout, extend_metrics = self.extend_rollout(plan, rollout, rewards)
         with timed(rollout.timings, "logprobs"):
             rollout.old_logprobs, rollout.values = self.behaviour_logprobs(rollout)
             if plan.need_ref_logprobs and self.ref_model is not None:
                 rollout.ref_logprobs = self.frozen_logprobs(self.ref_model, rollout)
             rollout.rewards = torch.nan_to_num(rewards, nan=0.0)
-            rollout.advantages, advantage_metrics = self.compute_advantages(rollout, rollout.rewards)
+            advantages = self.compute_advantages(rollout, rollout.rewards)
+            advantages.write_into(rollout)
             kl_metrics = adaptive_kl_step(self, rollout)
         if self._writer is not None and self.global_rank == 0:
             self._writer.write(self.global_step, rollout, rewards, components)
         metrics = step_metrics(rollout, rewards, components, self.engine.generate_calls - calls_before)
-        return rollout, {**metrics, **sample_metrics, **extend_metrics, **advantage_metrics, **kl_metrics}
+        return rollout, {**metrics, **sample_metrics, **extend_metrics, **advantages.metrics, **kl_metrics}
 
     def sample_and_score(self, plan: RolloutPlan, batch: dict[str, Any]) -> tuple[Rollout, Tensor, dict, dict]:
         """Generate and score the plan for ``batch``; with ``plan.dynamic_sampling`` keep only informative groups and
@@ -349,9 +352,9 @@ class RLModule(LightningModule):
         u = self.update_cfg
         return u.behaviour_logprobs == "always" or not u.on_policy or u.kl_target is not None
 
-    def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
-        """Hook for plans that need more than samples (e.g. TRePO continuations): the extended rollout and the
-        metrics of the extension. Default: none."""
+    def extend_rollout(self, plan: RolloutPlan, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
+        """Hook for plans that need more than samples (e.g. ``plan.continuations``, TRePO): the extended rollout (a
+        new one; the input is left as it is) and the metrics of the extension. Default: none."""
         return rollout, {}
 
     def minibatch(self, rollout: Rollout, rollout_step: int) -> Rollout:

@@ -21,7 +21,7 @@ from lightning_trepo.algorithms.advantages import (
 from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.policy import PolicyConfig
-from lightning_trepo.types import Rollout
+from lightning_trepo.types import Advantages, Rollout
 from reward_models import Reward
 
 Baseline = Literal["none", "running_mean"]
@@ -86,15 +86,15 @@ class REINFORCE(RLModule):
         self.baseline_mean.mul_(m).add_((1.0 - m) * batch_mean.to(self.baseline_mean))
         self.baseline_updates.add_(1)
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
         mask = rollout.completion_mask
         if self.estimator == "reinforce_plus_plus":
-            return reinforce_pp_advantages(token_level_rewards(rewards.float(), mask), mask), {}
+            return Advantages(reinforce_pp_advantages(token_level_rewards(rewards.float(), mask), mask))
         if self.estimator == "reinforce_plus_plus_baseline":
-            return reinforce_pp_baseline_advantages(rewards.float(), mask, rollout.group_size), {}
+            return Advantages(reinforce_pp_baseline_advantages(rewards.float(), mask, rollout.group_size))
         advantages = reinforce_advantages(rewards)
         if self.baseline != "running_mean":
-            return advantages, {}
+            return Advantages(advantages)
         b = self.current_baseline()  # from past rollouts only: independent of these samples, so unbiased
         self.update_baseline(rewards)
-        return advantages - b.to(advantages), {"reward/baseline": b.detach().float().cpu()}
+        return Advantages(advantages - b.to(advantages), {"reward/baseline": b.detach().float().cpu()})

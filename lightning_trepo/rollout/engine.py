@@ -54,6 +54,24 @@ class SamplingConfig:
 
 
 @dataclass
+class ContinuationPlan:
+    """K continuations from M anchor prefixes W_{0,s} of each response (TRePO), fulfilled in one batched pass by
+    :mod:`lightning_trepo.rollout.continuations`. Anchors are stopping times: offsets drawn before generation, or the
+    positions right after the first M boundary tokens."""
+
+    num_continuations: int
+    """K continuations sampled from each anchor's prefix."""
+    num_anchors: int
+    """M interior anchors per response."""
+    anchor_offsets: Tensor | None = None
+    """(M,) interior offsets drawn before generation; None = boundary anchors (``boundary``)."""
+    boundary: Callable[[Tensor], Tensor] | None = None
+    """(N, L) completion ids -> (N, L) bool, True on the tokens that end a boundary (used without offsets)."""
+    fresh_start: bool = False
+    """Also K fresh samples from each prompt alone (the empty prefix, anchor column 0)."""
+
+
+@dataclass
 class RolloutPlan:
     """What an algorithm asks of the rollout path for one batch of prompts."""
 
@@ -72,6 +90,8 @@ class RolloutPlan:
     batch (:mod:`lightning_trepo.rollout.dynamic_sampling`)."""
     max_extra_rounds: int = 0
     """Dynamic sampling: the most extra batches of prompts sampled per rollout."""
+    continuations: ContinuationPlan | None = None
+    """Continuations from prefixes of each response, sampled after the responses are scored (TRePO)."""
 
 
 @dataclass
