@@ -31,7 +31,7 @@ class Rollout:
     """What the rollout engine hands to an algorithm: N sampled responses and their bookkeeping.
 
     Fields marked per-sample (``PER_SAMPLE``) hold one row per sample and are what :meth:`select` slices; the
-    rest describe the whole rollout. The engine fills the samples (and a planned greedy ``baseline``), the
+    rest describe the whole rollout. The engine fills the samples (and the planned greedy responses, ``greedy``), the
     module fills the scores, log-probs and advantages, an algorithm the fields its plan declares.
     """
 
@@ -54,8 +54,8 @@ class Rollout:
     token_rewards: Tensor | None = _per_sample(None)  # (N, L) per-token rewards GAE reads (PPO)
     anchor_positions: Tensor | None = _per_sample(None)  # (N, M+2) anchor positions s_0 = 0 .. s_{M+1} = T (TRePO)
     anchor_values: Tensor | None = _per_sample(None)  # (N, M+2) Û at each anchor (TRePO)
-    baseline: Rollout | None = None  # B greedy responses, one per prompt (ReMax's plan)
-    baseline_rewards: Tensor | None = None  # (B,) the greedy responses' rewards
+    greedy: Rollout | None = None  # B greedy responses, one per prompt (ReMax's plan)
+    greedy_rewards: Tensor | None = None  # (B,) the greedy responses' rewards: ReMax's baseline
     timings: dict[str, float] = field(default_factory=dict)  # seconds per rollout phase (generate, score, ...)
 
     PER_SAMPLE: ClassVar[tuple[str, ...]]

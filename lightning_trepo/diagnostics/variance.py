@@ -155,7 +155,7 @@ def estimator_rollout(module: RLModule, shared: _Shared, seconds: dict[str, floa
     if plan.greedy_baseline:
         if shared.greedy is None:
             raise RuntimeError(f"estimator {label!r} plans a greedy baseline that was not decoded")
-        rollout.baseline, rollout.baseline_rewards = shared.greedy, shared.greedy_rewards
+        rollout.greedy, rollout.greedy_rewards = shared.greedy, shared.greedy_rewards
         tokens += int(shared.greedy.completion_mask.sum())
     before = module.engine.generated_tokens
     with module.generation_context():

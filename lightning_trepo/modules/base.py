@@ -330,10 +330,10 @@ class RLModule(LightningModule):
 
     def score_rollout(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
         """The samples' rewards and per-node metrics; a planned greedy baseline is scored in the same reward-tree
-        call and its rewards go in ``rollout.baseline_rewards``."""
-        if rollout.baseline is None:
+        call and its rewards go in ``rollout.greedy_rewards``."""
+        if rollout.greedy is None:
             return self.score(rollout)
-        (rewards, components), (rollout.baseline_rewards, _) = self.score_many([rollout, rollout.baseline])
+        (rewards, components), (rollout.greedy_rewards, _) = self.score_many([rollout, rollout.greedy])
         return rewards, components
 
     def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:

@@ -25,6 +25,6 @@ class ReMax(RLModule):
         return replace(super().rollout_plan(), greedy_baseline=True)
 
     def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
-        greedy = torch.nan_to_num(rollout.baseline_rewards, nan=0.0)  # NaN = 0, as for the samples
+        greedy = torch.nan_to_num(rollout.greedy_rewards, nan=0.0)  # NaN = 0, as for the samples
         metrics = {"reward/greedy": greedy.float().mean().detach().cpu()}
         return Advantages(remax_advantages(rewards, greedy, rollout.group_size), metrics)

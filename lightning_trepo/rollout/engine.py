@@ -272,7 +272,7 @@ class RolloutEngine:
                 metadata: list[dict[str, Any]], device: torch.device) -> Rollout:
         """Sample ``plan.group_size`` completions for each of B prompts: one batched generate call
         (more only when N exceeds ``max_batch_size``). A greedy baseline, if planned, goes in
-        ``rollout.baseline`` as a Rollout of B rows; the seconds spent in ``rollout.timings['generate']``."""
+        ``rollout.greedy`` as a Rollout of B rows; the seconds spent in ``rollout.timings['generate']``."""
         g = plan.group_size
         p_ids, p_mask = left_pad(prompt_ids, self.pad_id, device)
         t0 = time.perf_counter()
@@ -280,7 +280,7 @@ class RolloutEngine:
         rollout = self._as_rollout(gen, p_ids, p_mask, prompts, metadata, g)
         if plan.greedy_baseline:  # the greedy response within the samples' own length budget
             greedy = self.generate(model, p_ids, p_mask, plan.sampling, num_return=1, greedy=True)
-            rollout.baseline = self._as_rollout(greedy, p_ids, p_mask, prompts, metadata, 1)
+            rollout.greedy = self._as_rollout(greedy, p_ids, p_mask, prompts, metadata, 1)
         rollout.timings["generate"] = time.perf_counter() - t0
         return rollout
 

@@ -44,7 +44,7 @@ def test_running_mean_is_saved_and_restored_with_the_module_state():
     assert state["baseline_updates"].item() == 1 and state["baseline_mean"].item() == pytest.approx(0.25)
     resumed = make(baseline="running_mean", baseline_momentum=0.9)
     resumed.load_state_dict(state, strict=False)  # strict=False: the policy is not built in this test
-    torch.testing.assert_close(resumed.current_baseline(), torch.tensor(2.5))
+    torch.testing.assert_close(resumed.running_baseline(), torch.tensor(2.5))
 
 
 def test_no_reference_model_and_bad_baseline_named():
