@@ -125,9 +125,9 @@ def shared_rollout(base: RLModule, batch: dict[str, Any], greedy: Rollout | None
     scored = base.score_many([rollout] if greedy is None else [rollout, greedy])
     _timed(seconds, "score", t0)
     t0 = time.perf_counter()
-    rollout.old_logprobs = base.frozen_logprobs(base.policy, rollout)
+    rollout.old_logprobs = base.no_grad_logprobs(base.policy, rollout)
     if base.ref_model is not None:
-        rollout.ref_logprobs = base.frozen_logprobs(base.ref_model, rollout)
+        rollout.ref_logprobs = base.no_grad_logprobs(base.ref_model, rollout)
     _timed(seconds, "logprobs", t0)
     return _Shared(rollout, scored[0][0], greedy, scored[1][0] if greedy is not None else None)
 

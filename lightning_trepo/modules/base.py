@@ -260,10 +260,11 @@ class RLModule(LightningModule):
                                  batch.completion_mask, self.rollout_cfg.sampling.temperature, with_entropy)
 
     @torch.no_grad()
-    def frozen_logprobs(self, model: torch.nn.Module, rollout: Rollout) -> Tensor:
-        """Behaviour or reference log-probs, computed once per rollout in chunks."""
+    def no_grad_logprobs(self, model: torch.nn.Module, rollout: Rollout) -> Tensor:
+        """Token log-probs (N, L) of ``model`` (the policy for π_old, or the reference) without autograd, once per
+        rollout, in chunks of ``rollout.logprob_batch`` sequences."""
         parts = []
-        size = self.rollout_cfg.max_generate_batch
+        size = self.rollout_cfg.logprob_chunk
         with on_device(model, self.device):  # an offloaded reference visits the device once per rollout
             for start in range(0, rollout.num_samples, size):
                 idx = torch.arange(start, min(start + size, rollout.num_samples), device=rollout.completion_ids.device)
@@ -304,7 +305,7 @@ class RLModule(LightningModule):
         with timed(rollout.timings, "logprobs"):
             rollout.old_logprobs, rollout.values = self.behaviour_logprobs(rollout)
             if plan.need_ref_logprobs and self.ref_model is not None:
-                rollout.ref_logprobs = self.frozen_logprobs(self.ref_model, rollout)
+                rollout.ref_logprobs = self.no_grad_logprobs(self.ref_model, rollout)
             rollout.rewards = torch.nan_to_num(rewards, nan=0.0)
             advantages = self.compute_advantages(rollout, rollout.rewards)
             advantages.write_into(rollout)
@@ -342,7 +343,7 @@ class RLModule(LightningModule):
         says the loss pass can stand in for them."""
         if not self.behaviour_pass_needed():
             return None, None
-        return self.frozen_logprobs(self.policy, rollout), None
+        return self.no_grad_logprobs(self.policy, rollout), None
 
     def behaviour_pass_needed(self) -> bool:
         """Whether π_old log-probs need a pass of their own before the update: with several epochs or minibatches

@@ -161,7 +161,7 @@ class PPO(RLModule):
     def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
         """π_old log-probs and the behaviour values V_old (N, L), from one pass, in chunks."""
         index = torch.arange(rollout.num_samples, device=rollout.completion_ids.device)
-        parts = [self.logprobs_and_values(rollout.select(i)) for i in index.split(self.rollout_cfg.max_generate_batch)]
+        parts = [self.logprobs_and_values(rollout.select(i)) for i in index.split(self.rollout_cfg.logprob_chunk)]
         return torch.cat([logprobs for logprobs, _, _ in parts]), torch.cat([values for _, _, values in parts])
 
     # ------------------------------------------------------------------ algorithm

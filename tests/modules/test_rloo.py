@@ -50,7 +50,7 @@ def test_kl_term_in_the_loss_only_when_not_in_the_reward(kl_in_reward):
     module.configure_model()
     rollout = tiny_rollout([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], group_size=2)
     rollout.old_logprobs, _ = module.behaviour_logprobs(rollout)
-    rollout.ref_logprobs = module.frozen_logprobs(module.ref_model, rollout)
+    rollout.ref_logprobs = module.no_grad_logprobs(module.ref_model, rollout)
     module.compute_advantages(rollout, torch.tensor([1.0, 0.0, 2.0, 2.0])).write_into(rollout)
     assert ("kl" in module.compute_loss(rollout).metrics) is (not kl_in_reward)
 
