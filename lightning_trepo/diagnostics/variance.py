@@ -122,7 +122,7 @@ def shared_rollout(base: RLModule, batch: dict[str, Any], greedy: Rollout | None
                                       batch["metadata"], base.device)
     _timed(seconds, "generate", t0)
     t0 = time.perf_counter()
-    scored = base.score_many([rollout] if greedy is None else [rollout, greedy])
+    scored = base.score_rollouts([rollout] if greedy is None else [rollout, greedy])
     _timed(seconds, "score", t0)
     t0 = time.perf_counter()
     rollout.old_logprobs = base.no_grad_logprobs(base.policy, rollout)

@@ -274,20 +274,19 @@ class RLModule(LightningModule):
                 parts.append(lp)
         return torch.cat(parts)
 
-    def score(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
-        """Run the reward tree; the logged total and the trained total are the same tensor."""
-        return self.score_many([rollout])[0]
-
+    # scoring: score_samples is the one call of the reward tree; score_rollouts scores Rollouts through it in one
+    # call; score_rollout is a training rollout's entry point (its samples and any planned greedy responses)
     def score_samples(self, samples: Samples) -> RewardOutput:
-        """The one place the reward tree runs (samples, baselines, continuations, validation)."""
+        """The one place the reward tree runs (samples, greedy responses, continuations, validation)."""
         samples.trainer_state = TrainerState(global_step=self.global_step, epoch=self.current_epoch,
                                              max_steps=self._trainer.max_steps if self._trainer is not None else -1)
         with visiting(self.reward, self.device, self.rollout_cfg.offload_reward):
             return self.reward(samples)
 
-    def score_many(self, rollouts: list[Rollout]) -> list[tuple[Tensor, dict[str, Tensor]]]:
-        """Score several rollouts (samples + ReMax's greedy baseline) in ONE reward-tree call, so batch-level
-        reward state (normalisation, judge batching) sees them together; split rewards and metrics back."""
+    def score_rollouts(self, rollouts: list[Rollout]) -> list[tuple[Tensor, dict[str, Tensor]]]:
+        """Score several rollouts (samples + ReMax's greedy responses) in ONE reward-tree call, so batch-level
+        reward state (normalisation, judge batching) sees them together; split rewards and metrics back. The logged
+        total and the trained total are the same tensor."""
         width = max(r.completion_ids.shape[1] for r in rollouts)
         samples = Samples.concat([r.to_samples(width, self.engine.pad_id) for r in rollouts])
         out = self.score_samples(samples)
@@ -330,11 +329,11 @@ class RLModule(LightningModule):
                                 lambda flag: any_rank(self, flag))
 
     def score_rollout(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
-        """The samples' rewards and per-node metrics; a planned greedy baseline is scored in the same reward-tree
-        call and its rewards go in ``rollout.greedy_rewards``."""
+        """A training rollout's rewards and per-node metrics; its planned greedy responses are scored in the same
+        reward-tree call and their rewards go in ``rollout.greedy_rewards``."""
         if rollout.greedy is None:
-            return self.score(rollout)
-        (rewards, components), (rollout.greedy_rewards, _) = self.score_many([rollout, rollout.greedy])
+            return self.score_rollouts([rollout])[0]
+        (rewards, components), (rollout.greedy_rewards, _) = self.score_rollouts([rollout, rollout.greedy])
         return rewards, components
 
     def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
@@ -412,7 +411,7 @@ class RLModule(LightningModule):
                 self.generation_context():
             rollouts = [self.engine.rollout(self.policy, plan, reward_prompts(batch), batch["prompt_ids"],
                                             batch["metadata"], self.device) for plan in plans]
-        scored = self.score_many(rollouts)
+        scored = self.score_rollouts(rollouts)
         self.reward.load_state_dict(reward_state)
         self.log_validation(rollouts, [rewards for rewards, _ in scored], len(batch["prompt_ids"]))
 
