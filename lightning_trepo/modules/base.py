@@ -236,18 +236,19 @@ class RLModule(LightningModule):
     def policy_loss(self, batch: Rollout, logprobs: Tensor, entropy: Tensor | None) -> LossOutput:
         """The ``update.policy_loss`` surrogate (+ KL when :meth:`kl_in_loss`) from already computed log-probs (N, L);
         with ``update.mask_truncated`` truncated completions leave it (DAPO overlong filtering)."""
-        u = self.update_cfg
-        mask = truncated_filtered_mask(batch.completion_mask, batch.truncated) if u.mask_truncated \
+        update = self.update_cfg
+        mask = truncated_filtered_mask(batch.completion_mask, batch.truncated) if update.mask_truncated \
             else batch.completion_mask
         # no behaviour pass (on-policy): π_old is this very forward, detached, so the ratio is exactly 1
         old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
-        out = surrogate_loss(u.policy_loss, logprobs, old, batch.advantages, mask, clip_low=u.clip_low,
-                             clip_high=u.clip_high, dual_clip=u.dual_clip, sapo_tau=(u.sapo_tau_pos, u.sapo_tau_neg),
-                             aggregation=u.aggregation, norm_length=self.loss_norm_length)
+        out = surrogate_loss(update.policy_loss, logprobs, old, batch.advantages, mask, clip_low=update.clip_low,
+                             clip_high=update.clip_high, dual_clip=update.dual_clip,
+                             sapo_tau=(update.sapo_tau_pos, update.sapo_tau_neg), aggregation=update.aggregation,
+                             norm_length=self.loss_norm_length)
         loss, metrics = out.loss, dict(out.metrics)
         if batch.ref_logprobs is not None and self.kl_coef != 0.0 and self.kl_in_loss():
-            kl_tokens = kl_estimate(logprobs, batch.ref_logprobs, u.kl_estimator)
-            kl = aggregate(kl_tokens, mask, u.aggregation, self.loss_norm_length)
+            kl_tokens = kl_estimate(logprobs, batch.ref_logprobs, update.kl_estimator)
+            kl = aggregate(kl_tokens, mask, update.aggregation, self.loss_norm_length)
             loss = loss + self.kl_coef * kl
             metrics["kl"] = kl
         if entropy is not None:
@@ -349,8 +350,8 @@ class RLModule(LightningModule):
         the weights move before the later loss passes, and ``update.behaviour_logprobs: always`` asks for it.
         Subclasses that read π_old before the loss (RLOO's KL in the reward) extend this; the adaptive KL controller
         (``update.kl_target``) reads it after each rollout."""
-        u = self.update_cfg
-        return u.behaviour_logprobs == "always" or not u.on_policy or u.kl_target is not None
+        update = self.update_cfg
+        return update.behaviour_logprobs == "always" or not update.on_policy or update.kl_target is not None
 
     def extend_rollout(self, plan: RolloutPlan, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
         """Hook for plans that need more than samples (e.g. ``plan.continuations``, TRePO): the extended rollout (a
