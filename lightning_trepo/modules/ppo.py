@@ -168,10 +168,10 @@ class PPO(RLModule):
     def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
         """r_t = −β·kl_t + RM(W)·[t = T]; GAE(γ, λ) → advantages (N, L), returned with the token rewards and the
         value targets (the rollout's ``token_rewards`` and ``returns`` once the base stores them)."""
-        u, mask = self.update_cfg, rollout.completion_mask
+        update, mask = self.update_cfg, rollout.completion_mask
         kl = None
         if self.kl_coef != 0.0 and rollout.ref_logprobs is not None:
-            kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, u.kl_estimator)
+            kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, update.kl_estimator)
         token_rewards = token_level_rewards(rewards.float(), mask, kl, self.kl_coef)
         advantages, returns = gae(token_rewards, rollout.values, mask, gamma=self.gamma, lam=self.lam)
         metrics = {"value/explained_variance": explained_variance(rollout.values, returns, mask),

@@ -49,10 +49,10 @@ class RLOO(RLModule):
         return super().behaviour_pass_needed() or (self.kl_in_reward and self.update_cfg.kl_coef != 0.0)
 
     def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
-        u, metrics = self.update_cfg, {}
+        update, metrics = self.update_cfg, {}
         if self.kl_in_reward and self.kl_coef != 0.0 and rollout.ref_logprobs is not None:
             mask = rollout.completion_mask
-            kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, u.kl_estimator)
+            kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, update.kl_estimator)
             rewards = kl_penalized_rewards(rewards, kl, mask, self.kl_coef)
             kl_sum = (kl * mask).sum(-1)
             metrics = {"kl/sequence": kl_sum.mean().detach().cpu(),
