@@ -119,7 +119,7 @@ def test_row_without_prompt_column_names_the_row(tmp_path):
 
 def test_model_path_that_does_not_exist_names_it(tmp_path):
     # jsonargparse wraps the error raised while instantiating the model; the message keeps ours
-    with pytest.raises((ValueError, FileNotFoundError), match=r"model_path '.*missing-model' does not exist"):
+    with pytest.raises((ValueError, FileNotFoundError), match=r"model_path = '.*missing-model': does not exist"):
         cli(["--config", str(ROOT / "configs" / "grpo.yaml"), "--model.init_args.policy.model_path",
              str(tmp_path / "missing-model")])
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_trepo.errors import require
 from lightning_trepo.rollout.decoding import (
     DECODERS,
     Decoder,
@@ -45,12 +46,10 @@ class SamplingConfig:
     """Stop a sequence at EOS; False generates ``max_new_tokens`` always (masks still end at EOS)."""
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"sampling.temperature must be > 0 (got {self.temperature}); use greedy plans for argmax")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"sampling.top_p must be in (0, 1] (got {self.top_p})")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"sampling.max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        require(self.temperature > 0, "rollout.sampling.temperature", self.temperature, "a number > 0",
+                "greedy decoding is a plan's greedy flag, not temperature 0")
+        require(0 < self.top_p <= 1, "rollout.sampling.top_p", self.top_p, "a number in (0, 1]")
+        require(self.max_new_tokens >= 1, "rollout.sampling.max_new_tokens", self.max_new_tokens, "an integer >= 1")
 
 
 @dataclass
