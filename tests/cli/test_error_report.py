@@ -21,7 +21,7 @@ from lightning_trepo.rollout.engine import SamplingConfig
 from reward_models import NumericAnswer
 from tests.helpers import TINY, rollout_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GRPO_YAML = str(ROOT / "configs" / "grpo.yaml")
 MAX_LINES = 8  # the whole report, banner and debug hint included
 
@@ -226,7 +226,7 @@ def test_run_that_only_produces_nan_updates_stops_with_a_short_message(tmp_path,
     monkeypatch.setattr(sys, "argv", ["lightning-trepo"])
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", GRPO_YAML, "--model.class_path", "tests.test_errors.NaNLossGRPO",
+        main(["fit", "--config", GRPO_YAML, "--model.class_path", "tests.cli.test_error_report.NaNLossGRPO",
               "--model.init_args.policy.model_path", "null", "--model.init_args.rollout.group_size", "2",
               "--data.batch_size", "2", "--trainer.max_steps", "20", "--trainer.logger", "false"])
     err = capsys.readouterr().err.strip()
