@@ -22,6 +22,11 @@ class ConfigError(ValueError):
         super().__init__(text)
 
 
+class MissingPathError(ConfigError, FileNotFoundError):
+    """A configured path (model directory, GGUF file, package) is not there: a :class:`ConfigError` naming the key
+    that is also a ``FileNotFoundError``."""
+
+
 class InputError(ValueError):
     """A file the run reads (checkpoint, data) is missing, truncated or does not fit the configuration."""
 
@@ -43,7 +48,9 @@ def check_choice(key: str, value: Any, literal: Any, section: str = "model.init_
         raise ConfigError(key, value, "one of " + ", ".join(map(str, allowed)), section=section)
 
 
-def require(ok: bool, key: str, value: Any, accepted: str, problem: str = "", section: str = "model.init_args") -> None:
-    """Raise :class:`ConfigError` for ``key`` when ``ok`` is false."""
+def require(ok: bool, key: str, value: Any, accepted: str, problem: str = "", section: str = "model.init_args",
+            error: type[ConfigError] = ConfigError) -> None:
+    """Raise :class:`ConfigError` (or the subclass ``error``, e.g. :class:`MissingPathError`) for ``key`` when ``ok``
+    is false."""
     if not ok:
-        raise ConfigError(key, value, accepted, problem, section=section)
+        raise error(key, value, accepted, problem, section=section)

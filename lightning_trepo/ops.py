@@ -6,6 +6,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def check_mask(mask: Tensor, **tensors: Tensor) -> None:
+    """Raise ``ValueError`` unless ``mask`` is (N, L) and every named tensor has its shape."""
+    if mask.dim() != 2:
+        raise ValueError(f"mask must have shape (N, L), got {tuple(mask.shape)}")
+    for name, t in tensors.items():
+        if t.shape != mask.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but mask has shape {tuple(mask.shape)}")
+
+
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """Σ_{mask = 1} x over ``dim`` (all elements when None); padded entries are selected out, not multiplied by
     0, so NaN or inf there changes neither the value nor the gradient."""

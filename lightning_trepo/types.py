@@ -31,7 +31,7 @@ class Rollout:
     """What the rollout engine hands to an algorithm: N sampled responses and their bookkeeping.
 
     Fields marked per-sample (``PER_SAMPLE``) hold one row per sample and are what :meth:`select` slices; the
-    rest describe the whole rollout. The engine fills the samples (and a planned greedy ``baseline``), the
+    rest describe the whole rollout. The engine fills the samples (and the planned greedy responses, ``greedy``), the
     module fills the scores, log-probs and advantages, an algorithm the fields its plan declares.
     """
 
@@ -54,8 +54,8 @@ class Rollout:
     token_rewards: Tensor | None = _per_sample(None)  # (N, L) per-token rewards GAE reads (PPO)
     anchor_positions: Tensor | None = _per_sample(None)  # (N, M+2) anchor positions s_0 = 0 .. s_{M+1} = T (TRePO)
     anchor_values: Tensor | None = _per_sample(None)  # (N, M+2) Û at each anchor (TRePO)
-    baseline: Rollout | None = None  # B greedy responses, one per prompt (ReMax's plan)
-    baseline_rewards: Tensor | None = None  # (B,) the greedy responses' rewards
+    greedy: Rollout | None = None  # B greedy responses, one per prompt (ReMax's plan)
+    greedy_rewards: Tensor | None = None  # (B,) the greedy responses' rewards: ReMax's baseline
     timings: dict[str, float] = field(default_factory=dict)  # seconds per rollout phase (generate, score, ...)
 
     PER_SAMPLE: ClassVar[tuple[str, ...]]
@@ -92,6 +92,26 @@ class Rollout:
 
 
 Rollout.PER_SAMPLE = tuple(f.name for f in fields(Rollout) if f.metadata.get("per_sample"))
+
+
+@dataclass
+class Advantages:
+    """What an algorithm's ``compute_advantages`` hook returns, the hook's whole contract: the advantages the policy
+    loss weighs, the metrics of their computation and, for an algorithm with a critic, its per-token targets. The
+    hook reads the rollout and writes nothing; :meth:`write_into` stores the result in the rollout's fields."""
+
+    advantages: Tensor  # (N,) one per response, or (N, L) per token
+    metrics: dict[str, Tensor] = field(default_factory=dict)  # scalar metrics of the computation
+    returns: Tensor | None = None  # (N, L) value targets (PPO)
+    token_rewards: Tensor | None = None  # (N, L) per-token rewards GAE read (PPO)
+
+    def write_into(self, rollout: Rollout) -> None:
+        """Set ``rollout.advantages`` and, where computed, ``returns`` and ``token_rewards``."""
+        rollout.advantages = self.advantages
+        if self.returns is not None:
+            rollout.returns = self.returns
+        if self.token_rewards is not None:
+            rollout.token_rewards = self.token_rewards
 
 
 @dataclass

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -24,7 +24,19 @@ from reward_models import functions
 from reward_models.types import RewardOutput, Samples
 
 log = logging.getLogger("reward_models")
-ON_ERROR = ("raise", "nan")
+OnError = Literal["raise", "nan"]
+"""What a node does when scoring raises: raise, or give NaN ("does not apply") for the samples it failed on."""
+Missing = Literal["raise", "nan"]
+"""What a node does when a sample lacks the metadata it needs: raise, or give NaN."""
+
+
+def check_literal(owner: str, key: str, value: Any, literal: Any) -> Any:
+    """``value`` if it is one of the ``Literal`` type's values, else a ``ValueError`` naming ``owner`` and ``key``."""
+    allowed = [repr(v) for v in get_args(literal)]
+    if value not in get_args(literal):
+        listing = allowed[0] if len(allowed) == 1 else f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+        raise ValueError(f"{owner}: {key} must be {listing}, got {value!r}")
+    return value
 
 
 class RewardError(RuntimeError):
@@ -70,8 +82,7 @@ class Reward:
 
     def set_policy(self, on_error: str = "raise", timeout: float | None = None) -> None:
         """Validate and set this node's error policy and timeout (called by subclasses' ``__init__``)."""
-        if on_error not in ON_ERROR:
-            raise ValueError(f"{type(self).__name__}: on_error must be one of {ON_ERROR}, got {on_error!r}")
+        check_literal(type(self).__name__, "on_error", on_error, OnError)
         if timeout is not None and not timeout > 0:
             raise ValueError(f"{type(self).__name__}: timeout must be > 0 seconds or None, got {timeout!r}")
         self.on_error, self.timeout = on_error, timeout
@@ -314,6 +325,4 @@ def score_by_reference(samples: Samples, key: str, component: str, missing: str,
 
 
 def check_missing(owner: str, missing: str) -> str:
-    if missing not in ("raise", "nan"):
-        raise ValueError(f"{owner}: missing must be 'raise' or 'nan', got {missing!r}")
-    return missing
+    return check_literal(owner, "missing", missing, Missing)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from reward_models.base import MISSING, Reward, check_missing, metadata_value
+from reward_models.base import MISSING, Missing, OnError, Reward, check_literal, check_missing, metadata_value
 from reward_models.code_tests import SplitTest, host_judgeable, judge_in_host, judge_in_sandbox, split_tests
 from reward_models.sandbox import ISOLATION_FEATURES, SandboxLimits, SandboxResult, probe_isolation, run_sandboxed
 from reward_models.types import RewardOutput, Samples
@@ -66,6 +66,9 @@ def parse_tests(value: Any, i: int, key: str) -> tuple[str, list[Any]]:
     )
 
 
+CodeMode = Literal["fraction", "all"]
+
+
 class CodeExecution(Reward):
     """Fraction of the row's tests the completion's code passes (``mode="all"``: 1 iff all pass).
 
@@ -82,7 +85,7 @@ class CodeExecution(Reward):
     def __init__(
         self,
         tests_key: str = "tests",
-        mode: Literal["fraction", "all"] = "fraction",
+        mode: CodeMode = "fraction",
         extract: Literal["auto", "fenced", "raw"] = "auto",
         cpu_time: float = 2.0,
         wall_time: float = 5.0,
@@ -92,9 +95,9 @@ class CodeExecution(Reward):
         workers: int = 2,
         max_tasks: int = 16,
         allow_unisolated: bool = False,
-        missing: Literal["raise", "nan"] = "raise",
+        missing: Missing = "raise",
         python: str | None = None,
-        on_error: Literal["raise", "nan"] = "raise",
+        on_error: OnError = "raise",
     ) -> None:
         """
         Args:
@@ -116,8 +119,7 @@ class CodeExecution(Reward):
             on_error: ``"raise"`` or ``"nan"`` (NaN + ``failed``) when scoring itself fails; also
                 what a row with an unscorable sandbox output gets: 0 (``raise``) or NaN (``nan``).
         """
-        if mode not in ("fraction", "all"):
-            raise ValueError(f"CodeExecution: mode must be 'fraction' or 'all', got {mode!r}")
+        check_literal("CodeExecution", "mode", mode, CodeMode)
         if workers < 1 or max_processes < 1 or max_tasks < 1 or memory_mb < 16 or cpu_time <= 0 or wall_time <= 0:
             raise ValueError("CodeExecution: workers, max_processes, max_tasks >= 1, memory_mb >= 16, cpu_time, "
                              "wall_time > 0")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from reward_models.base import Reward
+from reward_models.base import OnError, Reward, check_literal
 from reward_models.types import RewardOutput, Samples
 
 
@@ -240,6 +240,9 @@ class FillNaN(_Wrapper):
         return torch.where(torch.isnan(r), self.value, r)
 
 
+NormalizeMode = Literal["batch", "group", "running"]
+
+
 class Normalize(_Wrapper):
     """Standardise the inner reward: ``r = (inner − μ) / (σ + eps)`` (``center=False``: ``inner / (σ + eps)``).
 
@@ -253,7 +256,7 @@ class Normalize(_Wrapper):
     def __init__(
         self,
         inner: Reward,
-        mode: Literal["batch", "group", "running"] = "batch",
+        mode: NormalizeMode = "batch",
         eps: float = 1e-6,
         center: bool = True,
     ) -> None:
@@ -265,8 +268,7 @@ class Normalize(_Wrapper):
             center: subtract μ (False: only divide by σ + eps).
         """
         super().__init__(inner)
-        if mode not in ("batch", "group", "running"):
-            raise ValueError(f"Normalize: mode must be 'batch', 'group' or 'running', got {mode!r}")
+        check_literal("Normalize", "mode", mode, NormalizeMode)
         self.mode, self.eps, self.center = mode, float(eps), center
         self.count, self.mean, self.m2 = 0, 0.0, 0.0
 
@@ -329,7 +331,7 @@ class Guard(_Wrapper):
     ``failed = 1`` (``failed = 0`` on success); ``"raise"``: a :class:`RewardError` naming the component.
     """
 
-    def __init__(self, inner: Reward, on_error: Literal["raise", "nan"] = "nan", timeout: float | None = None) -> None:
+    def __init__(self, inner: Reward, on_error: OnError = "nan", timeout: float | None = None) -> None:
         super().__init__(inner)
         self.set_policy(on_error, timeout)
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import torch
 
-from reward_models.base import Reward
+from reward_models.base import Reward, check_literal
 from reward_models.types import RewardOutput, Samples
 
 
@@ -100,15 +100,17 @@ def parse_json(text: str, extract: str = "auto") -> tuple[bool, Any]:
     return False, None
 
 
+JsonExtract = Literal["auto", "full", "fenced"]
+
+
 class JsonFormat(Reward):
     """1.0 if the completion holds valid JSON and, when ``required_keys`` is set, it is an object
     with all of them. Metric ``valid``: the JSON parsed (whatever its keys)."""
 
     def __init__(
-        self, required_keys: list[str] | None = None, extract: Literal["auto", "full", "fenced"] = "auto"
+        self, required_keys: list[str] | None = None, extract: JsonExtract = "auto"
     ) -> None:
-        if extract not in ("auto", "full", "fenced"):
-            raise ValueError(f"JsonFormat: extract must be 'auto', 'full' or 'fenced', got {extract!r}")
+        check_literal("JsonFormat", "extract", extract, JsonExtract)
         self.required_keys, self.extract = list(required_keys or []), extract
 
     def forward(self, samples: Samples) -> RewardOutput:

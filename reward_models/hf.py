@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 # The one dtype map of the project (the policy's `torch_dtype` reads it too); short aliases included.
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
+Dtype = Literal["float32", "bfloat16", "float16"]
+"""The dtypes a reward model's weights load in (``DTYPES`` also maps the short aliases)."""
 
 
 def check_local_dir(path: str, owner: str) -> str:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from reward_models.base import Reward
-from reward_models.hf import chat_text, check_local_dir, freeze, load_tokenizer, resolve_dtype
+from reward_models.base import OnError, Reward
+from reward_models.hf import Dtype, chat_text, check_local_dir, freeze, load_tokenizer, resolve_dtype
 from reward_models.types import RewardOutput, Samples
 
 DEFAULT_TEMPLATE = (
@@ -73,8 +73,8 @@ class JudgeReward(Reward):
         max_length: int = 4096,
         use_chat_template: bool = True,
         system: str | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
-        on_error: Literal["raise", "nan"] = "raise",
+        dtype: Dtype = "float32",
+        on_error: OnError = "raise",
         timeout: float | None = None,
     ) -> None:
         """

@@ -1,13 +1,11 @@
 """Learned reward model: a local Hugging Face sequence classifier, frozen, batched."""
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
-from reward_models.base import Reward
-from reward_models.hf import chat_text, check_local_dir, freeze, load_tokenizer, resolve_dtype
+from reward_models.base import OnError, Reward
+from reward_models.hf import Dtype, chat_text, check_local_dir, freeze, load_tokenizer, resolve_dtype
 from reward_models.types import Samples
 
 
@@ -28,8 +26,8 @@ class LearnedReward(Reward):
         max_length: int = 2048,
         use_chat_template: bool = True,
         label_index: int = 0,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
-        on_error: Literal["raise", "nan"] = "raise",
+        dtype: Dtype = "float32",
+        on_error: OnError = "raise",
         timeout: float | None = None,
     ) -> None:
         """

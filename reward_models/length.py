@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from reward_models.base import Reward
+from reward_models.base import Reward, check_literal
 from reward_models.types import Samples
 
 
@@ -62,6 +62,9 @@ class OverlongPenalty(Reward):
         return self.penalty_factor * torch.where(length > self.max_length, -torch.ones_like(length), r)
 
 
+RepetitionUnit = Literal["auto", "token", "word", "char"]
+
+
 class RepetitionPenalty(Reward):
     """n-gram repetition penalty ``r = −scale · (1 − distinct / total)`` over the completion's n-grams.
 
@@ -69,11 +72,10 @@ class RepetitionPenalty(Reward):
     ``"auto"`` uses tokens when ids are present, else words. Fewer than n units: r = 0.
     """
 
-    def __init__(self, n: int = 3, scale: float = 1.0, unit: Literal["auto", "token", "word", "char"] = "auto") -> None:
+    def __init__(self, n: int = 3, scale: float = 1.0, unit: RepetitionUnit = "auto") -> None:
         if n < 1:
             raise ValueError(f"RepetitionPenalty: n must be >= 1, got {n}")
-        if unit not in ("auto", "token", "word", "char"):
-            raise ValueError(f"RepetitionPenalty: unit must be 'auto', 'token', 'word' or 'char', got {unit!r}")
+        check_literal("RepetitionPenalty", "unit", unit, RepetitionUnit)
         self.n, self.scale, self.unit = int(n), float(scale), unit
 
     def _units(self, samples: Samples) -> list[list[str]] | list[list[int]]:

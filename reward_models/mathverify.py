@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from reward_models.base import MISSING, Reward, check_missing, metadata_value
+from reward_models.base import MISSING, Missing, OnError, Reward, check_literal, check_missing, metadata_value
 from reward_models.types import RewardOutput, Samples
 
 _DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
@@ -26,6 +26,9 @@ def _math_verify() -> Any:
     except ImportError as err:
         raise ImportError("MathVerify needs the `math-verify` package: pip install 'lightning-trepo[math]'") from err
     return math_verify
+
+
+Extraction = Literal["any", "latex"]
 
 
 class MathVerify(Reward):
@@ -43,11 +46,11 @@ class MathVerify(Reward):
     def __init__(
         self,
         answer_key: str = "answer",
-        extraction: Literal["any", "latex"] = "any",
+        extraction: Extraction = "any",
         float_rounding: int = 6,
         parsing_timeout: int | None = 5,
-        missing: Literal["raise", "nan"] = "raise",
-        on_error: Literal["raise", "nan"] = "raise",
+        missing: Missing = "raise",
+        on_error: OnError = "raise",
         timeout: float | None = None,
     ) -> None:
         """
@@ -62,8 +65,7 @@ class MathVerify(Reward):
             on_error: ``"raise"`` or ``"nan"`` (NaN + ``failed`` metric), see :class:`Reward`.
             timeout: seconds per call of the whole node, None = no limit.
         """
-        if extraction not in ("any", "latex"):
-            raise ValueError(f"MathVerify: extraction must be 'any' or 'latex', got {extraction!r}")
+        check_literal("MathVerify", "extraction", extraction, Extraction)
         if float_rounding < 0:
             raise ValueError(f"MathVerify: float_rounding must be >= 0, got {float_rounding}")
         self.set_policy(on_error, timeout)

@@ -26,11 +26,11 @@ import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from reward_models.base import Reward
+from reward_models.base import OnError, Reward
 from reward_models.rollouts import output_from_payload, output_to_payload, samples_from_payload, samples_to_payload
 from reward_models.types import RewardOutput, Samples
 
@@ -77,7 +77,7 @@ class RemoteReward(Reward):
         backoff: float = 0.5,
         headers: dict[str, str] | None = None,
         token_env: str | None = TOKEN_ENV,
-        on_error: Literal["raise", "nan"] = "raise",
+        on_error: OnError = "raise",
     ) -> None:
         """
         Args:

@@ -65,11 +65,14 @@ def samples_to_rows(samples: Samples, output: RewardOutput | None = None) -> lis
     return rows
 
 
-def write_rollouts(path: str | Path, samples: Samples, output: RewardOutput | None = None) -> None:
-    """Append the samples (and their rewards) to a JSONL file that ``score`` can read back."""
+def write_rollouts(path: str | Path, samples: Samples, output: RewardOutput | None = None,
+                   step: int | None = None) -> None:
+    """Append the samples (and their rewards) to a JSONL file that ``score`` can read back; ``step`` (a training
+    run's global step) leads each row when given."""
+    lead = {} if step is None else {"step": int(step)}
     with open(path, "a", encoding="utf-8") as f:
         for row in samples_to_rows(samples, output):
-            f.write(json.dumps(row, default=str) + "\n")
+            f.write(json.dumps({**lead, **row}, default=str) + "\n")
 
 
 def _check_row(row: Any, where: str) -> None:

@@ -13,7 +13,15 @@ from typing import Any, Literal
 import torch
 
 from reward_models.answers import Answer, extract_answer, extract_number, last_boxed, last_number  # noqa: F401 (re-exported)
-from reward_models.base import MISSING, Reward, check_missing, metadata_value, score_by_reference
+from reward_models.base import (
+    MISSING,
+    Missing,
+    Reward,
+    check_literal,
+    check_missing,
+    metadata_value,
+    score_by_reference,
+)
 from reward_models.types import RewardOutput, Samples
 
 
@@ -25,6 +33,9 @@ def _reference_answer(value: Any, i: int, key: str) -> Answer:
         raise ValueError(f"NumericAnswer: metadata row {i} {key!r}={value!r} holds no number (nor a tuple of "
                          f"numbers); symbolic references need MathVerify")
     return answer
+
+
+NumberExtract = Literal["auto", "last_number", "boxed"]
 
 
 class NumericAnswer(Reward):
@@ -41,10 +52,10 @@ class NumericAnswer(Reward):
     def __init__(
         self,
         answer_key: str = "answer",
-        extract: Literal["auto", "last_number", "boxed"] = "auto",
+        extract: NumberExtract = "auto",
         tolerance: float = 1e-6,
         relative: bool = False,
-        missing: Literal["raise", "nan"] = "raise",
+        missing: Missing = "raise",
     ) -> None:
         """
         Args:
@@ -54,8 +65,7 @@ class NumericAnswer(Reward):
             relative: compare with ``tolerance · |reference|``.
             missing: ``"raise"`` or ``"nan"`` when a row has no reference.
         """
-        if extract not in ("auto", "last_number", "boxed"):
-            raise ValueError(f"NumericAnswer: extract must be 'auto', 'last_number' or 'boxed', got {extract!r}")
+        check_literal("NumericAnswer", "extract", extract, NumberExtract)
         if tolerance < 0:
             raise ValueError(f"NumericAnswer: tolerance must be >= 0, got {tolerance}")
         self.answer_key, self.extract, self.tolerance, self.relative = answer_key, extract, float(tolerance), relative
@@ -102,7 +112,7 @@ class ExactMatch(Reward):
         pattern: str | None = None,
         ignore_case: bool = False,
         normalize_whitespace: bool = True,
-        missing: Literal["raise", "nan"] = "raise",
+        missing: Missing = "raise",
     ) -> None:
         self.answer_key, self.ignore_case, self.normalize_whitespace = answer_key, ignore_case, normalize_whitespace
         self.pattern = None if pattern is None else re.compile(pattern, re.DOTALL)
@@ -134,7 +144,7 @@ class RegexMatch(Reward):
         pattern_key: str = "pattern",
         fullmatch: bool = False,
         ignore_case: bool = False,
-        missing: Literal["raise", "nan"] = "raise",
+        missing: Missing = "raise",
     ) -> None:
         self.pattern_key, self.fullmatch = pattern_key, fullmatch
         self.flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
@@ -182,7 +192,7 @@ class MultipleChoice(Reward):
         self,
         answer_key: str = "answer",
         letters: str = "ABCDEFGHIJ",
-        missing: Literal["raise", "nan"] = "raise",
+        missing: Missing = "raise",
     ) -> None:
         self.answer_key, self.letters = answer_key, letters
         self.missing = check_missing("MultipleChoice", missing)

@@ -179,7 +179,7 @@ def measure(out: Path, report_size: int) -> dict:
 
 
 CHECK = {"task": "addition", "split": "test", "size": 500, "seed": 0, "max_new_tokens": 5}
-"""The deterministic greedy check that tests/test_demo_assets.py repeats on the shipped weights."""
+"""The deterministic greedy check that tests/cli/test_demo.py repeats on the shipped weights."""
 
 
 def readme(record: dict) -> str:

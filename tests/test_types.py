@@ -21,14 +21,14 @@ def test_select_slices_per_sample_fields_and_keeps_rollout_level_ones():
 def test_select_leaves_a_per_prompt_baseline_alone_even_when_its_size_is_n():
     # G = 1: the B greedy rewards have N rows too; guessing by the first dimension would slice them
     rollout = tiny_rollout([[1, 1], [1, 0], [1, 1]], group_size=1)
-    rollout.baseline_rewards = torch.tensor([1.0, 2.0, 3.0])
+    rollout.greedy_rewards = torch.tensor([1.0, 2.0, 3.0])
     part = rollout.select(torch.tensor([2]))
-    torch.testing.assert_close(part.baseline_rewards, torch.tensor([1.0, 2.0, 3.0]))
+    torch.testing.assert_close(part.greedy_rewards, torch.tensor([1.0, 2.0, 3.0]))
     assert part.num_samples == 1
 
 
 def test_baseline_fields_are_rollout_level_and_results_are_per_sample():
-    assert "baseline_rewards" not in Rollout.PER_SAMPLE and "baseline" not in Rollout.PER_SAMPLE
+    assert "greedy_rewards" not in Rollout.PER_SAMPLE and "greedy" not in Rollout.PER_SAMPLE
     assert {"prompt_ids", "completion_mask", "metadata", "advantages", "rewards", "anchor_values"} <= set(
         Rollout.PER_SAMPLE
     )

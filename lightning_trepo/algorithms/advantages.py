@@ -15,7 +15,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from lightning_trepo.ops import masked_whiten
+from lightning_trepo.ops import check_mask, masked_whiten
 
 GRPOScale = Literal["group", "batch", "none"]
 GRPO_SCALES: tuple[str, ...] = get_args(GRPOScale)
@@ -130,14 +130,6 @@ def remax_advantages(rewards: Tensor, baseline_rewards: Tensor, group_size: int 
     return rewards - baseline_rewards.repeat_interleave(n // b)
 
 
-def _check_token_tensors(mask: Tensor, **tensors: Tensor) -> None:
-    if mask.dim() != 2:
-        raise ValueError(f"mask must have shape (N, L), got {tuple(mask.shape)}")
-    for name, t in tensors.items():
-        if t.shape != mask.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)} but mask has shape {tuple(mask.shape)}")
-
-
 def gae(
     token_rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
 ) -> tuple[Tensor, Tensor]:
@@ -148,7 +140,7 @@ def gae(
     returns are 0 on padding, and padded rewards/values are ignored. γ = 1 keeps the gradient of an
     undiscounted response reward unbiased (https://arxiv.org/abs/2506.02553).
     """
-    _check_token_tensors(mask, token_rewards=token_rewards, values=values)
+    check_mask(mask, token_rewards=token_rewards, values=values)
     if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
         raise ValueError(f"gamma and lam must lie in [0, 1], got gamma={gamma}, lam={lam}")
     m = mask.to(values.dtype)
@@ -174,7 +166,7 @@ def segment_advantages(anchor_values: Tensor, anchor_positions: Tensor, mask: Te
     positions. Unbiased when the anchors are stopping times; with anchors 0, 1, ..., T it is exactly
     A_t = U(W_{0,t}) - U(W_{0,t-1}). Vectorised with ``searchsorted``. Returns (N, L).
     """
-    _check_token_tensors(mask)
+    check_mask(mask)
     if anchor_positions.dim() != 2 or anchor_positions.shape[1] < 2:
         raise ValueError(f"anchor_positions must have shape (N, M+2) with M >= 0, got {tuple(anchor_positions.shape)}")
     if anchor_values.shape != anchor_positions.shape:
@@ -206,7 +198,7 @@ def token_level_rewards(rewards: Tensor, mask: Tensor, kl: Tensor | None = None,
     (N,) rewards, (N, L) mask and optional kl -> (N, L), 0 on padding.
     """
     _check_rewards(rewards)
-    _check_token_tensors(mask, **({} if kl is None else {"kl": kl}))
+    check_mask(mask, **({} if kl is None else {"kl": kl}))
     if rewards.shape[0] != mask.shape[0]:
         raise ValueError(f"rewards has {rewards.shape[0]} entries, mask has {mask.shape[0]} rows")
     lengths = mask.sum(-1).long()
@@ -242,7 +234,7 @@ def reinforce_pp_advantages(token_rewards: Tensor, mask: Tensor, gamma: float = 
     Biased: the batch mean includes the sample itself and the std division rescales per batch
     (``lightning-trepo verify-estimators``).
     """
-    _check_token_tensors(mask, token_rewards=token_rewards)
+    check_mask(mask, token_rewards=token_rewards)
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
     r = torch.where(mask.bool(), token_rewards, torch.zeros_like(token_rewards))
@@ -262,7 +254,7 @@ def reinforce_pp_baseline_advantages(rewards: Tensor, mask: Tensor, group_size: 
     tokens and whitened with the batch's token mean and sample variance. (N,), (N, L) -> (N, L), 0 on padding.
     Biased (mean including self, batch std division; ``lightning-trepo verify-estimators``).
     """
-    _check_token_tensors(mask)
+    check_mask(mask)
     groups = _grouped(rewards, group_size)
     if rewards.shape[0] != mask.shape[0]:
         raise ValueError(f"rewards has {rewards.shape[0]} entries, mask has {mask.shape[0]} rows")

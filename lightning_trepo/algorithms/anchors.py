@@ -11,16 +11,19 @@ or after the end collapse to T_i ("padding anchors", ``valid`` False, Û = RM(W)
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import Tensor
 
-OFFSET_MODES = ("uniform", "every")
+OffsetMode = Literal["uniform", "every"]
+OFFSET_MODES: tuple[str, ...] = get_args(OffsetMode)
 
 
 def fixed_anchor_offsets(
     num_anchors: int,
     max_len: int,
-    mode: str = "uniform",
+    mode: OffsetMode = "uniform",
     every: int | None = None,
     num_samples: int | None = None,
     generator: torch.Generator | None = None,
@@ -100,11 +103,11 @@ def boundary_anchor_positions(is_boundary: Tensor, mask: Tensor, num_anchors: in
 
 
 def build_anchor_values(
-    u0: Tensor, continuation_means: Tensor, final_rewards: Tensor, anchor_positions: Tensor
+    start_values: Tensor, continuation_means: Tensor, final_rewards: Tensor, anchor_positions: Tensor
 ) -> Tensor:
     """Û at the anchors: [Û(0), Û(s_1), ..., Û(s_M), RM(W)], with Û(s_j) = RM(W) wherever s_j = T.
 
-    ``u0`` (N,) the start value (leave-one-out group mean or K fresh samples); ``continuation_means``
+    ``start_values`` (N,) the start value (leave-one-out group mean or K fresh samples); ``continuation_means``
     (N, M) the mean reward of K continuations sampled from W_{0,s_j} (ignored, may be NaN, at padding
     anchors); ``final_rewards`` (N,) = RM(W). Returns (N, M+2). https://arxiv.org/abs/2506.02553 §TRePO.
     """
@@ -112,11 +115,12 @@ def build_anchor_values(
     if continuation_means.shape != (n, width - 2):
         raise ValueError(f"continuation_means must have shape (N, M) = {(n, width - 2)}, "
                          f"got {tuple(continuation_means.shape)}")
-    if u0.shape != (n,) or final_rewards.shape != (n,):
-        raise ValueError(f"u0 {tuple(u0.shape)} and final_rewards {tuple(final_rewards.shape)} must have shape ({n},)")
+    if start_values.shape != (n,) or final_rewards.shape != (n,):
+        raise ValueError(f"start_values {tuple(start_values.shape)} and final_rewards {tuple(final_rewards.shape)} "
+                         f"must have shape ({n},)")
     at_end = anchor_positions[:, 1:-1] == anchor_positions[:, -1:]
     interior = torch.where(at_end, final_rewards[:, None].expand_as(continuation_means), continuation_means)
-    return torch.cat([u0[:, None], interior, final_rewards[:, None]], dim=1)
+    return torch.cat([start_values[:, None], interior, final_rewards[:, None]], dim=1)
 
 
 def continuation_means(scores: Tensor, sample_index: Tensor, anchor_column: Tensor, shape: tuple[int, int]) -> Tensor:

@@ -19,7 +19,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from lightning_trepo.ops import masked_mean, masked_var
+from lightning_trepo.ops import check_mask, masked_mean, masked_var
 from lightning_trepo.types import LossOutput
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"]
@@ -29,14 +29,6 @@ IMPORTANCE_LEVELS: tuple[str, ...] = get_args(ImportanceLevel)
 PolicyLoss = Literal["ppo", "gspo", "cispo", "sapo"]
 POLICY_LOSSES: tuple[str, ...] = get_args(PolicyLoss)
 MAX_LOG_RATIO = 20.0  # exp(±20) keeps ratios finite; as verl
-
-
-def _check_mask(mask: Tensor, **tensors: Tensor) -> None:
-    if mask.dim() != 2:
-        raise ValueError(f"mask must have shape (N, L), got {tuple(mask.shape)}")
-    for name, t in tensors.items():
-        if t.shape != mask.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)} but mask has shape {tuple(mask.shape)}")
 
 
 def _zero_padding(x: Tensor, mask: Tensor) -> Tensor:
@@ -66,7 +58,7 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str = "token_mean", norm_le
     """
     if mode not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation mode {mode!r}; valid: {', '.join(AGGREGATIONS)}")
-    _check_mask(mask, per_token=per_token)
+    check_mask(mask, per_token=per_token)
     x = _zero_padding(per_token, mask)
     m = mask.to(x.dtype)
     n = max(mask.shape[0], 1)
@@ -91,7 +83,7 @@ def policy_gradient_loss(
     (https://arxiv.org/abs/2506.02553); with ``seq_mean_token_sum`` it is unbiased for response
     rewards, the other modes re-weight tokens by 1/length.
     """
-    _check_mask(mask, logprobs=logprobs)
+    check_mask(mask, logprobs=logprobs)
     adv, logprobs = _token_advantages(advantages, mask), _zero_padding(logprobs, mask)
     loss = aggregate(-adv * logprobs, mask, aggregation, norm_length)
     metrics = {"advantage_mean": masked_mean(adv, mask), "logprob_mean": masked_mean(logprobs.detach(), mask)}
@@ -140,7 +132,7 @@ def clipped_surrogate_loss(
     tokens whose clipped term is active), ``dual_clip_frac``, ``approx_kl`` (k3 estimate of KL(π_old‖π)),
     ``ratio_mean``, ``ratio_max``.
     """
-    _check_mask(mask, logprobs=logprobs, old_logprobs=old_logprobs)
+    check_mask(mask, logprobs=logprobs, old_logprobs=old_logprobs)
     if not (0.0 <= clip_low < 1.0) or clip_high < 0.0:
         raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got clip_low={clip_low}, clip_high={clip_high}")
     if dual_clip is not None and dual_clip <= 1.0:
@@ -176,7 +168,7 @@ def cispo_loss(
     clipped ones). TRL ``loss_type=cispo`` caps ρ from above only; ``clip_low`` close to 1 approximates it.
     Metrics as :func:`clipped_surrogate_loss`, ``clip_frac`` = share of tokens whose weight was clipped.
     """
-    _check_mask(mask, logprobs=logprobs, old_logprobs=old_logprobs)
+    check_mask(mask, logprobs=logprobs, old_logprobs=old_logprobs)
     if not (0.0 <= clip_low < 1.0) or clip_high < 0.0:
         raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got clip_low={clip_low}, clip_high={clip_high}")
     adv = _token_advantages(advantages, mask)
@@ -207,7 +199,7 @@ def sapo_loss(
     Metrics: ``gate_mean`` (mean f'(ρ) = 4σ(1-σ), the share of the on-policy gradient kept), ``approx_kl``,
     ``ratio_mean``, ``ratio_max``.
     """
-    _check_mask(mask, logprobs=logprobs, old_logprobs=old_logprobs)
+    check_mask(mask, logprobs=logprobs, old_logprobs=old_logprobs)
     if tau_pos <= 0 or tau_neg <= 0:
         raise ValueError(f"need tau_pos > 0 and tau_neg > 0, got tau_pos={tau_pos}, tau_neg={tau_neg}")
     adv = _token_advantages(advantages, mask)
@@ -302,7 +294,7 @@ def value_loss(
     clipped error is the larger one), ``explained_variance``, ``value_mean``. Inside the clip range the
     clipped value is V itself (not V_old + (V - V_old), which can differ from V by an ulp and count as clipped).
     """
-    _check_mask(mask, values=values, old_values=old_values, returns=returns)
+    check_mask(mask, values=values, old_values=old_values, returns=returns)
     if clip is not None and clip <= 0:
         raise ValueError(f"clip must be > 0 or None, got {clip}")
     values, returns = _zero_padding(values, mask), _zero_padding(returns.detach(), mask)
@@ -330,7 +322,7 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
 
     1 is a perfect critic, 0 no better than a constant, < 0 worse (as Stable-Baselines3 / TRL).
     """
-    _check_mask(mask, values=values, returns=returns)
+    check_mask(mask, values=values, returns=returns)
     with torch.no_grad():
         v, r = _zero_padding(values.detach(), mask), _zero_padding(returns.detach(), mask)
         var_r = masked_var(r, mask)

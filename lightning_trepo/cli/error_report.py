@@ -170,16 +170,6 @@ def _describe_unknown(chain: list[BaseException]) -> list[str] | None:
     return lines[:8]
 
 
-def _locate_key(problem: str, cls: type | None) -> str | None:
-    """Map the leading name of a message ('sampling.temperature must be...', "model_path '/x' ...") to its key."""
-    match = re.match(r"(?:[\w ]+: )?([A-Za-z_][\w.]*)", problem)
-    if match is None or cls is None:
-        return None
-    name = match.group(1)
-    hits = [k for k in schema_keys(cls) if k == name or k.endswith("." + name)]
-    return f"model.init_args.{hits[0]}" if len(hits) == 1 else None
-
-
 def _parser_key(message: str) -> str | None:
     """The full key of a parse error from jsonargparse's nested 'Parser key "..."' lines."""
     keys = re.findall(r'Parser key "([\w.]+)"', message)
@@ -227,10 +217,7 @@ def _instantiation_problem(top: str, root: BaseException) -> list[str]:
     cls = _model_class(top) or _model_class(str(root))
     lines = _useful_lines(str(root)) or [f"{type(root).__name__}: {root}"]
     lines += [f"  {hint}" for text, hint in HINTS if text in str(root)]
-    where = _locate_key(lines[0], cls)
     component = _component(root)
-    if where:
-        lines.append(f"  config key: {where}")
     if component and component != getattr(cls, "__name__", None):
         lines.append(f"  raised by: {component}")
     return lines

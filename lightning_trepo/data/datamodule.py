@@ -17,14 +17,14 @@ each rollout is reused for, and the rank layout. Train batches are dicts::
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from lightning_trepo.data.encoding import encode_rows, validate_rows
+from lightning_trepo.data.encoding import OverlongPrompt, encode_rows, validate_rows
 from lightning_trepo.data.loader import (
     EncodedPrompts,
     EpochCursor,
@@ -34,6 +34,7 @@ from lightning_trepo.data.loader import (
     keep_batch,
 )
 from lightning_trepo.data.sources import BuiltinTaskSource, PromptSource
+from lightning_trepo.errors import check_choice
 
 __all__ = ["PromptDataModule"]
 REFILL_SEED_OFFSET = 1_000_003  # dynamic sampling's refill stream: another shuffle of the same rows
@@ -72,7 +73,7 @@ class PromptDataModule(LightningDataModule):
         prompt_column: str = "prompt",
         messages_column: str = "messages",
         max_prompt_length: int = 256,
-        overlong_prompt: Literal["error", "truncate_left"] = "error",
+        overlong_prompt: OverlongPrompt = "error",
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = True,
@@ -83,8 +84,7 @@ class PromptDataModule(LightningDataModule):
         for key, value in sizes.items():
             if value < 1:
                 raise ValueError(f"data.init_args.{key} must be >= 1, got {value}")
-        if overlong_prompt not in ("error", "truncate_left"):
-            raise ValueError(f"data.init_args.overlong_prompt must be error or truncate_left, got {overlong_prompt!r}")
+        check_choice("overlong_prompt", overlong_prompt, OverlongPrompt, section="data.init_args")
         self.source = source if source is not None else BuiltinTaskSource()
         self.val_source = val_source
         self.batch_size, self.val_batch_size = batch_size, val_batch_size

@@ -1,7 +1,7 @@
 """Turn source rows into the text and token ids the policy sees (validation, chat template, limits)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -10,7 +10,8 @@ from reward_models.types import PROMPT_MESSAGES_KEY
 
 __all__ = ["encode_rows", "validate_rows"]
 
-OVERLONG_POLICIES = ("error", "truncate_left")
+OverlongPrompt = Literal["error", "truncate_left"]
+OVERLONG_POLICIES: tuple[str, ...] = get_args(OverlongPrompt)
 
 
 def validate_rows(rows: list[dict[str, Any]], prompt_column: str, messages_column: str, source: str) -> None:

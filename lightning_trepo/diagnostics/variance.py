@@ -14,8 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,20 +64,6 @@ def parse_estimator(text: str) -> EstimatorSpec:
     raise ValueError(f"estimator {text!r} is not one of reinforce, rloo, remax, ppo, grpo[:scale], trepo:MxK[:start]")
 
 
-@contextmanager
-def _reusing_tokenizer(tokenizer: Any) -> Iterator[None]:
-    """While estimator modules are constructed, their ``load_tokenizer`` returns the base's tokenizer (a GGUF
-    tokenizer takes seconds to parse, once per module otherwise); every module gets the base's policy anyway."""
-    import lightning_trepo.modules.base as base_module
-
-    original = base_module.load_tokenizer
-    base_module.load_tokenizer = lambda cfg: tokenizer
-    try:
-        yield
-    finally:
-        base_module.load_tokenizer = original
-
-
 def build_estimators(base: RLModule, specs: Sequence[EstimatorSpec]) -> list[tuple[str, RLModule]]:
     """One module per spec, all sharing ``base``'s policy, tokenizer, reference and reward tree (nothing loads
     twice). A spec of ``base``'s own class with no overrides is ``base`` itself (its configured settings);
@@ -93,9 +78,8 @@ def build_estimators(base: RLModule, specs: Sequence[EstimatorSpec]) -> list[tup
         if type(base) is spec.cls and not spec.init:
             out.append((spec.label, base))
             continue
-        with _reusing_tokenizer(base.tokenizer):
-            module = spec.cls(reward=base.reward, policy=base.policy_cfg, rollout=base.rollout_cfg,
-                              update=base.update_cfg, optimizer=base.optimizer_factory, **spec.init)
+        module = spec.cls(reward=base.reward, policy=base.policy_cfg, rollout=base.rollout_cfg,
+                          update=base.update_cfg, optimizer=base.optimizer_factory, **spec.init)
         module.policy, module.tokenizer, module._frozen = base.policy, base.tokenizer, base._frozen
         out.append((spec.label, module.to(base.device)))
     return out
@@ -138,12 +122,12 @@ def shared_rollout(base: RLModule, batch: dict[str, Any], greedy: Rollout | None
                                       batch["metadata"], base.device)
     _timed(seconds, "generate", t0)
     t0 = time.perf_counter()
-    scored = base.score_many([rollout] if greedy is None else [rollout, greedy])
+    scored = base.score_rollouts([rollout] if greedy is None else [rollout, greedy])
     _timed(seconds, "score", t0)
     t0 = time.perf_counter()
-    rollout.old_logprobs = base.frozen_logprobs(base.policy, rollout)
+    rollout.old_logprobs = base.no_grad_logprobs(base.policy, rollout)
     if base.ref_model is not None:
-        rollout.ref_logprobs = base.frozen_logprobs(base.ref_model, rollout)
+        rollout.ref_logprobs = base.no_grad_logprobs(base.ref_model, rollout)
     _timed(seconds, "logprobs", t0)
     return _Shared(rollout, scored[0][0], greedy, scored[1][0] if greedy is not None else None)
 
@@ -171,16 +155,16 @@ def estimator_rollout(module: RLModule, shared: _Shared, seconds: dict[str, floa
     if plan.greedy_baseline:
         if shared.greedy is None:
             raise RuntimeError(f"estimator {label!r} plans a greedy baseline that was not decoded")
-        rollout.baseline, rollout.baseline_rewards = shared.greedy, shared.greedy_rewards
+        rollout.greedy, rollout.greedy_rewards = shared.greedy, shared.greedy_rewards
         tokens += int(shared.greedy.completion_mask.sum())
     before = module.engine.generated_tokens
     with module.generation_context():
-        rollout, _ = module.extend_rollout(rollout, shared.rewards)
+        rollout, _ = module.extend_rollout(plan, rollout, shared.rewards)
     tokens += module.engine.generated_tokens - before
     if type(module).behaviour_logprobs is not RLModule.behaviour_logprobs:  # PPO: log-probs and critic values
         rollout.old_logprobs, rollout.values = module.behaviour_logprobs(rollout)
     rollout.rewards = torch.nan_to_num(shared.rewards, nan=0.0)
-    rollout.advantages, _ = module.compute_advantages(rollout, rollout.rewards)
+    module.compute_advantages(rollout, rollout.rewards).write_into(rollout)
     _timed(seconds, f"advantages/{label}", t0)
     return rollout, tokens
 

@@ -5,8 +5,9 @@ then a loss on one minibatch of the cached rollout. Multiple policy epochs and m
 from the data module repeating each prompt batch ``steps_per_rollout`` times, so Lightning's
 automatic optimisation, ``accumulate_grad_batches`` and gradient clipping all keep working.
 
-Subclasses (one per algorithm) override :meth:`rollout_plan`, :meth:`compute_advantages` and, if
-they need to, :meth:`compute_loss`.
+Subclasses (one per algorithm) override :meth:`rollout_plan`, :meth:`compute_advantages` (which returns
+:class:`~lightning_trepo.types.Advantages` and writes nothing) and, if they need to, :meth:`extend_rollout` and
+:meth:`compute_loss`.
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ from lightning_trepo.policy.lora_checkpoint import drop_frozen_base, hparams_ign
 from lightning_trepo.rollout.decoding import cache_argument
 from lightning_trepo.rollout.dynamic_sampling import Scored, dynamic_sampling
 from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan
-from lightning_trepo.rollout.logging import RolloutWriter, step_metrics, timed
 from lightning_trepo.rollout.logprobs import prompt_cache_supported, sequence_logprobs
+from lightning_trepo.rollout.metrics import RolloutWriter, step_metrics, timed
 from lightning_trepo.training.run_state import decorrelate_rank_rng, load_run_state, save_run_state
 from lightning_trepo.training.sharding import (
     build_policy,
@@ -53,7 +54,7 @@ from lightning_trepo.training.sharding import (
     unsharded_trainable,
     visiting,
 )
-from lightning_trepo.types import LossOutput, Rollout
+from lightning_trepo.types import Advantages, LossOutput, Rollout
 from reward_models import Reward, RewardOutput, Samples, TrainerState
 
 
@@ -202,9 +203,10 @@ class RLModule(LightningModule):
                            need_ref_logprobs=self.ref_model is not None, dynamic_sampling=cfg.dynamic_sampling,
                            max_extra_rounds=cfg.max_extra_rounds)
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """(N,) or (N, L) advantages from the (N,) rewards, and the scalar metrics of that computation.
-        Every algorithm overrides this."""
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
+        """(N,) or (N, L) advantages from the (N,) rewards, the scalar metrics of that computation and any per-token
+        targets (:class:`~lightning_trepo.types.Advantages`); reads the rollout, writes nothing. Every algorithm
+        overrides this."""
         raise NotImplementedError
 
     def compute_loss(self, batch: Rollout) -> LossOutput:
@@ -236,18 +238,19 @@ class RLModule(LightningModule):
     def policy_loss(self, batch: Rollout, logprobs: Tensor, entropy: Tensor | None) -> LossOutput:
         """The ``update.policy_loss`` surrogate (+ KL when :meth:`kl_in_loss`) from already computed log-probs (N, L);
         with ``update.mask_truncated`` truncated completions leave it (DAPO overlong filtering)."""
-        u = self.update_cfg
-        mask = truncated_filtered_mask(batch.completion_mask, batch.truncated) if u.mask_truncated \
+        update = self.update_cfg
+        mask = truncated_filtered_mask(batch.completion_mask, batch.truncated) if update.mask_truncated \
             else batch.completion_mask
         # no behaviour pass (on-policy): π_old is this very forward, detached, so the ratio is exactly 1
         old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
-        out = surrogate_loss(u.policy_loss, logprobs, old, batch.advantages, mask, clip_low=u.clip_low,
-                             clip_high=u.clip_high, dual_clip=u.dual_clip, sapo_tau=(u.sapo_tau_pos, u.sapo_tau_neg),
-                             aggregation=u.aggregation, norm_length=self.loss_norm_length)
+        out = surrogate_loss(update.policy_loss, logprobs, old, batch.advantages, mask, clip_low=update.clip_low,
+                             clip_high=update.clip_high, dual_clip=update.dual_clip,
+                             sapo_tau=(update.sapo_tau_pos, update.sapo_tau_neg), aggregation=update.aggregation,
+                             norm_length=self.loss_norm_length)
         loss, metrics = out.loss, dict(out.metrics)
         if batch.ref_logprobs is not None and self.kl_coef != 0.0 and self.kl_in_loss():
-            kl_tokens = kl_estimate(logprobs, batch.ref_logprobs, u.kl_estimator)
-            kl = aggregate(kl_tokens, mask, u.aggregation, self.loss_norm_length)
+            kl_tokens = kl_estimate(logprobs, batch.ref_logprobs, update.kl_estimator)
+            kl = aggregate(kl_tokens, mask, update.aggregation, self.loss_norm_length)
             loss = loss + self.kl_coef * kl
             metrics["kl"] = kl
         if entropy is not None:
@@ -273,10 +276,11 @@ class RLModule(LightningModule):
         return cache_argument(inner)
 
     @torch.no_grad()
-    def frozen_logprobs(self, model: torch.nn.Module, rollout: Rollout) -> Tensor:
-        """Behaviour or reference log-probs, computed once per rollout in chunks."""
+    def no_grad_logprobs(self, model: torch.nn.Module, rollout: Rollout) -> Tensor:
+        """Token log-probs (N, L) of ``model`` (the policy for π_old, or the reference) without autograd, once per
+        rollout, in chunks of ``rollout.logprob_batch`` sequences."""
         parts = []
-        size, cache_kw = self.rollout_cfg.max_generate_batch, self.prompt_cache_kw(model)
+        size, cache_kw = self.rollout_cfg.logprob_chunk, self.prompt_cache_kw(model)
         with on_device(model, self.device):  # an offloaded reference visits the device once per rollout
             for start in range(0, rollout.num_samples, size):
                 idx = torch.arange(start, min(start + size, rollout.num_samples), device=rollout.completion_ids.device)
@@ -286,20 +290,19 @@ class RLModule(LightningModule):
                 parts.append(lp)
         return torch.cat(parts)
 
-    def score(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
-        """Run the reward tree; the logged total and the trained total are the same tensor."""
-        return self.score_many([rollout])[0]
-
+    # scoring: score_samples is the one call of the reward tree; score_rollouts scores Rollouts through it in one
+    # call; score_rollout is a training rollout's entry point (its samples and any planned greedy responses)
     def score_samples(self, samples: Samples) -> RewardOutput:
-        """The one place the reward tree runs (samples, baselines, continuations, validation)."""
+        """The one place the reward tree runs (samples, greedy responses, continuations, validation)."""
         samples.trainer_state = TrainerState(global_step=self.global_step, epoch=self.current_epoch,
                                              max_steps=self._trainer.max_steps if self._trainer is not None else -1)
         with visiting(self.reward, self.device, self.rollout_cfg.offload_reward):
             return self.reward(samples)
 
-    def score_many(self, rollouts: list[Rollout]) -> list[tuple[Tensor, dict[str, Tensor]]]:
-        """Score several rollouts (samples + ReMax's greedy baseline) in ONE reward-tree call, so batch-level
-        reward state (normalisation, judge batching) sees them together; split rewards and metrics back."""
+    def score_rollouts(self, rollouts: list[Rollout]) -> list[tuple[Tensor, dict[str, Tensor]]]:
+        """Score several rollouts (samples + ReMax's greedy responses) in ONE reward-tree call, so batch-level
+        reward state (normalisation, judge batching) sees them together; split rewards and metrics back. The logged
+        total and the trained total are the same tensor."""
         width = max(r.completion_ids.shape[1] for r in rollouts)
         samples = Samples.concat([r.to_samples(width, self.engine.pad_id) for r in rollouts])
         out = self.score_samples(samples)
@@ -313,18 +316,19 @@ class RLModule(LightningModule):
         """plan -> generate -> score -> extend -> behaviour/ref log-probs -> advantages."""
         plan, calls_before = self.rollout_plan(), self.engine.generate_calls
         rollout, rewards, components, sample_metrics = self.sample_and_score(plan, batch)
-        rollout, extend_metrics = self.extend_rollout(rollout, rewards)
+        rollout, extend_metrics = self.extend_rollout(plan, rollout, rewards)
         with timed(rollout.timings, "logprobs"):
             rollout.old_logprobs, rollout.values = self.behaviour_logprobs(rollout)
             if plan.need_ref_logprobs and self.ref_model is not None:
-                rollout.ref_logprobs = self.frozen_logprobs(self.ref_model, rollout)
+                rollout.ref_logprobs = self.no_grad_logprobs(self.ref_model, rollout)
             rollout.rewards = torch.nan_to_num(rewards, nan=0.0)
-            rollout.advantages, advantage_metrics = self.compute_advantages(rollout, rollout.rewards)
+            advantages = self.compute_advantages(rollout, rollout.rewards)
+            advantages.write_into(rollout)
             kl_metrics = adaptive_kl_step(self, rollout)
         if self._writer is not None and self.global_rank == 0:
             self._writer.write(self.global_step, rollout, rewards, components)
         metrics = step_metrics(rollout, rewards, components, self.engine.generate_calls - calls_before)
-        return rollout, {**metrics, **sample_metrics, **extend_metrics, **advantage_metrics, **kl_metrics}
+        return rollout, {**metrics, **sample_metrics, **extend_metrics, **advantages.metrics, **kl_metrics}
 
     def sample_and_score(self, plan: RolloutPlan, batch: dict[str, Any]) -> tuple[Rollout, Tensor, dict, dict]:
         """Generate and score the plan for ``batch``; with ``plan.dynamic_sampling`` keep only informative groups and
@@ -341,11 +345,11 @@ class RLModule(LightningModule):
                                 lambda flag: any_rank(self, flag))
 
     def score_rollout(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
-        """The samples' rewards and per-node metrics; a planned greedy baseline is scored in the same reward-tree
-        call and its rewards go in ``rollout.baseline_rewards``."""
-        if rollout.baseline is None:
-            return self.score(rollout)
-        (rewards, components), (rollout.baseline_rewards, _) = self.score_many([rollout, rollout.baseline])
+        """A training rollout's rewards and per-node metrics; its planned greedy responses are scored in the same
+        reward-tree call and their rewards go in ``rollout.greedy_rewards``."""
+        if rollout.greedy is None:
+            return self.score_rollouts([rollout])[0]
+        (rewards, components), (rollout.greedy_rewards, _) = self.score_rollouts([rollout, rollout.greedy])
         return rewards, components
 
     def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
@@ -354,19 +358,19 @@ class RLModule(LightningModule):
         says the loss pass can stand in for them."""
         if not self.behaviour_pass_needed():
             return None, None
-        return self.frozen_logprobs(self.policy, rollout), None
+        return self.no_grad_logprobs(self.policy, rollout), None
 
     def behaviour_pass_needed(self) -> bool:
         """Whether π_old log-probs need a pass of their own before the update: with several epochs or minibatches
         the weights move before the later loss passes, and ``update.behaviour_logprobs: always`` asks for it.
         Subclasses that read π_old before the loss (RLOO's KL in the reward) extend this; the adaptive KL controller
         (``update.kl_target``) reads it after each rollout."""
-        u = self.update_cfg
-        return u.behaviour_logprobs == "always" or not u.on_policy or u.kl_target is not None
+        update = self.update_cfg
+        return update.behaviour_logprobs == "always" or not update.on_policy or update.kl_target is not None
 
-    def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
-        """Hook for plans that need more than samples (e.g. TRePO continuations): the extended rollout and the
-        metrics of the extension. Default: none."""
+    def extend_rollout(self, plan: RolloutPlan, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
+        """Hook for plans that need more than samples (e.g. ``plan.continuations``, TRePO): the extended rollout (a
+        new one; the input is left as it is) and the metrics of the extension. Default: none."""
         return rollout, {}
 
     def minibatch(self, rollout: Rollout, rollout_step: int) -> Rollout:
@@ -429,7 +433,7 @@ class RLModule(LightningModule):
                 self.generation_context():
             rollouts = [self.engine.rollout(self.policy, plan, reward_prompts(batch), batch["prompt_ids"],
                                             batch["metadata"], self.device) for plan in plans]
-        scored = self.score_many(rollouts)
+        scored = self.score_rollouts(rollouts)
         self.reward.load_state_dict(reward_state)
         self.log_validation(rollouts, [rewards for rewards, _ in scored], len(batch["prompt_ids"]))
 

@@ -35,6 +35,9 @@ class RolloutConfig:
     """Sampling settings of the behaviour policy."""
     max_generate_batch: int = 256
     """Most sequences per generate call (memory bound); more become extra calls."""
+    logprob_batch: int | None = None
+    """Most sequences per forward of the rollout's no-grad log-prob passes (behaviour, reference, PPO's values);
+    None = ``max_generate_batch``."""
     decoder: Decoder = "auto"
     """auto: a static KV cache with the decode step compiled into a CUDA graph on CUDA (unsharded parameters),
     eager ``generate`` elsewhere; eager: always plain ``generate``; static: the static cache everywhere."""
@@ -63,6 +66,8 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         require(self.group_size >= 1, "rollout.group_size", self.group_size, "an integer >= 1")
         require(self.max_generate_batch >= 1, "rollout.max_generate_batch", self.max_generate_batch, "an integer >= 1")
+        require(self.logprob_batch is None or self.logprob_batch >= 1, "rollout.logprob_batch", self.logprob_batch,
+                "an integer >= 1, or null (= rollout.max_generate_batch)")
         require(self.val_num_samples >= 0, "rollout.val_num_samples", self.val_num_samples, "an integer >= 0")
         check_choice("rollout.decoder", self.decoder, Decoder)
         require(self.bucket_tokens >= 1, "rollout.bucket_tokens", self.bucket_tokens, "an integer >= 1")
@@ -70,6 +75,11 @@ class RolloutConfig:
         require(not self.dynamic_sampling or self.group_size >= 2, "rollout.dynamic_sampling", self.dynamic_sampling,
                 "false with group_size 1", "dynamic sampling drops groups whose G rewards are all equal; a group of "
                 "one has no spread to test")
+
+    @property
+    def logprob_chunk(self) -> int:
+        """Sequences per no-grad log-prob forward: ``logprob_batch``, or ``max_generate_batch`` when unset."""
+        return self.logprob_batch or self.max_generate_batch
 
 
 @dataclass

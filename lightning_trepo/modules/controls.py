@@ -21,16 +21,16 @@ def adaptive_kl_step(module: Any, rollout: Rollout) -> dict[str, Tensor]:
     (verl's ``current_kl``), averaged over ranks; ``n_steps`` counts every rank's samples. β lives in the module's
     ``kl_coef_value`` buffer (checkpointed); the rollout that was just used trained with the old β, as in verl.
     """
-    u = module.update_cfg
-    if u.kl_target is None or rollout.ref_logprobs is None:
+    update = module.update_cfg
+    if update.kl_target is None or rollout.ref_logprobs is None:
         return {}
-    kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, u.kl_estimator)
+    kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, update.kl_estimator)
     current, n = masked_mean(kl, rollout.completion_mask, dim=-1).mean(), rollout.num_samples
     trainer = module._trainer
     if trainer is not None and trainer.world_size > 1:
         current, n = trainer.strategy.reduce(current, reduce_op="mean"), n * trainer.world_size
     coef = module.kl_coef
-    module.kl_coef_value.fill_(adaptive_kl_coef(coef, float(current), u.kl_target, u.kl_horizon, n))
+    module.kl_coef_value.fill_(adaptive_kl_coef(coef, float(current), update.kl_target, update.kl_horizon, n))
     return {"kl/coef": torch.tensor(coef), "kl/rollout": current.detach().float().cpu()}
 
 

@@ -7,7 +7,7 @@ from lightning_trepo.algorithms.advantages import GRPOScale, grpo_advantages
 from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.policy import PolicyConfig
-from lightning_trepo.types import Rollout
+from lightning_trepo.types import Advantages, Rollout
 from reward_models import Reward
 
 AdvantageScale = GRPOScale
@@ -44,5 +44,6 @@ class GRPO(RLModule):
         self.advantage_scale = advantage_scale
         self.advantage_eps = advantage_eps
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        return grpo_advantages(rewards, rollout.group_size, scale=self.advantage_scale, eps=self.advantage_eps), {}
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
+        return Advantages(grpo_advantages(rewards, rollout.group_size, scale=self.advantage_scale,
+                                          eps=self.advantage_eps))

@@ -8,8 +8,7 @@ loss); the policy and the critic are trained by the same optimizer (parameter gr
 """
 from __future__ import annotations
 
-from dataclasses import replace
-from types import SimpleNamespace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -30,10 +29,18 @@ from lightning_trepo.ops import masked_mean, masked_whiten
 from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.rollout.logprobs import completion_logits, fused_head_supported, sequence_logprobs
 from lightning_trepo.training.sharding import build_policy
-from lightning_trepo.types import LossOutput, Rollout
+from lightning_trepo.types import Advantages, LossOutput, Rollout
 from reward_models import Reward
 
 ValueModel = Literal["head", "separate"]
+
+
+@dataclass
+class TrunkOutput:
+    """The separate critic trunk's output in a causal LM's calling convention, so that :func:`completion_logits`
+    positions and slices it exactly as the policy's logits."""
+
+    logits: Tensor  # (N, P + L, H) the trunk's last hidden state, where a causal LM would put its logits
 
 
 class PPO(RLModule):
@@ -146,36 +153,35 @@ class PPO(RLModule):
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
         return logprobs, entropy, values * batch.completion_mask
 
-    def _critic_forward(self, **inputs: Any) -> Any:
-        """The separate trunk in the calling convention of a causal LM, its last hidden state as ``logits``
-        (so :func:`completion_logits` builds positions and slices exactly as for the policy)."""
+    def _critic_forward(self, **inputs: Any) -> TrunkOutput:
+        """The separate trunk called like a causal LM (:class:`TrunkOutput`)."""
         inputs.pop("logits_to_keep", None)
-        return SimpleNamespace(logits=self.critic(**inputs).last_hidden_state)
+        return TrunkOutput(logits=self.critic(**inputs).last_hidden_state)
 
     @torch.no_grad()
     def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
         """π_old log-probs and the behaviour values V_old (N, L), from one pass, in chunks."""
         index = torch.arange(rollout.num_samples, device=rollout.completion_ids.device)
-        parts = [self.logprobs_and_values(rollout.select(i)) for i in index.split(self.rollout_cfg.max_generate_batch)]
+        parts = [self.logprobs_and_values(rollout.select(i)) for i in index.split(self.rollout_cfg.logprob_chunk)]
         return torch.cat([logprobs for logprobs, _, _ in parts]), torch.cat([values for _, _, values in parts])
 
     # ------------------------------------------------------------------ algorithm
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """r_t = −β·kl_t + RM(W)·[t = T]; GAE(γ, λ) → advantages (N, L); the token rewards and the value targets
-        go in the rollout's declared ``token_rewards`` and ``returns`` fields."""
-        u, mask = self.update_cfg, rollout.completion_mask
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
+        """r_t = −β·kl_t + RM(W)·[t = T]; GAE(γ, λ) → advantages (N, L), returned with the token rewards and the
+        value targets (the rollout's ``token_rewards`` and ``returns`` once the base stores them)."""
+        update, mask = self.update_cfg, rollout.completion_mask
         kl = None
         if self.kl_coef != 0.0 and rollout.ref_logprobs is not None:
-            kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, u.kl_estimator)
+            kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, update.kl_estimator)
         token_rewards = token_level_rewards(rewards.float(), mask, kl, self.kl_coef)
         advantages, returns = gae(token_rewards, rollout.values, mask, gamma=self.gamma, lam=self.lam)
-        rollout.token_rewards, rollout.returns = token_rewards, returns
         metrics = {"value/explained_variance": explained_variance(rollout.values, returns, mask),
                    "value/returns_mean": masked_mean(returns, mask)}
         if kl is not None:
             metrics["kl/token_mean"] = masked_mean(kl, mask)
         advantages = masked_whiten(advantages, mask) if self.whiten_advantages else advantages
-        return advantages, {k: v.detach().float().cpu() for k, v in metrics.items()}
+        return Advantages(advantages, {k: v.detach().float().cpu() for k, v in metrics.items()}, returns=returns,
+                          token_rewards=token_rewards)
 
     def compute_loss(self, batch: Rollout) -> LossOutput:
         """Clipped surrogate + ``vf_coef`` · clipped value loss, both from one forward of the policy."""

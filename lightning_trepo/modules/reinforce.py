@@ -21,7 +21,7 @@ from lightning_trepo.algorithms.advantages import (
 from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.policy import PolicyConfig
-from lightning_trepo.types import Rollout
+from lightning_trepo.types import Advantages, Rollout
 from reward_models import Reward
 
 Baseline = Literal["none", "running_mean"]
@@ -63,21 +63,21 @@ class REINFORCE(RLModule):
         require(estimator == "reinforce" or baseline == "none", "baseline", baseline, "none with estimator "
                 f"{estimator}", "REINFORCE++ whitens over the batch, which removes any constant baseline")
         super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
-        self.baseline = baseline
+        self.baseline_kind = baseline
         self.baseline_momentum = baseline_momentum
         self.estimator = estimator
         if baseline == "running_mean":
             self.register_buffer("baseline_mean", torch.zeros(()))
             self.register_buffer("baseline_updates", torch.zeros((), dtype=torch.long))
 
-    def current_baseline(self) -> Tensor:
+    def running_baseline(self) -> Tensor:
         """b from the rollouts seen so far (0 before the first one), bias-corrected like Adam's moments."""
-        if self.baseline != "running_mean" or int(self.baseline_updates) == 0:
+        if self.baseline_kind != "running_mean" or int(self.baseline_updates) == 0:
             return torch.zeros((), device=self.device)
         return self.baseline_mean / (1.0 - self.baseline_momentum ** int(self.baseline_updates))
 
     @torch.no_grad()
-    def update_baseline(self, rewards: Tensor) -> None:
+    def update_running_baseline(self, rewards: Tensor) -> None:
         """Fold this rollout's mean reward (averaged over ranks) into the moving average."""
         batch_mean = rewards.float().mean()
         if self._trainer is not None and self.trainer.world_size > 1:
@@ -86,15 +86,15 @@ class REINFORCE(RLModule):
         self.baseline_mean.mul_(m).add_((1.0 - m) * batch_mean.to(self.baseline_mean))
         self.baseline_updates.add_(1)
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
         mask = rollout.completion_mask
         if self.estimator == "reinforce_plus_plus":
-            return reinforce_pp_advantages(token_level_rewards(rewards.float(), mask), mask), {}
+            return Advantages(reinforce_pp_advantages(token_level_rewards(rewards.float(), mask), mask))
         if self.estimator == "reinforce_plus_plus_baseline":
-            return reinforce_pp_baseline_advantages(rewards.float(), mask, rollout.group_size), {}
+            return Advantages(reinforce_pp_baseline_advantages(rewards.float(), mask, rollout.group_size))
         advantages = reinforce_advantages(rewards)
-        if self.baseline != "running_mean":
-            return advantages, {}
-        b = self.current_baseline()  # from past rollouts only: independent of these samples, so unbiased
-        self.update_baseline(rewards)
-        return advantages - b.to(advantages), {"reward/baseline": b.detach().float().cpu()}
+        if self.baseline_kind != "running_mean":
+            return Advantages(advantages)
+        b = self.running_baseline()  # from past rollouts only: independent of these samples, so unbiased
+        self.update_running_baseline(rewards)
+        return Advantages(advantages - b.to(advantages), {"reward/baseline": b.detach().float().cpu()})

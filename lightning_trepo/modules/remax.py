@@ -9,7 +9,7 @@ from torch import Tensor
 from lightning_trepo.algorithms.advantages import remax_advantages
 from lightning_trepo.modules.base import RLModule
 from lightning_trepo.rollout.engine import RolloutPlan
-from lightning_trepo.types import Rollout
+from lightning_trepo.types import Advantages, Rollout
 
 
 class ReMax(RLModule):
@@ -24,7 +24,7 @@ class ReMax(RLModule):
     def rollout_plan(self) -> RolloutPlan:
         return replace(super().rollout_plan(), greedy_baseline=True)
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        greedy = torch.nan_to_num(rollout.baseline_rewards, nan=0.0)  # NaN = 0, as for the samples
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
+        greedy = torch.nan_to_num(rollout.greedy_rewards, nan=0.0)  # NaN = 0, as for the samples
         metrics = {"reward/greedy": greedy.float().mean().detach().cpu()}
-        return remax_advantages(rewards, greedy, rollout.group_size), metrics
+        return Advantages(remax_advantages(rewards, greedy, rollout.group_size), metrics)

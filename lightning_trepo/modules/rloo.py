@@ -8,7 +8,7 @@ from lightning_trepo.algorithms.kl import kl_estimate, kl_penalized_rewards
 from lightning_trepo.errors import require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.policy import PolicyConfig
-from lightning_trepo.types import Rollout
+from lightning_trepo.types import Advantages, Rollout
 from reward_models import Reward
 
 
@@ -48,13 +48,13 @@ class RLOO(RLModule):
         """KL in the reward reads π_old before any loss pass runs."""
         return super().behaviour_pass_needed() or (self.kl_in_reward and self.update_cfg.kl_coef != 0.0)
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        u, metrics = self.update_cfg, {}
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
+        update, metrics = self.update_cfg, {}
         if self.kl_in_reward and self.kl_coef != 0.0 and rollout.ref_logprobs is not None:
             mask = rollout.completion_mask
-            kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, u.kl_estimator)
+            kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, update.kl_estimator)
             rewards = kl_penalized_rewards(rewards, kl, mask, self.kl_coef)
             kl_sum = (kl * mask).sum(-1)
             metrics = {"kl/sequence": kl_sum.mean().detach().cpu(),
                        "reward/kl_penalized": rewards.mean().detach().cpu()}
-        return rloo_advantages(rewards, rollout.group_size), metrics
+        return Advantages(rloo_advantages(rewards, rollout.group_size), metrics)

@@ -8,6 +8,7 @@ samples; Û(s) is the mean reward of K continuations of W_{0,s}. No critic: memo
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -15,8 +16,7 @@ from torch import Tensor
 
 from lightning_trepo.algorithms.advantages import leave_one_out_mean, segment_advantages
 from lightning_trepo.algorithms.anchors import (
-    anchor_positions_from_offsets,
-    boundary_anchor_positions,
+    OffsetMode,
     build_anchor_values,
     continuation_means,
     fixed_anchor_offsets,
@@ -33,15 +33,16 @@ from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.rollout.continuations import (
     BoundaryMarker,
     Continuations,
+    planned_anchors,
     request_pairs,
     sample_continuations,
 )
-from lightning_trepo.rollout.engine import RolloutPlan
-from lightning_trepo.rollout.logging import timed
-from lightning_trepo.types import Rollout
-from reward_models import Reward, Samples
+from lightning_trepo.rollout.engine import ContinuationPlan, RolloutPlan
+from lightning_trepo.rollout.metrics import timed
+from lightning_trepo.types import Advantages, Rollout
+from reward_models import Reward
 
-AnchorMode = Literal["uniform", "every", "boundary"]
+AnchorMode = Literal[OffsetMode, "boundary"]
 StartValue = Literal["loo", "fresh"]
 
 
@@ -80,7 +81,6 @@ class TRePO(RLModule):
         self.num_anchors, self.num_continuations = num_anchors, num_continuations
         self.anchor_mode, self.anchor_every, self.start_value = anchor_mode, anchor_every, start_value
         self._marker = BoundaryMarker(self.tokenizer, boundary_pattern) if anchor_mode == "boundary" else None
-        self._offsets: Tensor | None = None
 
     @staticmethod
     def _validate(rollout: RolloutConfig, num_anchors: int, num_continuations: int, anchor_mode: str,
@@ -109,49 +109,43 @@ class TRePO(RLModule):
                 require(False, "boundary_pattern", boundary_pattern, "a valid Python regular expression", str(err))
 
     def rollout_plan(self) -> RolloutPlan:
-        """G samples per prompt; fixed anchor offsets are drawn here, BEFORE generation (stopping times)."""
+        """G samples per prompt and K continuations at M anchors of each; fixed anchor offsets are drawn here,
+        BEFORE generation (stopping times), and travel in the plan."""
+        offsets = None
         if self.anchor_mode != "boundary":
-            self._offsets = fixed_anchor_offsets(self.num_anchors, self.rollout_cfg.sampling.max_new_tokens,
-                                                 mode=self.anchor_mode, every=self.anchor_every)
-        return super().rollout_plan()
+            offsets = fixed_anchor_offsets(self.num_anchors, self.rollout_cfg.sampling.max_new_tokens,
+                                           mode=self.anchor_mode, every=self.anchor_every)
+        request = ContinuationPlan(num_continuations=self.num_continuations, num_anchors=self.num_anchors,
+                                   anchor_offsets=offsets, boundary=self._marker,
+                                   fresh_start=self.start_value == "fresh")
+        return replace(super().rollout_plan(), continuations=request)
 
-    def anchors(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
-        """(anchor_positions, valid), each (N, M+2)."""
-        mask = rollout.completion_mask
-        if self._marker is not None:
-            return boundary_anchor_positions(self._marker(rollout.completion_ids), mask, self.num_anchors)
-        return anchor_positions_from_offsets(self._offsets.to(mask.device), rollout.lengths)
-
-    def extend_rollout(self, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
-        """Sample and score K continuations at every valid anchor (one batched pass), build Û."""
+    def extend_rollout(self, plan: RolloutPlan, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
+        """Sample and score the plan's K continuations at every valid anchor (one batched pass), build Û."""
+        request = plan.continuations
         with timed(rollout.timings, "continuations"):
-            positions, valid = self.anchors(rollout)
-            rows, cols = request_pairs(valid, fresh_start=self.start_value == "fresh")
+            positions, valid = planned_anchors(request, rollout)
+            rows, cols = request_pairs(valid, fresh_start=request.fresh_start)
             cont = sample_continuations(self.engine, self.policy, rollout, positions, rows, cols,
-                                        self.num_continuations, self.rollout_cfg.sampling)
+                                        request.num_continuations, plan.sampling)
             means = self._continuation_means(rollout, cont, positions.shape)
             final = torch.nan_to_num(rewards, nan=0.0)
-            u0 = means[:, 0] if self.start_value == "fresh" else leave_one_out_mean(final, rollout.group_size)
-            rollout.anchor_positions = positions
-            rollout.anchor_values = build_anchor_values(u0, means[:, 1:-1], final, positions)
+            start = means[:, 0] if request.fresh_start else leave_one_out_mean(final, rollout.group_size)  # Û(0)
+            values = build_anchor_values(start, means[:, 1:-1], final, positions)
         stats = {"continuation_tokens": float(cont.generated_tokens), "continuation_calls": float(cont.num_calls),
                  "anchors_valid_frac": float(valid[:, 1:-1].float().mean()) if self.num_anchors else 0.0}
-        return rollout, {f"trepo/{k}": torch.tensor(v) for k, v in stats.items()}
+        extended = replace(rollout, anchor_positions=positions, anchor_values=values)
+        return extended, {f"trepo/{k}": torch.tensor(v) for k, v in stats.items()}
 
     def _continuation_means(self, rollout: Rollout, cont: Continuations, shape: torch.Size) -> Tensor:
         """(N, M+2) mean reward of the K continuations per anchor (NaN where none were sampled)."""
         if cont.sample_index.numel() == 0:
             return torch.full(shape, float("nan"), device=self.device)
-        idx = cont.sample_index.tolist()
-        samples = Samples(prompts=[rollout.prompts[i] for i in idx], completions=cont.completions,
-                          completion_ids=cont.completion_ids.cpu(), completion_mask=cont.completion_mask.cpu(),
-                          group_index=rollout.group_index[cont.sample_index].cpu(),
-                          metadata=[rollout.metadata[i] for i in idx])
-        scores = torch.nan_to_num(self.score_samples(samples).rewards.to(self.device), nan=0.0)
+        scores = torch.nan_to_num(self.score_samples(cont.to_samples(rollout)).rewards.to(self.device), nan=0.0)
         return continuation_means(scores, cont.sample_index, cont.anchor_column, (shape[0], shape[1]))
 
-    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        return segment_advantages(rollout.anchor_values, rollout.anchor_positions, rollout.completion_mask), {}
+    def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
+        return Advantages(segment_advantages(rollout.anchor_values, rollout.anchor_positions, rollout.completion_mask))
 
     def make_rollout(self, batch: dict) -> tuple[Rollout, dict[str, Tensor]]:
         """The base's rollout, plus the share of its wall-clock time the continuations took."""

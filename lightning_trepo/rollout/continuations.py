@@ -15,8 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_trepo.rollout.engine import RolloutEngine, SamplingConfig, right_pad
+from lightning_trepo.algorithms.anchors import anchor_positions_from_offsets, boundary_anchor_positions
+from lightning_trepo.rollout.engine import ContinuationPlan, RolloutEngine, SamplingConfig, right_pad
 from lightning_trepo.types import Rollout
+from reward_models import Samples
 
 
 @dataclass
@@ -30,6 +32,22 @@ class Continuations:
     completions: list[str]  # (C,) decoded full responses
     generated_tokens: int  # continuation tokens actually generated (excluding prefixes)
     num_calls: int
+
+    def to_samples(self, rollout: Rollout) -> Samples:
+        """The reward layer's view: each continuation scored as a full response to its sample's prompt and row."""
+        extended = replace(rollout.select(self.sample_index), completion_ids=self.completion_ids,
+                           completion_mask=self.completion_mask, completions=self.completions)
+        return extended.to_samples()
+
+
+def planned_anchors(plan: ContinuationPlan, rollout: Rollout) -> tuple[Tensor, Tensor]:
+    """(anchor_positions, valid), each (N, M+2), of the plan's anchors on these responses."""
+    mask = rollout.completion_mask
+    if plan.anchor_offsets is not None:
+        return anchor_positions_from_offsets(plan.anchor_offsets.to(mask.device), rollout.lengths)
+    if plan.boundary is None:
+        raise ValueError("a ContinuationPlan needs anchor_offsets or a boundary marker")
+    return boundary_anchor_positions(plan.boundary(rollout.completion_ids), mask, plan.num_anchors)
 
 
 def request_pairs(valid: Tensor, fresh_start: bool) -> tuple[Tensor, Tensor]:

@@ -37,7 +37,7 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
     if len(parts) == 1:
         return parts[0]
     g = parts[0].group_size
-    if any(p.group_size != g or p.baseline is not None or p.old_logprobs is not None for p in parts):
+    if any(p.group_size != g or p.greedy is not None or p.old_logprobs is not None for p in parts):
         raise ValueError("concat_rollouts: parts must share the group size and carry no baseline or log-probs yet")
     width_p = max(p.prompt_ids.shape[1] for p in parts)
     width_l = max(p.completion_ids.shape[1] for p in parts)
@@ -97,7 +97,7 @@ def dynamic_sampling(
     rounds = 0
     while True:
         rollout, rewards, components = sample(batch)
-        if rollout.baseline is not None:
+        if rollout.greedy is not None:
             raise ValueError("rollout.dynamic_sampling does not combine with a greedy baseline (ReMax)")
         parts.append((rollout, rewards, components))
         keep.append(informative_groups(torch.nan_to_num(rewards.detach(), nan=0.0), rollout.group_size).cpu())

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_trepo.errors import require
 from lightning_trepo.rollout.decoding import (
     DECODERS,
     Decoder,
@@ -45,12 +46,28 @@ class SamplingConfig:
     """Stop a sequence at EOS; False generates ``max_new_tokens`` always (masks still end at EOS)."""
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"sampling.temperature must be > 0 (got {self.temperature}); use greedy plans for argmax")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"sampling.top_p must be in (0, 1] (got {self.top_p})")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"sampling.max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        require(self.temperature > 0, "rollout.sampling.temperature", self.temperature, "a number > 0",
+                "greedy decoding is a plan's greedy flag, not temperature 0")
+        require(0 < self.top_p <= 1, "rollout.sampling.top_p", self.top_p, "a number in (0, 1]")
+        require(self.max_new_tokens >= 1, "rollout.sampling.max_new_tokens", self.max_new_tokens, "an integer >= 1")
+
+
+@dataclass
+class ContinuationPlan:
+    """K continuations from M anchor prefixes W_{0,s} of each response (TRePO), fulfilled in one batched pass by
+    :mod:`lightning_trepo.rollout.continuations`. Anchors are stopping times: offsets drawn before generation, or the
+    positions right after the first M boundary tokens."""
+
+    num_continuations: int
+    """K continuations sampled from each anchor's prefix."""
+    num_anchors: int
+    """M interior anchors per response."""
+    anchor_offsets: Tensor | None = None
+    """(M,) interior offsets drawn before generation; None = boundary anchors (``boundary``)."""
+    boundary: Callable[[Tensor], Tensor] | None = None
+    """(N, L) completion ids -> (N, L) bool, True on the tokens that end a boundary (used without offsets)."""
+    fresh_start: bool = False
+    """Also K fresh samples from each prompt alone (the empty prefix, anchor column 0)."""
 
 
 @dataclass
@@ -72,6 +89,8 @@ class RolloutPlan:
     batch (:mod:`lightning_trepo.rollout.dynamic_sampling`)."""
     max_extra_rounds: int = 0
     """Dynamic sampling: the most extra batches of prompts sampled per rollout."""
+    continuations: ContinuationPlan | None = None
+    """Continuations from prefixes of each response, sampled after the responses are scored (TRePO)."""
 
 
 @dataclass
@@ -252,7 +271,7 @@ class RolloutEngine:
                 metadata: list[dict[str, Any]], device: torch.device) -> Rollout:
         """Sample ``plan.group_size`` completions for each of B prompts: one batched generate call
         (more only when N exceeds ``max_batch_size``). A greedy baseline, if planned, goes in
-        ``rollout.baseline`` as a Rollout of B rows; the seconds spent in ``rollout.timings['generate']``."""
+        ``rollout.greedy`` as a Rollout of B rows; the seconds spent in ``rollout.timings['generate']``."""
         g = plan.group_size
         p_ids, p_mask = left_pad(prompt_ids, self.pad_id, device)
         t0 = time.perf_counter()
@@ -260,7 +279,7 @@ class RolloutEngine:
         rollout = self._as_rollout(gen, p_ids, p_mask, prompts, metadata, g)
         if plan.greedy_baseline:  # the greedy response within the samples' own length budget
             greedy = self.generate(model, p_ids, p_mask, plan.sampling, num_return=1, greedy=True)
-            rollout.baseline = self._as_rollout(greedy, p_ids, p_mask, prompts, metadata, 1)
+            rollout.greedy = self._as_rollout(greedy, p_ids, p_mask, prompts, metadata, 1)
         rollout.timings["generate"] = time.perf_counter() - t0
         return rollout
 

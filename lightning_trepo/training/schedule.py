@@ -20,6 +20,10 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 
+from lightning_trepo.errors import check_choice
+
+Decay = Literal["constant", "linear", "cosine"]
+
 
 @dataclass
 class LRScheduleConfig:
@@ -27,7 +31,7 @@ class LRScheduleConfig:
 
     warmup_steps: int = 0
     """Optimizer steps of linear warmup from 0 to the optimizer's lr."""
-    decay: Literal["constant", "linear", "cosine"] = "constant"
+    decay: Decay = "constant"
     """After warmup: keep the lr, or decay it linearly / along a half cosine until ``total_steps``."""
     min_lr_ratio: float = 0.0
     """Decay floor as a fraction of the optimizer's lr."""
@@ -39,8 +43,7 @@ class LRScheduleConfig:
             raise ValueError(f"lr_scheduler.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"lr_scheduler.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.decay not in ("constant", "linear", "cosine"):
-            raise ValueError(f"lr_scheduler.decay must be constant, linear or cosine, got {self.decay!r}")
+        check_choice("decay", self.decay, Decay, section="lr_scheduler")
 
 
 def lr_factor(step: int, cfg: LRScheduleConfig, total_steps: int) -> float:

@@ -2,7 +2,7 @@
 
 The console script's own function (``lightning-trepo`` = ``python -m lightning_trepo`` =
 ``lightning_trepo.cli.main:main``) runs in-process: a subprocess per algorithm would spend most of its time
-re-importing torch/transformers; tests/test_cli.py covers the ``python -m`` subprocess path itself.
+re-importing torch/transformers; tests/cli/test_main.py covers the ``python -m`` subprocess path itself.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_algorithm_configs_state_only_what_differs_from_base():
 
 
 def test_base_comes_first_and_every_later_config_or_flag_overrides_it(tmp_path):
-    from tests.test_cli import cli_parse_only
+    from tests.cli.test_main import cli_parse_only
 
     trepo = str(ROOT / "configs" / "trepo.yaml")
     base = yaml.safe_load((ROOT / "configs" / "base.yaml").read_text())

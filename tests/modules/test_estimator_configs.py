@@ -13,8 +13,8 @@ import yaml
 from lightning_trepo import GRPO, PPO, REINFORCE, UpdateConfig
 from lightning_trepo.cli.main import main
 from reward_models import FunctionReward
+from tests.cli.test_main import cli
 from tests.helpers import TINY, datamodule, rollout_cfg, trainer
-from tests.test_cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {  # config -> (class, what must reach the module)

@@ -28,10 +28,12 @@ def gae_rollout():
 def test_gae_wiring_hand_checked():
     module = make(UpdateConfig(kl_coef=0.1, kl_estimator="k1"), lam=0.5, whiten_advantages=False)
     rollout = gae_rollout()
-    adv, metrics = module.compute_advantages(rollout, torch.tensor([1.0, 2.0]))
+    out = module.compute_advantages(rollout, torch.tensor([1.0, 2.0]))
+    adv, metrics = out.advantages, out.metrics
+    assert rollout.token_rewards is None and rollout.returns is None  # the hook returns them, it writes nothing
     # token rewards r_t = -0.1*kl_t, plus RM on the last real token
     #   seq 0: [-0.01, -0.02, -0.03 + 1] ; seq 1 (T = 2): [-0.05, -0.0 + 2, 0]
-    torch.testing.assert_close(rollout.token_rewards, torch.tensor([[-0.01, -0.02, 0.97], [-0.05, 2.0, 0.0]]))
+    torch.testing.assert_close(out.token_rewards, torch.tensor([[-0.01, -0.02, 0.97], [-0.05, 2.0, 0.0]]))
     # GAE, gamma = 1, lam = 0.5, V = 0 after the last real token:
     #   seq 0: d2 = 0.97 - (-0.1) = 1.07           A2 = 1.07
     #          d1 = -0.02 + (-0.1) - 0.2 = -0.32   A1 = -0.32 + 0.5*1.07 = 0.215
@@ -42,14 +44,14 @@ def test_gae_wiring_hand_checked():
     torch.testing.assert_close(adv, expected, rtol=0, atol=1e-6)
     # returns R = A + V on real tokens, 0 on padding
     returns = torch.tensor([[0.2975, 0.415, 0.97], [1.15, 2.0, 0.0]])
-    torch.testing.assert_close(rollout.returns, returns, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.returns, returns, rtol=0, atol=1e-6)
     assert metrics["kl/token_mean"].item() == pytest.approx(0.22)  # (0.1+0.2+0.3+0.5+0)/5
 
 
 def test_whitened_advantages_have_zero_mean_unit_variance_on_real_tokens():
     module = make(UpdateConfig(kl_coef=0.1, kl_estimator="k1"), lam=0.5)
     rollout = gae_rollout()
-    adv, _ = module.compute_advantages(rollout, torch.tensor([1.0, 2.0]))
+    adv = module.compute_advantages(rollout, torch.tensor([1.0, 2.0])).advantages
     mask = rollout.completion_mask
     # the SAMPLE variance (divisor n - 1, as verl's masked_whiten and TRL's whiten) is 1 over the 5 real tokens,
     # so the population variance is 4/5
@@ -94,7 +96,9 @@ def test_value_params_in_optimizer_and_value_loss_decreases_on_a_fixed_rollout(v
     rollout = tiny_rollout([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]], group_size=2)
     rollout.old_logprobs, rollout.values = module.behaviour_logprobs(rollout)
     assert torch.equal(rollout.values, torch.zeros(4, 4))  # zero-initialised head
-    rollout.advantages, metrics = module.compute_advantages(rollout, torch.tensor([1.0, -1.0, 0.5, 2.0]))
+    out = module.compute_advantages(rollout, torch.tensor([1.0, -1.0, 0.5, 2.0]))
+    out.write_into(rollout)
+    metrics = out.metrics
     assert "value/explained_variance" in metrics
     before = policy_params(module)
     losses = []

@@ -36,9 +36,9 @@ def test_samples_and_greedy_baseline_scored_in_one_call():
     batch = {"prompts": prompts, "prompt_ids": [module.tokenizer.encode(p) for p in prompts], "metadata": [{}, {}]}
     rollout, metrics = module.make_rollout(batch)
     assert reward.calls == [3 * 2 + 2]  # N = B*G samples + B greedy responses, one call
-    greedy = rollout.baseline
+    greedy = rollout.greedy
     expected_greedy = torch.tensor(char_score(greedy.completions))
-    torch.testing.assert_close(rollout.baseline_rewards, expected_greedy)
+    torch.testing.assert_close(rollout.greedy_rewards, expected_greedy)
     sampled = torch.tensor(char_score(rollout.completions))
     # A_i = r_i - r(greedy response of prompt i // G)
     torch.testing.assert_close(rollout.advantages, sampled - expected_greedy.repeat_interleave(3))

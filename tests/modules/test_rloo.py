@@ -30,7 +30,8 @@ def test_kl_in_reward_hand_derived():
     # per-sequence KL sums over real tokens: 1.2, 0.4, 1.0, 0.0
     # penalised rewards r - 0.5*KL: 0.4, -0.2, 1.5, 2.0
     # leave-one-out with G = 2 (baseline = the other sample): 0.4-(-0.2)=0.6, -0.6, 1.5-2.0=-0.5, 0.5
-    adv, metrics = module.compute_advantages(rollout, rewards)
+    out = module.compute_advantages(rollout, rewards)
+    adv, metrics = out.advantages, out.metrics
     torch.testing.assert_close(adv, torch.tensor([0.6, -0.6, -0.5, 0.5]), rtol=0, atol=1e-6)
     assert metrics["kl/sequence"].item() == pytest.approx(0.65)  # mean of 1.2, 0.4, 1.0, 0.0
 
@@ -39,7 +40,8 @@ def test_kl_in_loss_leaves_rewards_alone():
     module = make(kl_in_reward=False, kl_coef=0.5, kl_estimator="k1")
     rewards = torch.tensor([1.0, 0.0, 2.0, 2.0])
     # plain leave-one-out: 1-0, 0-1, 2-2, 2-2
-    torch.testing.assert_close(module.compute_advantages(kl_rollout(), rewards)[0], torch.tensor([1.0, -1.0, 0.0, 0.0]))
+    torch.testing.assert_close(module.compute_advantages(kl_rollout(), rewards).advantages,
+                               torch.tensor([1.0, -1.0, 0.0, 0.0]))
 
 
 @pytest.mark.parametrize("kl_in_reward", [True, False])
@@ -48,8 +50,8 @@ def test_kl_term_in_the_loss_only_when_not_in_the_reward(kl_in_reward):
     module.configure_model()
     rollout = tiny_rollout([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], group_size=2)
     rollout.old_logprobs, _ = module.behaviour_logprobs(rollout)
-    rollout.ref_logprobs = module.frozen_logprobs(module.ref_model, rollout)
-    rollout.advantages, _ = module.compute_advantages(rollout, torch.tensor([1.0, 0.0, 2.0, 2.0]))
+    rollout.ref_logprobs = module.no_grad_logprobs(module.ref_model, rollout)
+    module.compute_advantages(rollout, torch.tensor([1.0, 0.0, 2.0, 2.0])).write_into(rollout)
     assert ("kl" in module.compute_loss(rollout).metrics) is (not kl_in_reward)
 
 

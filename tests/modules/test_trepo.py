@@ -68,10 +68,10 @@ def test_reward_fixed_by_first_token_puts_all_credit_on_the_first_segment():
 def test_continuations_extend_the_prefix_within_the_same_length_budget():
     torch.manual_seed(2)
     module = make(num_anchors=2, num_continuations=2, max_new_tokens=6)
-    from lightning_trepo.rollout.continuations import request_pairs, sample_continuations
+    from lightning_trepo.rollout.continuations import planned_anchors, request_pairs, sample_continuations
 
     rollout, _ = module.make_rollout(batch(module))
-    positions, valid = module.anchors(rollout)
+    positions, valid = planned_anchors(module.rollout_plan().continuations, rollout)
     rows, cols = request_pairs(valid, fresh_start=False)
     cont = sample_continuations(module.engine, module.policy, rollout, positions, rows, cols, 2,
                                 module.rollout_cfg.sampling)
@@ -158,12 +158,12 @@ def test_no_valid_anchor_still_goes_through_the_engine(monkeypatch):
     # every response ends before the only anchor offset: no continuation is needed, but the engine is still
     # called (a sharded rank must keep joining collectives) and the advantages reduce to RM(W) − Û(0)
     module = make(num_anchors=1, num_continuations=2, anchor_mode="every", anchor_every=5, max_new_tokens=6)
-    from lightning_trepo.rollout.continuations import sample_continuations
+    from lightning_trepo.rollout.continuations import planned_anchors, sample_continuations
 
-    anchors, continue_from, requests = module.anchors, module.engine.continue_from, []
+    continue_from, requests = module.engine.continue_from, []
 
-    def past_the_end(rollout):  # the anchor at offset 5 lies at or after every response's end: it collapses to T
-        positions, valid = anchors(rollout)
+    def past_the_end(plan, rollout):  # the anchor at offset 5 lies at or after every response's end: it collapses to T
+        positions, valid = planned_anchors(plan, rollout)
         positions[:, 1], valid[:, 1] = positions[:, -1], False
         return positions, valid
 
@@ -171,7 +171,7 @@ def test_no_valid_anchor_still_goes_through_the_engine(monkeypatch):
         requests.append(len(prefixes))
         return continue_from(model, prefixes, *args)
 
-    monkeypatch.setattr(module, "anchors", past_the_end)
+    monkeypatch.setattr("lightning_trepo.modules.trepo.planned_anchors", past_the_end)
     monkeypatch.setattr(module.engine, "continue_from", counting)
     rollout, metrics = module.make_rollout(batch(module))
     assert requests == [0] and float(metrics["trepo/continuation_tokens"]) == 0

@@ -100,7 +100,7 @@ def test_greedy_baseline_decodes_within_the_rollout_budget(tiny):
                        greedy_baseline=True)
     rollout = engine.rollout(model, plan, ["1+1=", "22+3="], [tok("1+1=").input_ids, tok("22+3=").input_ids],
                              [{}, {}], torch.device("cpu"))
-    baseline = rollout.baseline
+    baseline = rollout.greedy
     assert rollout.completion_ids.shape[1] == 40
     assert baseline.completion_ids.shape == (2, 40) and bool(baseline.truncated.all())
 

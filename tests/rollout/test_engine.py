@@ -93,8 +93,8 @@ def test_greedy_baseline_is_deterministic(tiny):
     prompts = ["3+4="]
     ids = [tok(prompts[0], add_special_tokens=False).input_ids]
     plan = RolloutPlan(group_size=2, sampling=SamplingConfig(max_new_tokens=6), greedy_baseline=True)
-    a = engine.rollout(model, plan, prompts, ids, [{}], torch.device("cpu")).baseline
-    b = engine.rollout(model, plan, prompts, ids, [{}], torch.device("cpu")).baseline
+    a = engine.rollout(model, plan, prompts, ids, [{}], torch.device("cpu")).greedy
+    b = engine.rollout(model, plan, prompts, ids, [{}], torch.device("cpu")).greedy
     assert a.num_samples == 1 and torch.equal(a.completion_ids, b.completion_ids)
     # greedy = argmax at every step: the first generated token is the argmax of the next-token logits
     p_ids, p_mask = left_pad(ids, 0)

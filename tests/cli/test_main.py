@@ -15,11 +15,11 @@ from lightning_trepo.data import PromptDataModule
 from lightning_trepo.modules.base import RLModule
 from reward_models import Reward
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ALGO_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
 REWARD_CONFIGS = sorted((ROOT / "configs").rglob("rewards/**/*.yaml"))
 DATA_CONFIGS = sorted((ROOT / "configs" / "data").glob("*.yaml"))  # overlays: tests/data/test_own_data.py
-WATCH_CONFIGS = sorted((ROOT / "configs" / "watch").glob("*.yaml"))  # overlays: tests/test_watch.py
+WATCH_CONFIGS = sorted((ROOT / "configs" / "watch").glob("*.yaml"))  # overlays: tests/training/test_watch.py
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml")) if (ROOT / "recipes").exists() else []
 SMALL = ["--trainer.max_steps", "1", "--model.init_args.rollout.group_size", "2", "--data.batch_size", "2"]
 
@@ -119,7 +119,7 @@ def test_row_without_prompt_column_names_the_row(tmp_path):
 
 def test_model_path_that_does_not_exist_names_it(tmp_path):
     # jsonargparse wraps the error raised while instantiating the model; the message keeps ours
-    with pytest.raises((ValueError, FileNotFoundError), match=r"model_path '.*missing-model' does not exist"):
+    with pytest.raises((ValueError, FileNotFoundError), match=r"model_path = '.*missing-model': does not exist"):
         cli(["--config", str(ROOT / "configs" / "grpo.yaml"), "--model.init_args.policy.model_path",
              str(tmp_path / "missing-model")])
 

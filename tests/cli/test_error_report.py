@@ -15,11 +15,13 @@ from lightning_trepo.cli.error_report import DEBUG_ENV
 from lightning_trepo.cli.main import main
 from lightning_trepo.errors import ConfigError, choices
 from lightning_trepo.modules.config import Aggregation, KLEstimator, RolloutConfig
+from lightning_trepo.policy import LoraConfig, PolicyConfig
+from lightning_trepo.policy.models import resolve_model_path
 from lightning_trepo.rollout.engine import SamplingConfig
 from reward_models import NumericAnswer
 from tests.helpers import TINY, rollout_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GRPO_YAML = str(ROOT / "configs" / "grpo.yaml")
 MAX_LINES = 8  # the whole report, banner and debug hint included
 
@@ -41,11 +43,16 @@ def report(capsys, monkeypatch, *args: str) -> str:
 
 @pytest.mark.parametrize("args, expected", [
     (["--model.init_args.policy.model_path", "/no/such/model"],
-     ["model_path '/no/such/model' does not exist", "config key: model.init_args.policy.model_path"]),
+     ["model.init_args.policy.model_path = '/no/such/model'", "does not exist", "accepted: a local Hugging Face"]),
     (["--model.init_args.rollout.sampling.temperature", "0"],
-     ["temperature must be > 0 (got 0.0)", "config key: model.init_args.rollout.sampling.temperature"]),
+     ["model.init_args.rollout.sampling.temperature = 0.0", "accepted: a number > 0"]),
     (["--model.init_args.rollout.sampling.max_new_tokens", "0"],
-     ["max_new_tokens must be >= 1 (got 0)", "config key: model.init_args.rollout.sampling.max_new_tokens"]),
+     ["model.init_args.rollout.sampling.max_new_tokens = 0", "accepted: an integer >= 1"]),
+    (["--model.init_args.rollout.sampling.top_p", "1.5"],
+     ["model.init_args.rollout.sampling.top_p = 1.5", "accepted: a number in (0, 1]"]),
+    (["--model.init_args.policy.torch_dtype", "float8"],
+     ["model.init_args.policy.torch_dtype = 'float8'", "accepted: one of float32, fp32, bfloat16"]),
+    (["--model.init_args.policy.lora", "{r: 0}"], ["model.init_args.policy.lora.r = 0", "accepted: an integer >= 1"]),
     (["--model.init_args.rolout.group_size", "4"],
      ["unknown config key: model.init_args.rolout.group_size (value 4)",
       "did you mean model.init_args.rollout.group_size?"]),
@@ -158,6 +165,16 @@ def reward() -> NumericAnswer:
     (lambda: UpdateConfig(clip_low=1.0), "update.clip_low", "0 <= clip_low < 1"),
     (lambda: UpdateConfig(kl_estimator="k4"), "update.kl_estimator", "k1, k2, k3"),
     (lambda: RolloutConfig(group_size=0), "rollout.group_size", ">= 1"),
+    (lambda: RolloutConfig(logprob_batch=0), "rollout.logprob_batch", ">= 1"),
+    (lambda: SamplingConfig(temperature=0.0), "rollout.sampling.temperature", "> 0"),
+    (lambda: SamplingConfig(top_p=0.0), "rollout.sampling.top_p", "(0, 1]"),
+    (lambda: SamplingConfig(max_new_tokens=0), "rollout.sampling.max_new_tokens", ">= 1"),
+    (lambda: PolicyConfig(torch_dtype="float8"), "policy.torch_dtype", "bfloat16"),
+    (lambda: LoraConfig(r=0), "policy.lora.r", ">= 1"),
+    (lambda: LoraConfig(dropout=1.0), "policy.lora.dropout", "[0, 1)"),
+    (lambda: resolve_model_path("/no/such/model"), "policy.model_path", "local Hugging Face model directory"),
+    (lambda: resolve_model_path("builtin:nope", "policy.tokenizer_path"), "policy.tokenizer_path", "builtin:<name>"),
+    (lambda: resolve_model_path("pkg:no_such_package_here"), "policy.model_path", "pkg:<package>"),
 ])
 def test_cross_field_constraints_are_checked_at_construction(build, key, accepted):
     with pytest.raises(ConfigError) as err:
@@ -209,7 +226,7 @@ def test_run_that_only_produces_nan_updates_stops_with_a_short_message(tmp_path,
     monkeypatch.setattr(sys, "argv", ["lightning-trepo"])
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", GRPO_YAML, "--model.class_path", "tests.test_errors.NaNLossGRPO",
+        main(["fit", "--config", GRPO_YAML, "--model.class_path", "tests.cli.test_error_report.NaNLossGRPO",
               "--model.init_args.policy.model_path", "null", "--model.init_args.rollout.group_size", "2",
               "--data.batch_size", "2", "--trainer.max_steps", "20", "--trainer.logger", "false"])
     err = capsys.readouterr().err.strip()

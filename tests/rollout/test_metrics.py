@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from lightning_trepo import GRPO
-from lightning_trepo.rollout.logging import step_metrics, timed
+from lightning_trepo.rollout.metrics import step_metrics, timed
 from reward_models import FunctionReward
 from reward_models.rollouts import read_rollouts
 from tests.helpers import TINY, rollout_cfg, tiny_rollout
@@ -33,7 +33,7 @@ def test_logged_rollouts_rescore_to_the_trained_rewards(tmp_path):
 
 def test_timed_adds_the_seconds_of_each_phase(monkeypatch):
     clock = iter([10.0, 10.5, 20.0, 20.25])  # two timed bodies: 0.5 s then 0.25 s
-    monkeypatch.setattr("lightning_trepo.rollout.logging.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("lightning_trepo.rollout.metrics.time.perf_counter", lambda: next(clock))
     seconds = {"generate": 1.0}
     with timed(seconds, "score"):
         pass

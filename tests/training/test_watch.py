@@ -13,7 +13,7 @@ from lightning_trepo.cli.main import build_cli, main
 from lightning_trepo.training.callbacks import StepProgressBar
 from lightning_trepo.training.schedule import LRScheduleConfig, lr_factor
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LR = 0.0002  # configs/grpo.yaml's AdamW lr
 # 4 optimizer steps, validation (4 greedy prompts) after steps 2 and 4
 SMALL = ["--trainer.max_steps", "4", "--model.init_args.rollout.group_size", "2", "--data.batch_size", "2",

@@ -1,7 +1,6 @@
 """Per-rollout metrics and the optional JSONL rollout log (re-scorable with `lightning-trepo score`)."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -14,7 +13,7 @@ from torch import Tensor
 
 from lightning_trepo.types import Rollout
 from reward_models.combinators import nan_mean_std
-from reward_models.rollouts import samples_to_rows
+from reward_models.rollouts import write_rollouts
 from reward_models.types import RewardOutput
 
 
@@ -72,7 +71,7 @@ def reward_metrics(rewards: Tensor, components: dict[str, Tensor]) -> dict[str, 
 
 
 class RolloutWriter:
-    """Appends one JSON row per sample in the reward layer's rollout format (re-scorable with
+    """Appends one JSON row per sample with :func:`reward_models.rollouts.write_rollouts` (re-scorable with
     ``lightning-trepo score``): prompt, completion, metadata, completion_ids, group_index (unique across
     steps), reward and per-node metrics, plus the training step."""
 
@@ -87,6 +86,4 @@ class RolloutWriter:
         samples = replace(rollout.to_samples(), group_index=group_index)
         per_sample = {k: v.detach().cpu() for k, v in components.items() if v.dim() and v.shape[0] == len(samples)}
         output = RewardOutput(rewards=rewards.detach().cpu(), metrics=per_sample)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            for row in samples_to_rows(samples, output):
-                fh.write(json.dumps({"step": int(step), **row}, default=str) + "\n")
+        write_rollouts(self.path, samples, output, step=step)

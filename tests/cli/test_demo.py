@@ -13,7 +13,7 @@ from lightning_trepo.rollout.engine import SamplingConfig
 from lightning_trepo.tools.evaluation import evaluate_policy, heldout_rows, mean_pass_at_k, pass_at_k
 from reward_models import NumericAnswer, Reward
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ASSETS / "tiny-arith"
 
 
@@ -120,7 +120,7 @@ def test_plot_writer_makes_a_png_from_a_small_csv(tmp_path):
 
 # ---------------------------------------------------------------- configs
 def test_the_demo_config_starts_from_the_shipped_model_and_validates_on_held_out_prompts():
-    from tests.test_cli import cli_parse_only
+    from tests.cli.test_main import cli_parse_only
 
     cfg = cli_parse_only(["--config", str(ROOT / "configs" / "trepo.yaml")])  # configs/base.yaml comes first
     assert cfg.model.class_path == "lightning_trepo.TRePO"

@@ -21,7 +21,7 @@ from lightning_trepo.training.checkpoints import PeriodicCheckpoint, check_reada
 from reward_models import FunctionReward, Normalize
 from tests.helpers import TINY, datamodule, policy_params, rollout_cfg, trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def grpo(group_size: int = 2, cls=GRPO, **kw) -> GRPO:
@@ -217,7 +217,7 @@ def _console(tmp_path: Path, save_dir: str, *extra: str) -> subprocess.Completed
     overlay = tmp_path / f"{save_dir}.yaml"
     callbacks = []  # the periodic checkpoint is the CLI's own (crash_safety), whatever trainer.callbacks lists
     if "--kill" in extra:
-        callbacks.append({"class_path": "tests.test_checkpointing.KillAt", "init_args": {"step": 5}})
+        callbacks.append({"class_path": "tests.training.test_checkpoints.KillAt", "init_args": {"step": 5}})
         extra = tuple(e for e in extra if e != "--kill")
     reward = {"class_path": "reward_models.FunctionReward", "init_args": {"fn": "tests.modules.rewards.length_reward"}}
     overlay.write_text(

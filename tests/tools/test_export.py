@@ -17,7 +17,7 @@ from lightning_trepo.tools.export import export_checkpoint, find_checkpoint
 from reward_models import FunctionReward, NumericAnswer
 from tests.helpers import TINY, datamodule, rollout_cfg, trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REWARD = "tests.modules.rewards.length_reward"
 LORA = LoraConfig(r=4, alpha=8.0, target_modules=["c_attn", "c_fc"])
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [12, 13, 3, 40, 41, 42, 43]])
