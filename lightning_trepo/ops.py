@@ -51,6 +51,12 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
     return torch.where(mask.bool(), out, torch.zeros_like(out))
 
 
+def mask_positions(attention_mask: Tensor) -> Tensor:
+    """Position ids that follow an (N, T) attention mask: a left-padded row's first real token is at 0, as in an
+    unpadded row (padding gets 0 too)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
     """log softmax(logits / T)[token] per position. logits (..., V), tokens (...) -> (...).
 

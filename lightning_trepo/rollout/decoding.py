@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_trepo.ops import mask_positions
+
 Decoder = Literal["auto", "eager", "static", "native"]
 DECODERS: tuple[str, ...] = get_args(Decoder)
 
@@ -110,7 +112,7 @@ def prefill_shared_prefix(model: nn.Module, ids: Tensor, mask: Tensor, repeats: 
     ``repeats`` continuations each; returns the cache and the (R * repeats, P) ids and mask to decode from."""
     name = cache_argument(model)
     head_ids, head_mask = ids[:, :-1], mask[:, :-1]
-    position_ids = (head_mask.cumsum(-1) - 1).clamp(min=0)
+    position_ids = mask_positions(head_mask)
     out = model(input_ids=head_ids, attention_mask=head_mask, position_ids=position_ids, use_cache=True,
                 logits_to_keep=1)
     cache = getattr(out, name, None)
@@ -165,7 +167,7 @@ def native_decode(model: nn.Module, ids: Tensor, mask: Tensor, sampling: Any, gr
 
     name = cache_argument(model)
     cache = cache if cache is not None else DynamicCache()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = mask_positions(mask)
     start = cache.get_seq_length()
     feed, feed_pos = ids[:, start:], positions[:, start:]
     eos = torch.tensor(eos_ids, device=ids.device)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_trepo.ops import entropy_from_logits, token_logprobs
+from lightning_trepo.ops import entropy_from_logits, mask_positions, token_logprobs
 
 CHUNK_BYTES = 1 << 28  # one chunk's fp32 logits on an accelerator: 256 MiB
 # on the CPU: 24 MiB, below glibc's largest mmap threshold (32 MiB), so each chunk's buffers come back from the heap
@@ -191,28 +191,25 @@ def prompt_cache_supported(model: Any) -> bool:
     return config is not None and not getattr(config, "is_encoder_decoder", False) and not getattr(base, flag, False)
 
 
-def _positions(attention: Tensor) -> Tensor:
-    return (attention.cumsum(-1) - 1).clamp(min=0)
-
-
-def prompt_prefix_cache(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, cache_kw: str) -> tuple[Any, int] | None:
+def prompt_prefix_cache(model: Any, prompt_ids: Tensor, prompt_mask: Tensor,
+                        cache_kw: str) -> tuple[Any, int, str] | None:
     """ONE forward of each distinct prompt minus its last token (:func:`shared_prompt_groups`), its KV cache then
     gathered back to all N rows (autograd flows through the gather, so each prompt's backward also runs once).
     ``cache_kw``: the keyword the model takes and returns its cache by (``decoding.cache_argument``). Returns the
-    cache and the number of prompt columns it holds, or None when no rows share a prompt or the model hands back no
-    cache that can be gathered."""
+    ``prefix`` of :func:`completion_logits` (the cache, the prompt columns it holds, ``cache_kw``), or None when no
+    rows share a prompt or the model hands back no cache that can be gathered."""
     groups = shared_prompt_groups(prompt_ids, prompt_mask)
     if groups is None:
         return None
     first, inverse = groups
     head_ids, head_mask = prompt_ids[first, :-1], prompt_mask[first, :-1].long()
-    out = model(input_ids=head_ids, attention_mask=head_mask, position_ids=_positions(head_mask), use_cache=True,
+    out = model(input_ids=head_ids, attention_mask=head_mask, position_ids=mask_positions(head_mask), use_cache=True,
                 logits_to_keep=1)
     cache = getattr(out, cache_kw, None)
     if cache is None or not hasattr(cache, "batch_select_indices") or cache.get_seq_length() != head_ids.shape[1]:
         return None
     cache.batch_select_indices(inverse)
-    return cache, head_ids.shape[1]
+    return cache, head_ids.shape[1], cache_kw
 
 
 def completion_logits(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
@@ -226,7 +223,7 @@ def completion_logits(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, compl
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention = torch.cat([prompt_mask, completion_mask], dim=1).long()
-    position_ids = _positions(attention)
+    position_ids = mask_positions(attention)
     length = completion_ids.shape[1]
     if prefix is None:
         out = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
@@ -250,8 +247,7 @@ def sequence_logprobs(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, compl
     group's G samples) run it once (:func:`prompt_prefix_cache`). Same values as the plain pass up to rounding.
     """
     head = head if head is not None else fused_head_supported(model)
-    cached = prompt_prefix_cache(model, prompt_ids, prompt_mask, prompt_cache_kw) if prompt_cache_kw else None
-    prefix = (*cached, prompt_cache_kw) if cached is not None and prompt_cache_kw else None
+    prefix = prompt_prefix_cache(model, prompt_ids, prompt_mask, prompt_cache_kw) if prompt_cache_kw else None
     if head is not None:
         with fused_head_logprobs(head, completion_ids, temperature, with_entropy) as extra:
             logprobs = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, prefix)
