@@ -32,6 +32,16 @@ def test_two_steps_change_the_policy_and_log_metrics(tmp_path):
                 "completion/length_max", "completion/truncated_frac", "loss/policy", "entropy", "time/generate",
                 "time/score", "perf/tokens_per_s", "clip_frac"):
         assert any(k.startswith(key) for k in t.callback_metrics), key
+    # the logged values of the last step, re-derived from its rollout: decode each completion and score it by hand
+    rollout, logged = module._rollout, t.callback_metrics
+    lengths = rollout.completion_mask.sum(1)
+    texts = [module.tokenizer.decode(ids[:n], skip_special_tokens=True)
+             for ids, n in zip(rollout.completion_ids.tolist(), lengths.tolist(), strict=True)]
+    rewards = torch.tensor([sum(map(ord, c)) / max(len(c), 1) / 100.0 for c in texts])
+    torch.testing.assert_close(logged["reward/total"], rewards.mean(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(logged["reward/total_std"], rewards.std(correction=0), atol=1e-6, rtol=0)  # population
+    assert logged["completion/length_mean"] == lengths.float().mean()
+    assert logged["completion/length_max"] == lengths.max()
 
 
 def test_no_reference_model_unless_kl():
