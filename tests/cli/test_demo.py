@@ -1,8 +1,11 @@
 """The embedded default: shipped tiny-arith weights, evaluation helpers, plot writer, demo pipeline, configs."""
 from __future__ import annotations
 
+import ast
+import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -134,16 +137,33 @@ def test_demo_pipeline_two_steps(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     from lightning_trepo.cli.demo import run
 
-    results = run(["--max-steps", "2", "--eval-size", "8", "--num-samples", "2", "--show", "3",
+    results = run(["--max-steps", "2", "--eval-size", "8", "--num-samples", "2", "--show", "8",
                    "--save-dir", str(tmp_path), "--", "--trainer.val_check_interval", "1",
                    "--data.val_source.init_args.size", "8", "--data.batch_size", "2",
                    "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"])
     log_dir = Path(results["log_dir"])
     assert results["steps"] == 2 and set(results["before"]) >= {"greedy_accuracy", "pass@1", "pass@2"}
     assert Path(results["plot"]).read_bytes()[:4] == b"\x89PNG"
-    assert (log_dir / "samples.md").read_text().count("- prompt") == 3
-    header = (log_dir / "metrics.csv").read_text().splitlines()[0]
-    assert "val/accuracy" in header and "reward/total" in header
+    # every held-out row, scored by hand from its operands: the marks, and both accuracies the demo reports
+    lines = [ln for ln in (log_dir / "samples.md").read_text().splitlines() if ln.startswith("- prompt")]
+    assert len(lines) == 8
+    solved = {"before": [], "after": []}
+    for line in lines:
+        m = re.match(r"- prompt `(.+?)` answer `(\d+)`: before `(.+?)` \((ok|wrong)\) -> after `(.+?)` \((ok|wrong)\)",
+                     line)
+        assert m, line
+        a, b = (int(x) for x in ast.literal_eval(m[1]).rstrip("=").split("+"))
+        assert m[2] == str(a + b)
+        for when, text, mark in (("before", m[3], m[4]), ("after", m[5], m[6])):
+            ok = ast.literal_eval(text).strip() == str(a + b)
+            assert mark == ("ok" if ok else "wrong"), line
+            solved[when].append(ok)
+    assert results["before"]["greedy_accuracy"] == pytest.approx(sum(solved["before"]) / 8)
+    assert results["after"]["greedy_accuracy"] == pytest.approx(sum(solved["after"]) / 8)
+    # the trainer's last validation ran on the same 8 prompts with the same final weights, greedy: same accuracy
+    with open(log_dir / "metrics.csv", newline="") as f:
+        val = [float(r["val/accuracy"]) for r in csv.DictReader(f) if r.get("val/accuracy")]
+    assert len(val) == 2 and val[-1] == pytest.approx(results["after"]["greedy_accuracy"])
     assert capsys.readouterr().out.rstrip().splitlines()[-1] == f"plot: {results['plot']}"
 
 

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_trepo.cli.main import TrepoCLI
@@ -71,21 +73,60 @@ def cli_parse_only(args: list[str]):
 
 @pytest.mark.slow  # a subprocess: a fresh interpreter imports lightning and transformers (seconds of startup)
 def test_fit_smoke_through_console_script(tmp_path):
+    # two GRPO steps of 2 prompts x 2 samples through `python -m lightning_trepo fit`; every logged figure is
+    # re-derived by hand from the rollout log (the addition operands, the token ids), not looked up
+    rollouts = tmp_path / "rollouts.jsonl"
     cmd = [sys.executable, "-m", "lightning_trepo", "fit", "--config", str(ROOT / "configs" / "grpo.yaml"), *SMALL,
+           "--trainer.max_steps", "2", "--model.init_args.rollout.log_path", str(rollouts),
            "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")]
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "step     1 | reward/total=" in res.stdout + res.stderr
-    metrics = list((tmp_path / "runs").rglob("metrics.csv"))
-    assert metrics and "reward/total" in metrics[0].read_text().splitlines()[0]
+    rows = [json.loads(line) for line in rollouts.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0] * 4 + [1] * 4
+    assert [r["group_index"] for r in rows] == [0, 0, 1, 1, 2, 2, 3, 3]
+    csv_rows = [r for r in _csv(next((tmp_path / "runs").rglob("metrics.csv"))) if r.get("reward/total")]
+    console = [float(v) for v in re.findall(r"step +\d+ \| reward/total=([-\d.]+)", res.stdout + res.stderr)]
+    assert len(csv_rows) == 2 and len(console) == 2
+    mixed = False
+    for step, logged in enumerate(csv_rows):
+        group_rows = [r for r in rows if r["step"] == step]
+        a, b = group_rows[0]["metadata"]["operands"]
+        rewards = [float(r["completion"].strip() == str(sum(r["metadata"]["operands"]))) for r in group_rows]
+        assert [r["reward"] for r in group_rows] == rewards and group_rows[0]["metadata"]["answer"] == str(a + b)
+        lengths = [len(r["completion_ids"]) for r in group_rows]  # the tokens sampled, EOS included
+        assert float(logged["reward/total"]) == pytest.approx(sum(rewards) / 4, abs=1e-6)
+        assert console[step] == pytest.approx(sum(rewards) / 4, abs=1e-4)
+        assert float(logged["completion/length_mean"]) == pytest.approx(sum(lengths) / 4, abs=1e-6)
+        # on-policy GRPO (ratio 1): loss = -sum_i A_i L_i / sum_i L_i, A = (r - mean) / (sample std + 1e-6) per group
+        adv = []
+        for g in (rewards[:2], rewards[2:]):
+            mean, std = sum(g) / 2, (sum((x - sum(g) / 2) ** 2 for x in g)) ** 0.5  # n - 1 = 1
+            adv += [(x - mean) / (std + 1e-6) for x in g]
+            mixed |= g[0] != g[1]
+        expected = -sum(x * n for x, n in zip(adv, lengths, strict=True)) / sum(lengths)
+        assert float(logged["loss/policy"]) == pytest.approx(expected, abs=1e-6)
     last = list((tmp_path / "runs").rglob("last.ckpt"))
     assert last, "fit leaves its final state even when it stops between validations"
     from lightning_trepo import GRPO
     from reward_models import NumericAnswer
 
     reloaded = GRPO.load_from_checkpoint(last[0])  # the checkpoint carries the reward tree's config
-    assert reloaded.rollout_cfg.group_size == 2 and reloaded.policy is not None
-    assert isinstance(reloaded.reward, NumericAnswer)
+    assert reloaded.rollout_cfg.group_size == 2 and isinstance(reloaded.reward, NumericAnswer)
+    assert torch.load(last[0], map_location="cpu", weights_only=False)["global_step"] == 2
+    start = cli(["--config", str(ROOT / "configs" / "grpo.yaml")]).model
+    start.configure_model()
+    trained = reloaded.state_dict()
+    changed = any(not torch.equal(v, trained[k]) for k, v in start.state_dict().items())
+    # no KL and no weight decay: a step whose groups all score alike has zero advantages, a zero gradient and a
+    # zero AdamW update, so the weights move if and only if some group had mixed rewards
+    assert changed == mixed
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_swap_algorithm_keeps_applicable_init_args():
