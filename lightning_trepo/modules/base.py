@@ -261,7 +261,15 @@ class RLModule(LightningModule):
     def policy_logprobs(self, batch: Rollout, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
         return sequence_logprobs(self.policy, batch.prompt_ids, batch.prompt_mask, batch.completion_ids,
                                  batch.completion_mask, self.rollout_cfg.sampling.temperature, with_entropy,
-                                 prompt_cache_kw=self.prompt_cache_kw(self.policy))
+                                 prompt_cache_kw=self.prompt_cache_kw(self.policy),
+                                 max_buckets=self.length_buckets())
+
+    def length_buckets(self) -> int:
+        """``update.length_buckets`` for this pass: 1 for a pass with gradients through sharded parameters (FSDP2 /
+        ZeRO-3 gather and free the weights around each forward, so the loss pass stays one forward)."""
+        if torch.is_grad_enabled() and (self._params_sharded() or has_sharded_params(self.policy)):
+            return 1
+        return self.update_cfg.length_buckets
 
     def prompt_cache_kw(self, model: torch.nn.Module) -> str | None:
         """The KV-cache keyword by which ``model``'s log-prob passes share each prompt across its rows
@@ -286,7 +294,8 @@ class RLModule(LightningModule):
                 idx = torch.arange(start, min(start + size, rollout.num_samples), device=rollout.completion_ids.device)
                 mb = rollout.select(idx)
                 lp, _ = sequence_logprobs(model, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask,
-                                          self.rollout_cfg.sampling.temperature, prompt_cache_kw=cache_kw)
+                                          self.rollout_cfg.sampling.temperature, prompt_cache_kw=cache_kw,
+                                          max_buckets=self.update_cfg.length_buckets)
                 parts.append(lp)
         return torch.cat(parts)
 

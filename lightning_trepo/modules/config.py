@@ -136,10 +136,16 @@ class UpdateConfig:
     in the loss pass, its backward) across the rows that sample from it, a group's G samples; the same log-probs and
     gradients up to float rounding. Off without a decoder-only model that keeps a cache, under gradient
     checkpointing, and for the loss pass with sharded parameters (FSDP2, ZeRO-3); false = one full forward per row."""
+    length_buckets: int = 3
+    """The log-prob passes run the rows in up to this many forwards of whole groups, each padded only to its own
+    longest completion, when that saves at least 10% of the padded tokens (one rambling response otherwise makes
+    every row pay for its length); the same log-probs up to float rounding. Not for the loss pass with sharded
+    parameters (FSDP2, ZeRO-3: one forward per backward). 1 = one forward padded to the longest row."""
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "update.epochs", self.epochs, "an integer >= 1")
         require(self.num_minibatches >= 1, "update.num_minibatches", self.num_minibatches, "an integer >= 1")
+        require(self.length_buckets >= 1, "update.length_buckets", self.length_buckets, "an integer >= 1")
         require(0.0 <= self.clip_low < 1.0, "update.clip_low", self.clip_low, "0 <= clip_low < 1",
                 "the ratio clip 1 - clip_low must stay positive")
         require(self.clip_high >= 0.0, "update.clip_high", self.clip_high, "a number >= 0")

@@ -235,17 +235,70 @@ def completion_logits(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, compl
     return out.logits[:, -length - 1:-1]
 
 
+def length_buckets(lengths: Tensor, groups: Tensor, max_buckets: int, min_saving: float = 0.1) -> list[Tensor]:
+    """Split rows into at most ``max_buckets`` sets of whole groups, each to be padded only to its own longest row.
+
+    ``lengths`` (N,) completion lengths, ``groups`` (N,) a group id per row (rows sharing a prompt stay together, so
+    each bucket still runs every prompt once). Groups sorted by their longest row are cut into contiguous buckets
+    that minimise the padded tokens Σ_b rows_b · longest_b (dynamic programming); a split is kept only when it
+    saves at least ``min_saving`` of the single pass's rows · longest. Returns row indices per bucket, longest
+    first; one bucket holding every row when no split pays."""
+    every = [torch.arange(lengths.shape[0], device=lengths.device)]
+    if max_buckets < 2 or lengths.shape[0] < 2:
+        return every
+    ids, inverse = torch.unique(groups, return_inverse=True)
+    longest = torch.zeros(ids.shape[0], dtype=lengths.dtype, device=lengths.device).scatter_reduce(
+        0, inverse, lengths, "amax", include_self=False)
+    order = torch.argsort(longest, descending=True, stable=True)
+    size = torch.bincount(inverse, minlength=ids.shape[0])[order].tolist()
+    top, n = longest[order].tolist(), int(ids.shape[0])
+    # cost[k][j]: least padded tokens of the first j sorted groups in k buckets; cut[k][j]: where the last one starts
+    inf = float("inf")
+    cost = [[0.0] + [inf] * n for _ in range(max_buckets + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_buckets + 1)]
+    for k in range(1, max_buckets + 1):
+        for j in range(1, n + 1):
+            rows = 0
+            for i in range(j, 0, -1):  # the last bucket holds sorted groups i-1 .. j-1, its longest is top[i-1]
+                rows += size[i - 1]
+                c = cost[k - 1][i - 1] + rows * top[i - 1]
+                if c < cost[k][j]:
+                    cost[k][j], cut[k][j] = c, i - 1
+    k = min(range(1, max_buckets + 1), key=lambda b: (cost[b][n], b))
+    if cost[k][n] > (1 - min_saving) * cost[1][n]:
+        return every
+    bounds, j = [], n
+    for level in range(k, 0, -1):
+        bounds.append((cut[level][j], j))
+        j = cut[level][j]
+    sorted_groups = order.tolist()
+    out = []
+    for lo, hi in reversed(bounds):
+        members = torch.tensor(sorted_groups[lo:hi], device=lengths.device)
+        out.append(torch.isin(inverse, members).nonzero(as_tuple=True)[0])
+    return [b for b in out if b.numel()]
+
+
 def sequence_logprobs(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                       completion_mask: Tensor, temperature: float = 1.0, with_entropy: bool = False,
-                      head: nn.Module | None = None,
-                      prompt_cache_kw: str | None = None) -> tuple[Tensor, Tensor | None]:
+                      head: nn.Module | None = None, prompt_cache_kw: str | None = None,
+                      max_buckets: int = 1) -> tuple[Tensor, Tensor | None]:
     """Per-token log π(w_t | prefix) at the sampling temperature, (N, L), and optionally the (detached) entropy.
 
     When the model's LM head is a plain linear layer (``head``, found on ``model`` when not given), the log-probs
     come from the hidden states chunk by chunk (above): no (N, L, V) logits. ``prompt_cache_kw`` (the keyword the
     model takes its KV cache by; the caller checks :func:`prompt_cache_supported`): rows with the same prompt (a
-    group's G samples) run it once (:func:`prompt_prefix_cache`). Same values as the plain pass up to rounding.
+    group's G samples) run it once (:func:`prompt_prefix_cache`). ``max_buckets`` > 1: the rows run in up to that
+    many forwards of whole groups, each padded only to its own longest completion (:func:`length_buckets`), so one
+    long response no longer makes every row pay for its length. Same values as the plain pass up to rounding.
     """
+    if max_buckets > 1:
+        shared = shared_prompt_groups(prompt_ids, prompt_mask)
+        groups = shared[1] if shared is not None else torch.arange(prompt_ids.shape[0], device=prompt_ids.device)
+        buckets = length_buckets(completion_mask.sum(dim=1), groups, max_buckets)
+        if len(buckets) > 1:
+            return _bucketed_logprobs(buckets, model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                      temperature, with_entropy, head, prompt_cache_kw)
     head = head if head is not None else fused_head_supported(model)
     prefix = prompt_prefix_cache(model, prompt_ids, prompt_mask, prompt_cache_kw) if prompt_cache_kw else None
     if head is not None:
@@ -256,3 +309,21 @@ def sequence_logprobs(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, compl
     logprobs = token_logprobs(logits, completion_ids, temperature) * completion_mask
     entropy = entropy_from_logits(logits.detach(), temperature) if with_entropy else None
     return logprobs, entropy
+
+
+def _bucketed_logprobs(buckets: list[Tensor], model: Any, prompt_ids: Tensor, prompt_mask: Tensor,
+                       completion_ids: Tensor, completion_mask: Tensor, temperature: float, with_entropy: bool,
+                       head: nn.Module | None, prompt_cache_kw: str | None) -> tuple[Tensor, Tensor | None]:
+    """:func:`sequence_logprobs` per bucket of rows, trimmed to the bucket's longest completion, back in row order."""
+    width = completion_ids.shape[1]
+    parts, entropies = [], []
+    for rows in buckets:
+        cols = int(completion_mask[rows].sum(dim=1).max().clamp(min=1))
+        lp, ent = sequence_logprobs(model, prompt_ids[rows], prompt_mask[rows], completion_ids[rows, :cols],
+                                    completion_mask[rows, :cols], temperature, with_entropy, head, prompt_cache_kw)
+        parts.append(F.pad(lp, (0, width - cols)))
+        if ent is not None:
+            entropies.append(F.pad(ent, (0, width - cols)))
+    back = torch.argsort(torch.cat(buckets))  # bucket order -> row order
+    entropy = torch.cat(entropies)[back] if entropies else None
+    return torch.cat(parts)[back], entropy
