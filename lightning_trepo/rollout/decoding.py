@@ -162,21 +162,27 @@ def native_decode(model: nn.Module, ids: Tensor, mask: Tensor, sampling: Any, gr
                   eos_ids: list[int], cache: Any = None) -> Tensor:
     """Decode (N, P) left-padded prompts with a KV cache, one forward per new token; returns (N, new) tokens, pad
     after a row's EOS, stopping early once every row has ended (``sampling.stop_at_eos``). ``cache``: a KV cache
-    already holding the first ``cache.get_seq_length()`` positions of ``ids`` (shared-prefix continuations)."""
+    already holding the first ``cache.get_seq_length()`` positions of ``ids`` (shared-prefix continuations).
+
+    Rows that have ended leave the batch (their cache rows too) once they are an eighth of it, so one long response
+    no longer makes every finished row pay a forward per token. Each row's tokens are drawn as before: greedy
+    tokens are identical, and sampled ones follow the same law (one uniform per live row and step)."""
     from transformers import DynamicCache
 
     name = cache_argument(model)
     cache = cache if cache is not None else DynamicCache()
+    can_drop = sampling.stop_at_eos and hasattr(cache, "batch_select_indices")
     positions = mask_positions(mask)
     start = cache.get_seq_length()
     feed, feed_pos = ids[:, start:], positions[:, start:]
     eos = torch.tensor(eos_ids, device=ids.device)
+    live = torch.arange(ids.shape[0], device=ids.device)  # which original row each batch row is
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    tokens: list[Tensor] = []
+    out = torch.full((ids.shape[0], sampling.max_new_tokens), pad_id, dtype=ids.dtype, device=ids.device)
+    steps = 0
     for step in range(sampling.max_new_tokens):
-        out = model(input_ids=feed, attention_mask=mask, position_ids=feed_pos, use_cache=True, logits_to_keep=1,
-                    **{name: cache})
-        logits = out.logits[:, -1].float()
+        logits = model(input_ids=feed, attention_mask=mask, position_ids=feed_pos, use_cache=True, logits_to_keep=1,
+                       **{name: cache}).logits[:, -1].float()
         if not sampling.stop_at_eos:  # generate's min_new_tokens = budget: EOS is never sampled
             logits[:, eos] = -float("inf")
         if greedy:
@@ -184,10 +190,15 @@ def native_decode(model: nn.Module, ids: Tensor, mask: Tensor, sampling: Any, gr
         else:
             token = sample_inverse_cdf(filter_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p))
         token = token.masked_fill(done, pad_id)
-        tokens.append(token)
+        out[live, step] = token
+        steps = step + 1
         done |= torch.isin(token, eos)
         if (sampling.stop_at_eos and bool(done.all())) or step + 1 == sampling.max_new_tokens:
             break
         feed, feed_pos = token[:, None], feed_pos[:, -1:] + 1
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-    return torch.stack(tokens, dim=1)
+        if can_drop and int(done.sum()) >= max(1, done.shape[0] // 8):
+            keep = (~done).nonzero(as_tuple=True)[0]
+            cache.batch_select_indices(keep)
+            live, done, feed, feed_pos, mask = live[keep], done[keep], feed[keep], feed_pos[keep], mask[keep]
+    return out[:, :steps]

@@ -278,3 +278,24 @@ def test_native_decoder_failure_falls_back_to_generate_under_auto(tiny, monkeypa
     assert engine.native_failure == "RuntimeError: no cache"
     with pytest.raises(RuntimeError, match="no cache"):
         RolloutEngine(tok, decoder="native").generate(model, ids, mask, greedy, greedy=True)
+
+
+def test_native_decoding_drops_rows_that_have_ended():
+    # rows that emitted EOS leave the batch (with their cache rows): later forwards run fewer rows, and every row's
+    # greedy tokens are still generate's
+    model, tok = load_policy(PolicyConfig(model_path="builtin:tiny-arith"))  # trained: it answers, then EOS
+    model.eval()
+    ids, mask = _prompts(tok, ["12+7=", "3+4=", "55+55=", "8+1=", "70+40=", "1+2="])
+    greedy = SamplingConfig(max_new_tokens=30)
+    rows: list[int] = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    native = RolloutEngine(tok, decoder="native").generate(model, ids, mask, greedy, greedy=True)
+    hook.remove()
+    eager = RolloutEngine(tok, decoder="eager").generate(model, ids, mask, greedy, greedy=True)
+    assert torch.equal(native.completion_ids, eager.completion_ids)
+    lengths = native.completion_mask.sum(dim=1)
+    assert len(set(lengths.tolist())) > 1  # the rows end at different steps
+    assert rows == sorted(rows, reverse=True) and rows[0] == 6
+    # a row ends at the step it emits EOS (its length), and leaves before the next forward: forward t runs the
+    # rows longer than t (the first drop threshold is one row: 6 // 8 = 0 -> 1)
+    assert rows == [int((lengths > t).sum()) for t in range(len(rows))]
