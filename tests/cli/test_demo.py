@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ast
-import csv
 import json
 import math
 import re
@@ -161,8 +160,9 @@ def test_demo_pipeline_two_steps(tmp_path, capsys):
     assert results["before"]["greedy_accuracy"] == pytest.approx(sum(solved["before"]) / 8)
     assert results["after"]["greedy_accuracy"] == pytest.approx(sum(solved["after"]) / 8)
     # the trainer's last validation ran on the same 8 prompts with the same final weights, greedy: same accuracy
-    with open(log_dir / "metrics.csv", newline="") as f:
-        val = [float(r["val/accuracy"]) for r in csv.DictReader(f) if r.get("val/accuracy")]
+    from lightning_trepo.tools.plots import read_metrics
+
+    val = [r["val/accuracy"] for r in read_metrics(log_dir / "metrics.csv") if "val/accuracy" in r]
     assert len(val) == 2 and val[-1] == pytest.approx(results["after"]["greedy_accuracy"])
     assert capsys.readouterr().out.rstrip().splitlines()[-1] == f"plot: {results['plot']}"
 

@@ -15,6 +15,7 @@ import yaml
 from lightning_trepo.cli.main import TrepoCLI
 from lightning_trepo.data import PromptDataModule
 from lightning_trepo.modules.base import RLModule
+from lightning_trepo.tools.plots import read_metrics
 from reward_models import Reward
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +85,7 @@ def test_fit_smoke_through_console_script(tmp_path):
     rows = [json.loads(line) for line in rollouts.read_text().splitlines()]
     assert [r["step"] for r in rows] == [0] * 4 + [1] * 4
     assert [r["group_index"] for r in rows] == [0, 0, 1, 1, 2, 2, 3, 3]
-    csv_rows = [r for r in _csv(next((tmp_path / "runs").rglob("metrics.csv"))) if r.get("reward/total")]
+    csv_rows = [r for r in read_metrics(next((tmp_path / "runs").rglob("metrics.csv"))) if "reward/total" in r]
     console = [float(v) for v in re.findall(r"step +\d+ \| reward/total=([-\d.]+)", res.stdout + res.stderr)]
     assert len(csv_rows) == 2 and len(console) == 2
     mixed = False
@@ -120,13 +121,6 @@ def test_fit_smoke_through_console_script(tmp_path):
     # no KL and no weight decay: a step whose groups all score alike has zero advantages, a zero gradient and a
     # zero AdamW update, so the weights move if and only if some group had mixed rewards
     assert changed == mixed
-
-
-def _csv(path: Path) -> list[dict[str, str]]:
-    import csv
-
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_swap_algorithm_keeps_applicable_init_args():

@@ -3,13 +3,13 @@
 Lightning's own launcher starts the second rank by re-running the same command line."""
 from __future__ import annotations
 
-import csv
 import json
 import sys
 
 import pytest
 import torch
 
+from lightning_trepo.tools.plots import read_metrics
 from tests.distributed.launch import ROOT, base_env, run_command
 
 pytestmark = pytest.mark.distributed
@@ -46,16 +46,11 @@ def test_trepo_with_ddp_recipe_trains_on_two_cpu_processes(tmp_path):
         assert r["reward"] == float(r["completion"].strip() == str(sum(r["metadata"]["operands"])))
     # reward/total is the mean over both ranks (sync_dist): what it implies for rank 1 must be a mean of 4 binary
     # rewards
-    logged = [float(r["reward/total"]) for r in _csv(metrics[0]) if r.get("reward/total")]
+    logged = [r["reward/total"] for r in read_metrics(metrics[0]) if "reward/total" in r]
     assert len(logged) == 2
     for step, total in enumerate(logged):
         rank0 = sum(r["reward"] for r in rows if r["step"] == step) / 4
         rank1 = 2 * total - rank0
         assert 0 <= rank1 <= 1 and abs(rank1 * 4 - round(rank1 * 4)) < 1e-5, (step, total, rank0)
-    accuracy = [float(r["val/accuracy"]) for r in _csv(metrics[0]) if r.get("val/accuracy")]
+    accuracy = [r["val/accuracy"] for r in read_metrics(metrics[0]) if "val/accuracy" in r]
     assert len(accuracy) == 1 and abs(accuracy[0] * 8 - round(accuracy[0] * 8)) < 1e-5  # 4 greedy prompts a rank
-
-
-def _csv(path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
