@@ -19,14 +19,13 @@ TOKEN = "tok-serve-process-7"
 READ_TIMEOUT, CAP = 1.5, 60
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """One serve-reward process (RegexFormat 'ok'), read timeout 1.5 s, at most 60 connections."""
-    config = tmp_path_factory.mktemp("serve") / "regex.yaml"
+def _serve(directory: Path, read_timeout: float, cap: int):
+    """Start one serve-reward process (RegexFormat 'ok'); yields (url, (host, port), proc)."""
+    config = directory / "regex.yaml"
     config.write_text("class_path: reward_models.RegexFormat\ninit_args:\n  pattern: ok\n")
     env = {**os.environ, TOKEN_ENV: TOKEN, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "reward_models.cli", "serve-reward", "--config", str(config),
-                             "--port", "0", "--read-timeout", str(READ_TIMEOUT), "--max-connections", str(CAP)],
+                             "--port", "0", "--read-timeout", str(read_timeout), "--max-connections", str(cap)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
     try:
         line = proc.stdout.readline()
@@ -37,6 +36,19 @@ def served(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One serve-reward process, read timeout 1.5 s, at most 60 connections."""
+    yield from _serve(tmp_path_factory.mktemp("serve"), READ_TIMEOUT, CAP)
+
+
+@pytest.fixture
+def capped(tmp_path):
+    """A fresh process of its own, so that no earlier test's connections still count against the cap, with a
+    30 s read timeout, so that the reaper cannot free a slot while the cap is being tested on a loaded machine."""
+    yield from _serve(tmp_path, 30.0, CAP)
 
 
 def legit(url: str, monkeypatch, n: int = 10) -> list[list[float]]:
@@ -86,19 +98,27 @@ def test_fifty_slow_clients_do_not_starve_legit_ones(served, monkeypatch):
     assert proc.poll() is None
 
 
-def test_connections_beyond_the_cap_get_503(served, monkeypatch):
-    url, addr, _ = served
-    idle = [socket.create_connection(addr, timeout=5) for _ in range(CAP)]
+def test_connections_beyond_the_cap_get_503(capped, monkeypatch):
+    url, addr, _ = capped
+    idle = [socket.create_connection(addr, timeout=10) for _ in range(CAP)]
     try:
-        time.sleep(0.3)  # accepted: every one holds a handler thread, waiting for its request line
-        with socket.create_connection(addr, timeout=5) as extra:
-            answer = extra.recv(4096)
+        # the server accepts in order: these 60 take every slot (each a handler thread waiting for its request
+        # line) before it reaches the next connection, however long a loaded machine takes to get there
+        with socket.create_connection(addr, timeout=10) as extra:
+            answer = _answer(extra)
         assert answer.startswith(b"HTTP/1.0 503") and b"60 connections open" in answer, answer[:80]
     finally:
         for sock in idle:
             sock.close()
-    time.sleep(0.3)
-    assert legit(url, monkeypatch, n=2) == [[1.0, 0.0]] * 2  # served again once they are gone
+    deadline = time.monotonic() + 10
+    while True:  # the slots come back as the handler threads see the closed sockets
+        try:
+            assert legit(url, monkeypatch, n=2) == [[1.0, 0.0]] * 2  # served again once they are gone
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _answer(sock: socket.socket) -> bytes:
