@@ -51,9 +51,10 @@ def capped(tmp_path):
     yield from _serve(tmp_path, 30.0, CAP)
 
 
-def legit(url: str, monkeypatch, n: int = 10) -> list[list[float]]:
+def legit(url: str, monkeypatch, n: int = 10, retries: int = 0) -> list[list[float]]:
+    """Scores of ``n`` requests; ``retries``: the client's own retries of a 503, 0.1 s backoff doubling."""
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    client = RemoteReward(url, retries=0, timeout=10)
+    client = RemoteReward(url, retries=retries, backoff=0.1, timeout=10)
     return [client(samples([f"ok {i}", f"no {i}"])).rewards.tolist() for i in range(n)]
 
 
@@ -110,15 +111,9 @@ def test_connections_beyond_the_cap_get_503(capped, monkeypatch):
     finally:
         for sock in idle:
             sock.close()
-    deadline = time.monotonic() + 10
-    while True:  # the slots come back as the handler threads see the closed sockets
-        try:
-            assert legit(url, monkeypatch, n=2) == [[1.0, 0.0]] * 2  # served again once they are gone
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    # served again once they are gone: the slots come back as the handler threads see the closed sockets, so a
+    # 503 in between is retried by the client (6 retries: up to 6.3 s)
+    assert legit(url, monkeypatch, n=2, retries=6) == [[1.0, 0.0]] * 2
 
 
 def _answer(sock: socket.socket) -> bytes:
