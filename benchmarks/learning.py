@@ -63,6 +63,27 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
 
 
+def first_reaching(points: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    """The first evaluation point whose held-out accuracy is at least ``target``, or None.
+
+    Compared in counts where the point has them (``solved >= target * prompts``, with a 1e-9 slack for the
+    product), so 140 of 200 reaches 0.7 although 140/200 stored as a float32 is 0.69999999; a point with only an
+    ``accuracy`` (results written before the counts were kept) is compared with the same slack."""
+    for p in points:
+        if "solved" in p and "prompts" in p:
+            if p["solved"] >= target * p["prompts"] - 1e-9:
+                return p
+        elif p["accuracy"] >= target - 1e-6:
+            return p
+    return None
+
+
+def to_targets(points: list[dict[str, Any]], targets: list[float]) -> dict[str, tuple[int, float] | None]:
+    """Target -> (generated tokens, training seconds) at the first point that reaches it, or None."""
+    reach = {t: first_reaching(points, t) for t in targets}
+    return {str(t): (p["tokens"], p["seconds"]) if p else None for t, p in reach.items()}
+
+
 class BudgetTracker(Callback):
     """Counts training-generated tokens and training wall time, evaluates held-out accuracy, stops at the budget."""
 
@@ -85,7 +106,8 @@ class BudgetTracker(Callback):
                               batch_size=self.eval_batch, use_chat_template=module.policy_cfg.use_chat_template)
         solved = round(res.greedy_accuracy * res.num_prompts)
         self.points.append({"step": trainer.global_step, "tokens": self.tokens(module),
-                            "seconds": round(self.train_seconds, 2), "accuracy": res.greedy_accuracy,
+                            "seconds": round(self.train_seconds, 2), "accuracy": solved / res.num_prompts,
+                            "solved": solved, "prompts": res.num_prompts,
                             "ci95": wilson_interval(solved, res.num_prompts)})
         print(f"[bench] step {trainer.global_step}: {self.tokens(module):,} tokens, {self.train_seconds:.0f} s, "
               f"held-out greedy accuracy {res.greedy_accuracy:.1%}", flush=True)
@@ -126,13 +148,12 @@ def run_one(name: str, base: list[str], rows: list[dict], args: argparse.Namespa
         cli.trainer.save_checkpoint(args.out / f"{name}.ckpt")
     pts = tracker.points
     steps = max(cli.trainer.global_step, 1)
-    reach = {t: next((p for p in pts if p["accuracy"] >= t), None) for t in args.targets}
     return {"algorithm": name, "points": pts, "steps": cli.trainer.global_step, "tokens": pts[-1]["tokens"],
             "seconds": pts[-1]["seconds"], "start": pts[0]["accuracy"],
             "final": sum(p["accuracy"] for p in pts[-3:]) / len(pts[-3:]), "last": pts[-1]["accuracy"],
             "last_ci95": pts[-1]["ci95"],
             "best": max(p["accuracy"] for p in pts), "s_per_step": pts[-1]["seconds"] / steps,
-            "to_target": {str(t): (p["tokens"], p["seconds"]) if p else None for t, p in reach.items()}}
+            "to_target": to_targets(pts, args.targets)}
 
 
 def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -211,6 +232,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_json:
         results = [r for path in args.from_json for r in json.loads(path.read_text())]
+        for r in results:  # recomputed, so a fix to how a target is reached reaches stored results too
+            r["to_target"] = to_targets(r["points"], args.targets)
     else:
         base = ["--config", str(args.config), *overrides]
         probe = quiet_build(build_cli, base)
