@@ -107,15 +107,23 @@ def cache_argument(model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def prefill_shared_prefix(model: nn.Module, ids: Tensor, mask: Tensor, repeats: int) -> tuple[Any, Tensor, Tensor]:
-    """ONE prefill of each (R, P) left-padded prefix minus its last token, its KV cache repeated row-wise for
-    ``repeats`` continuations each; returns the cache and the (R * repeats, P) ids and mask to decode from."""
-    name = cache_argument(model)
-    head_ids, head_mask = ids[:, :-1], mask[:, :-1]
-    position_ids = mask_positions(head_mask)
-    out = model(input_ids=head_ids, attention_mask=head_mask, position_ids=position_ids, use_cache=True,
+def prefill_cache(model: Any, ids: Tensor, mask: Tensor, cache_kw: str) -> Any | None:
+    """ONE forward of (R, P) left-padded prefixes minus their last token (positions follow the mask; only the last
+    position's logits are computed): the KV cache of their first P - 1 columns, as the model hands it back under
+    ``cache_kw`` (:func:`cache_argument`), or None when it hands back none. Autograd flows through it. The shared
+    first half of :func:`prefill_shared_prefix` (decoding) and ``logprobs.prompt_prefix_cache`` (the loss pass)."""
+    head_ids, head_mask = ids[:, :-1], mask[:, :-1].long()
+    out = model(input_ids=head_ids, attention_mask=head_mask, position_ids=mask_positions(head_mask), use_cache=True,
                 logits_to_keep=1)
-    cache = getattr(out, name, None)
+    return getattr(out, cache_kw, None)
+
+
+def prefill_shared_prefix(model: nn.Module, ids: Tensor, mask: Tensor, repeats: int) -> tuple[Any, Tensor, Tensor]:
+    """ONE prefill of each (R, P) left-padded prefix minus its last token (:func:`prefill_cache`), its KV cache
+    repeated row-wise for ``repeats`` continuations each; returns the cache and the (R * repeats, P) ids and mask to
+    decode from."""
+    name = cache_argument(model)
+    cache = prefill_cache(model, ids, mask, name)
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         raise RuntimeError(f"{type(model).__name__} returned no repeatable KV cache under {name!r}")
     cache.batch_repeat_interleave(repeats)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_trepo.ops import entropy_from_logits, mask_positions, token_logprobs
+from lightning_trepo.rollout.decoding import prefill_cache
 
 CHUNK_BYTES = 1 << 28  # one chunk's fp32 logits on an accelerator: 256 MiB
 # on the CPU: 24 MiB, below glibc's largest mmap threshold (32 MiB), so each chunk's buffers come back from the heap
@@ -195,21 +196,20 @@ def prompt_prefix_cache(model: Any, prompt_ids: Tensor, prompt_mask: Tensor,
                         cache_kw: str) -> tuple[Any, int, str] | None:
     """ONE forward of each distinct prompt minus its last token (:func:`shared_prompt_groups`), its KV cache then
     gathered back to all N rows (autograd flows through the gather, so each prompt's backward also runs once).
-    ``cache_kw``: the keyword the model takes and returns its cache by (``decoding.cache_argument``). Returns the
+    ``cache_kw``: the keyword the model takes and returns its cache by (``decoding.cache_argument``); the forward is
+    ``decoding.prefill_cache``, the one decoding's shared-prefix prefill runs. Returns the
     ``prefix`` of :func:`completion_logits` (the cache, the prompt columns it holds, ``cache_kw``), or None when no
     rows share a prompt or the model hands back no cache that can be gathered."""
     groups = shared_prompt_groups(prompt_ids, prompt_mask)
     if groups is None:
         return None
     first, inverse = groups
-    head_ids, head_mask = prompt_ids[first, :-1], prompt_mask[first, :-1].long()
-    out = model(input_ids=head_ids, attention_mask=head_mask, position_ids=mask_positions(head_mask), use_cache=True,
-                logits_to_keep=1)
-    cache = getattr(out, cache_kw, None)
-    if cache is None or not hasattr(cache, "batch_select_indices") or cache.get_seq_length() != head_ids.shape[1]:
+    held = prompt_ids.shape[1] - 1
+    cache = prefill_cache(model, prompt_ids[first], prompt_mask[first], cache_kw)
+    if cache is None or not hasattr(cache, "batch_select_indices") or cache.get_seq_length() != held:
         return None
     cache.batch_select_indices(inverse)
-    return cache, head_ids.shape[1], cache_kw
+    return cache, held, cache_kw
 
 
 def completion_logits(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
