@@ -6,6 +6,7 @@ model), and the shipped recipe takes a training step through the CLI with the ch
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,8 @@ def test_the_shipped_recipe_takes_a_step_with_the_chat_template(cache, tmp_path)
     assert cli.trainer.global_step == 1
     assert "<|im_start|>" in cli.datamodule._encoded["train"].prompts[0]  # chat template applied
     assert all(torch.isfinite(p).all() for p in cli.model.policy.parameters())
+    # the recipe's cosine decay runs to 0.1x at step 120 whatever max_steps is: after 1 step, by hand,
+    # lr = 1e-5 * (0.1 + 0.9 * (1 + cos(pi / 120)) / 2) = 9.99846e-6 (with total = max_steps = 1 it would be 1e-6)
+    lr = cli.trainer.optimizers[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(1e-5 * (0.1 + 0.9 * (1 + math.cos(math.pi / 120)) / 2), rel=1e-9)
+    assert lr == pytest.approx(9.99846e-6, rel=1e-6)
