@@ -9,6 +9,7 @@ loss); the policy and the critic are trained by the same optimizer (parameter gr
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -27,7 +28,13 @@ from lightning_trepo.modules.base import (
 )
 from lightning_trepo.ops import masked_mean, masked_whiten
 from lightning_trepo.policy import PolicyConfig
-from lightning_trepo.rollout.logprobs import completion_logits, fused_head_supported, sequence_logprobs
+from lightning_trepo.rollout.logprobs import (
+    completion_logits,
+    fused_head_supported,
+    in_buckets,
+    row_buckets,
+    sequence_logprobs,
+)
 from lightning_trepo.training.sharding import build_policy
 from lightning_trepo.types import Advantages, LossOutput, Rollout
 from reward_models import Reward
@@ -132,8 +139,22 @@ class PPO(RLModule):
         """Token log-probs (N, L), entropy and values V_t (N, L) of the state before token t.
 
         Head mode runs the policy ONCE with ``output_hidden_states``: its logits feed the log-probs and
-        its last hidden state (the one the LM head reads) feeds the value head.
+        its last hidden state (the one the LM head reads) feeds the value head. With ``update.length_buckets`` > 1
+        the rows run in buckets of whole groups, each padded only to its own longest completion (as every other
+        algorithm's log-prob passes do); the values are the same up to rounding.
         """
+        args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
+        buckets = row_buckets(batch.prompt_ids, batch.prompt_mask, batch.completion_mask, self.length_buckets())
+        if len(buckets) == 1:
+            return self._logprobs_and_values(*args, with_entropy=with_entropy)
+        logprobs, entropy, values = in_buckets(partial(self._logprobs_and_values, with_entropy=with_entropy),
+                                               buckets, *args)
+        return logprobs, entropy, values
+
+    def _logprobs_and_values(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                             completion_mask: Tensor, with_entropy: bool = False
+                             ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """:meth:`logprobs_and_values` of one set of rows, in one forward of the policy (and one of the critic)."""
         captured: dict[str, Tensor] = {}
 
         def policy_forward(**inputs: Any) -> Any:
@@ -142,16 +163,16 @@ class PPO(RLModule):
             return out
 
         head_mode = self.value_model_kind == "head"
-        args = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
+        args = (prompt_ids, prompt_mask, completion_ids, completion_mask)
         logprobs, entropy = sequence_logprobs(policy_forward if head_mode else self.policy, *args,
                                               self.rollout_cfg.sampling.temperature, with_entropy,
                                               head=fused_head_supported(self.policy),
                                               prompt_cache_kw=self.prompt_cache_kw(self.policy))
-        length = batch.completion_ids.shape[1]
+        length = completion_ids.shape[1]
         # same positions as the logits: the hidden state that predicts completion token t
         hidden = captured["hidden"][:, -length - 1:-1] if head_mode else completion_logits(self._critic_forward, *args)
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
-        return logprobs, entropy, values * batch.completion_mask
+        return logprobs, entropy, values * completion_mask
 
     def _critic_forward(self, **inputs: Any) -> TrunkOutput:
         """The separate trunk called like a causal LM (:class:`TrunkOutput`)."""

@@ -16,7 +16,7 @@ working: the head's hooks still run, only its (N, L, V) output is never made.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -292,13 +292,13 @@ def sequence_logprobs(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, compl
     many forwards of whole groups, each padded only to its own longest completion (:func:`length_buckets`), so one
     long response no longer makes every row pay for its length. Same values as the plain pass up to rounding.
     """
-    if max_buckets > 1:
-        shared = shared_prompt_groups(prompt_ids, prompt_mask)
-        groups = shared[1] if shared is not None else torch.arange(prompt_ids.shape[0], device=prompt_ids.device)
-        buckets = length_buckets(completion_mask.sum(dim=1), groups, max_buckets)
-        if len(buckets) > 1:
-            return _bucketed_logprobs(buckets, model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                      temperature, with_entropy, head, prompt_cache_kw)
+    buckets = row_buckets(prompt_ids, prompt_mask, completion_mask, max_buckets)
+    if len(buckets) > 1:
+        def one_bucket(*rows: Tensor) -> tuple[Tensor, Tensor | None]:
+            return sequence_logprobs(model, *rows, temperature, with_entropy, head, prompt_cache_kw)
+
+        logprobs, entropy = in_buckets(one_bucket, buckets, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        return logprobs, entropy
     head = head if head is not None else fused_head_supported(model)
     prefix = prompt_prefix_cache(model, prompt_ids, prompt_mask, prompt_cache_kw) if prompt_cache_kw else None
     if head is not None:
@@ -311,19 +311,27 @@ def sequence_logprobs(model: Any, prompt_ids: Tensor, prompt_mask: Tensor, compl
     return logprobs, entropy
 
 
-def _bucketed_logprobs(buckets: list[Tensor], model: Any, prompt_ids: Tensor, prompt_mask: Tensor,
-                       completion_ids: Tensor, completion_mask: Tensor, temperature: float, with_entropy: bool,
-                       head: nn.Module | None, prompt_cache_kw: str | None) -> tuple[Tensor, Tensor | None]:
-    """:func:`sequence_logprobs` per bucket of rows, trimmed to the bucket's longest completion, back in row order."""
+def row_buckets(prompt_ids: Tensor, prompt_mask: Tensor, completion_mask: Tensor, max_buckets: int) -> list[Tensor]:
+    """The rows of a log-prob pass in up to ``max_buckets`` sets of whole groups (rows sharing a prompt,
+    :func:`shared_prompt_groups`), by :func:`length_buckets`; one set of every row when splitting saves too little."""
+    if max_buckets < 2:
+        return [torch.arange(prompt_ids.shape[0], device=prompt_ids.device)]
+    shared = shared_prompt_groups(prompt_ids, prompt_mask)
+    groups = shared[1] if shared is not None else torch.arange(prompt_ids.shape[0], device=prompt_ids.device)
+    return length_buckets(completion_mask.sum(dim=1), groups, max_buckets)
+
+
+def in_buckets(fn: Callable[..., tuple[Tensor | None, ...]], buckets: list[Tensor], prompt_ids: Tensor,
+               prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor) -> tuple[Tensor | None, ...]:
+    """``fn(prompt_ids, prompt_mask, completion_ids, completion_mask)`` once per bucket of rows, its completions
+    trimmed to the bucket's longest; each (rows, cols) tensor it returns is padded with 0 back to the full width and
+    the buckets put back in row order (an output that is None in any bucket stays None)."""
     width = completion_ids.shape[1]
-    parts, entropies = [], []
+    outs = []
     for rows in buckets:
         cols = int(completion_mask[rows].sum(dim=1).max().clamp(min=1))
-        lp, ent = sequence_logprobs(model, prompt_ids[rows], prompt_mask[rows], completion_ids[rows, :cols],
-                                    completion_mask[rows, :cols], temperature, with_entropy, head, prompt_cache_kw)
-        parts.append(F.pad(lp, (0, width - cols)))
-        if ent is not None:
-            entropies.append(F.pad(ent, (0, width - cols)))
+        part = fn(prompt_ids[rows], prompt_mask[rows], completion_ids[rows, :cols], completion_mask[rows, :cols])
+        outs.append([None if t is None else F.pad(t, (0, width - t.shape[1])) for t in part])
     back = torch.argsort(torch.cat(buckets))  # bucket order -> row order
-    entropy = torch.cat(entropies)[back] if entropies else None
-    return torch.cat(parts)[back], entropy
+    return tuple(None if any(o[i] is None for o in outs) else torch.cat([o[i] for o in outs])[back]
+                 for i in range(len(outs[0])))

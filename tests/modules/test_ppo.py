@@ -132,3 +132,38 @@ def test_trains_with_kl_in_reward_and_logs_explained_variance(tmp_path):
     assert "kl" not in t.callback_metrics  # the KL is in the reward, not the loss
     assert t.optimizers[0].param_groups[1]["lr"] == 1e-2
     assert module.value_head.weight.abs().sum() > 0  # the critic was trained
+
+
+@pytest.mark.parametrize("value_model", ["head", "separate"])
+def test_bucketed_logprobs_and_values_equal_one_padded_pass(value_model):
+    # group 0 runs 6 tokens, group 1 ends after 1: length buckets run them apart, and the log-probs, entropy, values
+    # and every gradient (policy, value head, critic trunk) are those of one forward padded to 6
+    rows = [[1] * 6, [1] * 6, [1, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]]
+    results = []
+    for buckets in (1, 3):
+        torch.manual_seed(0)
+        module = make(UpdateConfig(length_buckets=buckets), value_model=value_model)
+        module.configure_model()
+        module.value_head.weight.data.normal_()
+        shapes = []
+        hook = module.policy.get_input_embeddings().register_forward_hook(
+            lambda m, i, o, shapes=shapes: shapes.append(tuple(i[0].shape)))
+        rollout = tiny_rollout(rows, group_size=2, seed=4)
+        logprobs, entropy, values = module.logprobs_and_values(rollout, with_entropy=True)
+        hook.remove()
+        weights = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(1))
+        (logprobs * weights[0] + values * weights[1]).sum().backward()
+        grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+        results.append((logprobs.detach(), entropy, values.detach(), grads, shapes))
+    (lp1, ent1, v1, g1, one), (lp3, ent3, v3, g3, many) = results
+    assert len(many) > len(one) and max(s[1] for s in many[-2:]) < max(s[1] for s in one)  # a short bucket ran
+    mask = torch.tensor(rows, dtype=torch.bool)
+    assert (lp3[~mask] == 0).all() and (v3[~mask] == 0).all() and lp3.shape == v3.shape == (4, 6)
+    torch.testing.assert_close(lp3, lp1, atol=2e-6, rtol=0)
+    torch.testing.assert_close(v3, v1, atol=2e-6, rtol=0)
+    torch.testing.assert_close(ent3[mask], ent1[mask], atol=2e-6, rtol=1e-6)
+    assert g1.keys() == g3.keys() and any("value_head" in n for n in g1)
+    assert value_model == "head" or any(n.startswith("critic") for n in g1)
+    for name, grad in g1.items():
+        # fp32 sums in a different order: the error is relative to the largest entry (grads here reach 400)
+        torch.testing.assert_close(g3[name], grad, atol=2e-6 * grad.abs().max().item(), rtol=0, msg=name)
