@@ -32,6 +32,7 @@ class Continuations:
     completions: list[str]  # (C,) decoded full responses
     generated_tokens: int  # continuation tokens actually generated (excluding prefixes)
     num_calls: int
+    truncated: Tensor | None = None  # (C,) bool, the continuation ran out of its budget without EOS
 
     def to_samples(self, rollout: Rollout) -> Samples:
         """The reward layer's view: each continuation scored as a full response to its sample's prompt and row."""
@@ -68,26 +69,25 @@ def sample_continuations(engine: RolloutEngine, model: nn.Module, rollout: Rollo
     for n, s in zip(rows.tolist(), starts.tolist(), strict=True):
         prompt = rollout.prompt_ids[n][rollout.prompt_mask[n].bool()].tolist()
         prefixes.append(prompt + rollout.completion_ids[n, :s].tolist())
-    budget = sampling.max_new_tokens - starts  # same total length limit as the original response
-    # A rank with no valid anchor still calls the engine: under sharded generation it must keep joining
-    # the other ranks' collectives (the engine pads its calls to the busiest rank's count).
-    longest = int(budget.max()) if budget.numel() else sampling.max_new_tokens
-    gen = engine.continue_from(model, prefixes, k, replace(sampling, max_new_tokens=max(longest, 1)))
+    budget = (sampling.max_new_tokens - starts).clamp(min=1)  # same total length limit as the original response
+    # Each prefix's continuations are generated only up to its own budget (nothing is generated to be thrown away).
+    # A rank with no valid anchor still calls the engine: under sharded generation it must keep joining the other
+    # ranks' collectives (the engine pads its calls to the busiest rank's count).
+    gen = engine.continue_from(model, prefixes, k, sampling, budgets=budget if budget.numel() else None)
     rep_starts = starts.repeat_interleave(k).tolist()
-    rep_budget = budget.repeat_interleave(k)
     rep_rows = rows.repeat_interleave(k)
     pieces = []
     for i, (n, s) in enumerate(zip(rep_rows.tolist(), rep_starts, strict=True)):
-        cont = gen.completion_ids[i][: int(rep_budget[i])]
-        cont = cont[gen.completion_mask[i][: int(rep_budget[i])].bool()]
+        cont = gen.completion_ids[i][gen.completion_mask[i].bool()]
         pieces.append(torch.cat([rollout.completion_ids[n, :s], cont.to(device)]))
     ids = right_pad(pieces, engine.pad_id).to(device)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(pieces):
         mask[i, : p.numel()] = 1
     texts = engine.tokenizer.batch_decode(ids, skip_special_tokens=True)
-    generated = int(sum(p.numel() for p in pieces) - sum(rep_starts))
-    return Continuations(rep_rows, cols.repeat_interleave(k), ids, mask, texts, generated, gen.num_calls)
+    generated = int(gen.completion_mask.sum()) if rows.numel() else 0
+    return Continuations(rep_rows, cols.repeat_interleave(k), ids, mask, texts, generated, gen.num_calls,
+                         gen.truncated.to(device) if rows.numel() else torch.zeros(0, dtype=torch.bool, device=device))
 
 
 class BoundaryMarker:

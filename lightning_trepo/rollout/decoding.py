@@ -95,9 +95,20 @@ def static_cache_unsupported(model: nn.Module) -> str | None:
     return None
 
 
-def decode_chunk(model: nn.Module, ids: Tensor, mask: Tensor, config: Any, synced_gpus: bool = False) -> Tensor:
+def stopping(stop: Any) -> dict[str, Any]:
+    """``generate`` keyword arguments for an extra per-row stopping criterion (e.g. the engine's RowBudget)."""
+    if stop is None:
+        return {}
+    from transformers import StoppingCriteriaList
+
+    return {"stopping_criteria": StoppingCriteriaList([stop])}
+
+
+def decode_chunk(model: nn.Module, ids: Tensor, mask: Tensor, config: Any, synced_gpus: bool = False,
+                 stop: Any = None) -> Tensor:
     """``generate`` on (N, P) left-padded prompts; returns the (N, new) completion tokens."""
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, synced_gpus=synced_gpus)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config, synced_gpus=synced_gpus,
+                         **stopping(stop))
     return out[:, ids.shape[1]:]
 
 
@@ -130,14 +141,15 @@ def prefill_shared_prefix(model: nn.Module, ids: Tensor, mask: Tensor, repeats: 
     return cache, ids.repeat_interleave(repeats, dim=0), mask.repeat_interleave(repeats, dim=0)
 
 
-def decode_shared_prefix(model: nn.Module, ids: Tensor, mask: Tensor, config: Any, repeats: int) -> Tensor:
+def decode_shared_prefix(model: nn.Module, ids: Tensor, mask: Tensor, config: Any, repeats: int,
+                         stop: Any = None) -> Tensor:
     """``repeats`` completions of each of the (R, P) left-padded prefixes from ONE prefill per prefix
     (:func:`prefill_shared_prefix`); ``generate`` continues from the cache (it runs only the uncached last token).
     Returns (R * repeats, new) tokens, row i's completions contiguous, drawn in the same order as when the rows are
     repeated before the prefill."""
     cache, full_ids, full_mask = prefill_shared_prefix(model, ids, mask, repeats)
     out = model.generate(input_ids=full_ids, attention_mask=full_mask, generation_config=config,
-                         **{cache_argument(model): cache})
+                         **{cache_argument(model): cache}, **stopping(stop))
     return out[:, full_ids.shape[1]:]
 
 
@@ -167,19 +179,22 @@ def sample_inverse_cdf(logits: Tensor) -> Tensor:
 
 
 def native_decode(model: nn.Module, ids: Tensor, mask: Tensor, sampling: Any, greedy: bool, pad_id: int,
-                  eos_ids: list[int], cache: Any = None) -> Tensor:
+                  eos_ids: list[int], cache: Any = None, budget: Tensor | None = None) -> Tensor:
     """Decode (N, P) left-padded prompts with a KV cache, one forward per new token; returns (N, new) tokens, pad
     after a row's EOS, stopping early once every row has ended (``sampling.stop_at_eos``). ``cache``: a KV cache
     already holding the first ``cache.get_seq_length()`` positions of ``ids`` (shared-prefix continuations).
 
     Rows that have ended leave the batch (their cache rows too) once they are an eighth of it, so one long response
     no longer makes every finished row pay a forward per token. Each row's tokens are drawn as before: greedy
-    tokens are identical, and sampled ones follow the same law (one uniform per live row and step)."""
+    tokens are identical, and sampled ones follow the same law (one uniform per live row and step).
+    ``budget`` (N,): row i ends after its own ``budget[i]`` tokens (pad after) and leaves the batch like an ended
+    row."""
     from transformers import DynamicCache
 
     name = cache_argument(model)
     cache = cache if cache is not None else DynamicCache()
-    can_drop = sampling.stop_at_eos and hasattr(cache, "batch_select_indices")
+    stops = sampling.stop_at_eos or budget is not None  # rows can end before the budget of the call
+    can_drop = stops and hasattr(cache, "batch_select_indices")
     positions = mask_positions(mask)
     start = cache.get_seq_length()
     feed, feed_pos = ids[:, start:], positions[:, start:]
@@ -201,7 +216,9 @@ def native_decode(model: nn.Module, ids: Tensor, mask: Tensor, sampling: Any, gr
         out[live, step] = token
         steps = step + 1
         done |= torch.isin(token, eos)
-        if (sampling.stop_at_eos and bool(done.all())) or step + 1 == sampling.max_new_tokens:
+        if budget is not None:
+            done |= budget[live] <= step + 1
+        if (stops and bool(done.all())) or step + 1 == sampling.max_new_tokens:
             break
         feed, feed_pos = token[:, None], feed_pos[:, -1:] + 1
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -136,6 +136,24 @@ def completion_mask_from_eos(completion_ids: Tensor, eos_ids: Sequence[int]) -> 
     return mask, truncated
 
 
+def within_budget(mask: Tensor, truncated: Tensor, budget: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """Mask and truncation of rows that may keep only their first ``budget[i]`` tokens: mask 0 from column
+    ``budget[i]`` on, and a row that had not ended within its budget is truncated. (N, L), (N,), (N,) -> same."""
+    keep = torch.arange(width, device=mask.device)[None, :] < budget[:, None]
+    ended = (mask.sum(-1) <= budget) & ~truncated
+    return mask * keep.to(mask.dtype), ~ended
+
+
+class RowBudget:
+    """A ``generate`` stopping criterion: row i stops once it has ``budget[i]`` new tokens (prompt width ``start``)."""
+
+    def __init__(self, start: int, budget: Tensor) -> None:
+        self.start, self.budget = start, budget
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs: Any) -> Tensor:
+        return (input_ids.shape[1] - self.start) >= self.budget.to(input_ids.device)
+
+
 class RolloutEngine:
     """Fulfils rollout plans with Hugging Face ``generate`` (KV cache, left-padded batches)."""
 
@@ -160,16 +178,21 @@ class RolloutEngine:
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingConfig,
-                 num_return: int = 1, greedy: bool = False, share_prefix: bool = False) -> Generated:
+                 num_return: int = 1, greedy: bool = False, share_prefix: bool = False,
+                 row_budget: Tensor | None = None) -> Generated:
         """Sample ``num_return`` completions per row, in chunks of ``max_batch_size`` rows; ``greedy`` decodes the
         argmax instead, within the same ``sampling.max_new_tokens`` budget. ``share_prefix``: run each row's prefill
         once and decode its ``num_return`` rows from that KV cache (eager decoding; the static path and sharded
-        generation expand rows before the prefill). Returns completions in row-major order (row i's samples
+        generation expand rows before the prefill). ``row_budget`` (R,): each input row's own token budget (at most
+        ``sampling.max_new_tokens``); its rows stop there, a row cut by its budget counts as truncated, and only the
+        tokens kept are counted in ``generated_tokens``. Returns completions in row-major order (row i's samples
         contiguous)."""
         expand = num_return if share_prefix and num_return > 1 and prompt_ids.shape[1] > 1 and not self.synced_gpus \
             and not self._use_static(model, prompt_ids) else 1
         ids = prompt_ids.repeat_interleave(num_return // expand, dim=0)
         mask = prompt_mask.repeat_interleave(num_return // expand, dim=0)
+        budget = None if row_budget is None else \
+            row_budget.to(ids.device).long().clamp(1, sampling.max_new_tokens).repeat_interleave(num_return // expand)
         step = max(1, self.max_batch_size // expand)
         chunks: list[Tensor] = []
         calls = 0
@@ -178,8 +201,9 @@ class RolloutEngine:
         model.eval()
         try:
             for start in range(0, ids.shape[0], step):
+                part = None if budget is None else budget[start:start + step]
                 chunk = self._generate_chunk(model, ids[start:start + step], mask[start:start + step], sampling,
-                                             greedy, expand)
+                                             greedy, expand, part)
                 chunks.extend(chunk.unbind(0))
                 calls += 1
             for _ in range(missing):  # keep joining the other ranks' collectives; the output is discarded
@@ -189,6 +213,9 @@ class RolloutEngine:
             model.train(was_training)
         completion_ids = right_pad(chunks, self.pad_id)
         completion_mask, truncated = completion_mask_from_eos(completion_ids, self.eos_ids)
+        if budget is not None:
+            completion_mask, truncated = within_budget(completion_mask, truncated,
+                                                       budget.repeat_interleave(expand), completion_ids.shape[1])
         completion_ids = completion_ids.masked_fill(~completion_mask.bool(), self.pad_id)
         self.generate_calls += calls
         self.generated_tokens += int(completion_mask.sum())
@@ -205,25 +232,30 @@ class RolloutEngine:
         return int(most.item()) - local_calls
 
     def _generate_chunk(self, model: nn.Module, ids: Tensor, mask: Tensor, sampling: SamplingConfig,
-                        greedy: bool, expand: int = 1) -> Tensor:
+                        greedy: bool, expand: int = 1, budget: Tensor | None = None) -> Tensor:
+        if budget is not None:  # decode no further than the chunk's longest row budget
+            sampling = replace(sampling, max_new_tokens=int(budget.max()))
+            budget = budget.repeat_interleave(expand)
         config = generation_config(sampling, greedy, self.pad_id, self.eos_ids)
+        stop = None if budget is None else RowBudget(ids.shape[1], budget)
         if self._use_native(model, ids):
             def native() -> Tensor:
                 cache, run_ids, run_mask = prefill_shared_prefix(model, ids, mask, expand) if expand > 1 \
                     else (None, ids, mask)
-                return native_decode(model, run_ids, run_mask, sampling, greedy, self.pad_id, self.eos_ids, cache)
+                return native_decode(model, run_ids, run_mask, sampling, greedy, self.pad_id, self.eos_ids, cache,
+                                     budget)
 
             out = self._fast_path("native", "the native decode loop", native)
             if out is not None:
                 return out
         if expand > 1:
-            return decode_shared_prefix(model, ids, mask, config, expand)
-        if self._use_static(model, ids):
+            return decode_shared_prefix(model, ids, mask, config, expand, stop)
+        if self._use_static(model, ids) and stop is None:
             out = self._fast_path("static", "static-cache decoding",
                                   lambda: self._generate_static(model, ids, mask, sampling, greedy))
             if out is not None:
                 return out
-        return decode_chunk(model, ids, mask, config, self.synced_gpus)
+        return decode_chunk(model, ids, mask, config, self.synced_gpus, stop)
 
     def _fast_path(self, kind: str, label: str, decode: Callable[[], Tensor]) -> Tensor | None:
         """Run a fast decoder. Forced (``rollout.decoder`` = ``kind``) it never hides a failure; under ``auto`` a
@@ -296,8 +328,9 @@ class RolloutEngine:
         )
 
     def continue_from(self, model: nn.Module, prefix_ids: list[list[int]], num_return: int,
-                      sampling: SamplingConfig) -> Generated:
-        """Sample ``num_return`` continuations of each token prefix in one batched pass (each prefix prefilled once)."""
+                      sampling: SamplingConfig, budgets: Tensor | None = None) -> Generated:
+        """Sample ``num_return`` continuations of each token prefix in one batched pass (each prefix prefilled once),
+        prefix i's continuations within ``budgets[i]`` new tokens (default: ``sampling.max_new_tokens``)."""
         device = next(model.parameters()).device
         ids, mask = left_pad(prefix_ids, self.pad_id, device)
-        return self.generate(model, ids, mask, sampling, num_return, share_prefix=True)
+        return self.generate(model, ids, mask, sampling, num_return, share_prefix=True, row_budget=budgets)

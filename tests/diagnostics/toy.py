@@ -90,7 +90,7 @@ class ToyPolicy(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor, generation_config: Any, synced_gpus: bool = False,
-                 past_key_values: Any = None) -> Tensor:
+                 past_key_values: Any = None, stopping_criteria: Any = None) -> Tensor:
         cfg = generation_config
         assert (cfg.top_k or 0) == 0 and (cfg.top_p or 1.0) == 1.0, "the toy policy samples the full softmax"
         eos = self.tokens.ids[-1]
@@ -106,6 +106,8 @@ class ToyPolicy(nn.Module):
             tok = torch.where(done, torch.full_like(tok, self.pad_id), tok)
             ids = torch.cat([ids, tok[:, None]], dim=1)
             done |= tok == eos
+            if stopping_criteria is not None:  # generate's per-row stopping criteria (the engine's row budgets)
+                done |= stopping_criteria(ids, None)
             if bool(done.all()):
                 break
         return ids

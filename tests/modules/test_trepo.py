@@ -167,9 +167,9 @@ def test_no_valid_anchor_still_goes_through_the_engine(monkeypatch):
         positions[:, 1], valid[:, 1] = positions[:, -1], False
         return positions, valid
 
-    def counting(model, prefixes, *args):
+    def counting(model, prefixes, *args, **kwargs):
         requests.append(len(prefixes))
-        return continue_from(model, prefixes, *args)
+        return continue_from(model, prefixes, *args, **kwargs)
 
     monkeypatch.setattr("lightning_trepo.modules.trepo.planned_anchors", past_the_end)
     monkeypatch.setattr(module.engine, "continue_from", counting)

@@ -124,3 +124,35 @@ def test_local_hf_directory_roundtrip(tiny, tmp_path):
     assert ltok.padding_side == "left" and ltok.eos_token_id == tok.eos_token_id
     ids = torch.tensor([tok("5+5=10", add_special_tokens=False).input_ids])
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("decoder", ["native", "eager"])
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_row_budgets_generate_only_kept_tokens_and_the_counter_equals_them(tiny, decoder, share_prefix):
+    # stop_at_eos False: no row ends early, so row i of prefix p generates exactly budget[p] tokens; the counter sees
+    # only those (3 * 2 + 1 * 2 + 5 * 2 = 18), every row cut by its budget is truncated, and nothing past a budget is
+    # kept (the ids there are padding). The old path generated all rows to the longest budget (5 * 6 = 30 tokens).
+    model, tok = tiny
+    engine = RolloutEngine(tok, max_batch_size=4, decoder=decoder)
+    prompt = tok("12+34=", add_special_tokens=False).input_ids
+    ids, mask = left_pad([prompt, prompt[:-1], prompt], engine.pad_id)
+    budget = torch.tensor([3, 1, 5])
+    torch.manual_seed(0)
+    out = engine.generate(model, ids, mask, SamplingConfig(max_new_tokens=6, stop_at_eos=False), num_return=2,
+                          share_prefix=share_prefix, row_budget=budget)
+    assert out.completion_mask.sum(-1).tolist() == [3, 3, 1, 1, 5, 5]
+    assert engine.generated_tokens == int(out.completion_mask.sum()) == 18
+    assert out.truncated.tolist() == [True] * 6
+    assert (out.completion_ids[~out.completion_mask.bool()] == engine.pad_id).all()
+
+
+def test_row_budget_keeps_an_eos_within_it_and_truncates_only_rows_cut_by_it():
+    # within_budget: row 0 ended (EOS) at its 2nd token, budget 3: kept, not truncated; row 1 ended at its 4th token,
+    # budget 3: cut to 3 tokens and truncated; row 2 never ended: truncated, cut to 2.
+    from lightning_trepo.rollout.engine import within_budget
+
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
+    truncated = torch.tensor([False, False, True])
+    new_mask, new_trunc = within_budget(mask, truncated, torch.tensor([3, 3, 2]), 4)
+    assert new_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0]]
+    assert new_trunc.tolist() == [False, True, True]
