@@ -10,7 +10,7 @@ default ``adamw_torch_fused``), gradient clipping 1.0, no gradient checkpointing
 (fraction of digits). A random model with a large vocabulary almost never samples EOS, so every completion runs the
 whole budget and both sides do
 the same work. The tokenizer is any local HF tokenizer directory (``--tokenizer``; SmolLM2's 49k vocabulary
-for the figures in the README); without one, the project's character tokenizer. Every run is its own process
+for the figures in docs/benchmarks.md); without one, the project's character tokenizer. Every run is its own process
 (clean GPU memory; one failure does not hide the others) and prints one JSON line; the table at the end gives
 median s/step after the first step, generated tokens per step and per second, and peak allocated / reserved
 GPU memory, and each run's max resident set size. ``--smollm2`` runs both sides on the real

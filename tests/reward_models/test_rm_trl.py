@@ -20,7 +20,7 @@ from reward_models.config import build_reward
 
 pytest.importorskip("trl.rewards", reason="needs the test extra: pip install 'lightning-trepo[trl]'")
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REWARDS_DOC = Path(__file__).resolve().parents[2] / "docs" / "rewards.md"
 
 
 def chat_samples(completions: list[str], metadata: list[dict] | None = None, ids: list[list[int]] | None = None,
@@ -166,11 +166,11 @@ def test_log_metric_becomes_a_metric_of_the_node():
     assert_close(out.metrics["seen"], [3, 3, 3])
 
 
-def test_readme_trl_example_builds_and_scores():
-    """The YAML of the README's "Bring your TRL reward functions" section."""
+def test_docs_trl_example_builds_and_scores():
+    """The YAML of docs/rewards.md's "Bring your TRL reward functions" section."""
     pytest.importorskip("math_verify")
-    text = README.read_text()
-    section = text[text.index("### Bring your TRL reward functions"):]
+    text = REWARDS_DOC.read_text()
+    section = text[text.index("## Bring your TRL reward functions"):]
     block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1)
     reward = build_reward(yaml.safe_load(block))
     completions = ["<think>\nok\n</think>\n\\boxed{4}", "no think \\boxed{4}"]
