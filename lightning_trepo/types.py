@@ -56,6 +56,7 @@ class Rollout:
     anchor_values: Tensor | None = _per_sample(None)  # (N, M+2) Û at each anchor (TRePO)
     greedy: Rollout | None = None  # B greedy responses, one per prompt (ReMax's plan)
     greedy_rewards: Tensor | None = None  # (B,) the greedy responses' rewards: ReMax's baseline
+    tree: Rollout | None = None  # TRePO's continuations as rows to train on (prompt + prefix -> continuation)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per rollout phase (generate, score, ...)
 
     PER_SAMPLE: ClassVar[tuple[str, ...]]

@@ -262,3 +262,58 @@ def reinforce_pp_baseline_advantages(rewards: Tensor, mask: Tensor, group_size: 
     centred = (d - d.mean(dim=1, keepdim=True)) if group_size > 1 else groups
     scores = centred.reshape(-1, 1).expand(mask.shape)
     return masked_whiten(scores, mask, eps=eps)
+
+
+def siblings_mixed(rewards: Tensor, group_size: int) -> Tensor:
+    """(N,) bool: True where the OTHER G-1 rewards of sample i's group are not all equal (TRePO's gate).
+
+    gate_i = max_{j≠i} r_j > min_{j≠i} r_j. It reads only the siblings, never r_i, so it is independent of
+    sample i's response: an estimator that switches on it (TRePO's continuations where it holds, RLOO where it does
+    not) keeps each branch's expectation, and anchors chosen by stopping times stay stopping times
+    (https://arxiv.org/abs/2506.02553). Needs G >= 3 to ever be True.
+    """
+    groups = _grouped(rewards, group_size, min_size=2)
+    g = groups.shape[1]
+    others = groups.unsqueeze(1).expand(-1, g, -1)  # (B, G, G): row i holds the group, column i to be dropped
+    keep = ~torch.eye(g, dtype=torch.bool, device=rewards.device)
+    inf = torch.tensor(float("inf"), dtype=groups.dtype, device=groups.device)
+    high = torch.where(keep, others, -inf).amax(-1)
+    low = torch.where(keep, others, inf).amin(-1)
+    return (high > low).reshape(-1)
+
+
+def group_std_scale(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+    """(N,) 1 / (std_group + eps) per sample, with the GRPO sample std (Bessel); 1 where the group's std is 0.
+
+    Multiplying a sample's advantages by it is GRPO's per-prompt scaling (https://arxiv.org/abs/2402.03300): a
+    positive weight per prompt that re-weights prompts (biased, as GRPO's std division is), never flips a sign. A
+    constant group keeps weight 1 (its LOO/RLOO advantages are exactly 0; TRePO's continuation credit, where there is
+    any, keeps its own scale rather than being blown up by 1 / eps).
+    """
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    groups = _grouped(rewards, group_size, min_size=2)
+    std = groups.std(dim=1, keepdim=True)
+    scale = torch.where(std > 0, 1.0 / (std + eps), torch.ones_like(std))
+    return scale.expand_as(groups).reshape(-1)
+
+
+def continuation_advantages(scores: Tensor, sample_index: Tensor, anchor_column: Tensor,
+                            final_rewards: Tensor, width: int) -> Tensor:
+    """(C,) A_c = RM(c) - mean of c's siblings at its anchor: the other continuations of the same prefix W_{0,s} and
+    the response W itself (its suffix is one more sample of the prefix's continuation, s being a stopping time).
+
+    A_c = RM(c) - (S_nj - RM(c) + RM(W_n)) / K_nj, with S_nj the sum and K_nj the count of the continuations of cell
+    (n, j). The baseline is independent of c given the prefix, so E[A_c ∇log π(c | W_{0,s})] = ∇_θ U(W_{0,s}) (the
+    gradient of the prefix's value through the continuation's tokens; TreeRL-style training on the tree's leaves).
+    ``scores`` (C,), ``sample_index`` (C,), ``anchor_column`` (C,), ``final_rewards`` (N,) = RM(W), ``width`` = M+2.
+    """
+    if not (scores.shape == sample_index.shape == anchor_column.shape) or scores.dim() != 1:
+        raise ValueError(f"scores {tuple(scores.shape)}, sample_index {tuple(sample_index.shape)} and anchor_column "
+                         f"{tuple(anchor_column.shape)} must all have shape (C,)")
+    cell = sample_index.long() * width + anchor_column.long()
+    size = final_rewards.shape[0] * width
+    sums = torch.zeros(size, dtype=scores.dtype, device=scores.device).index_add_(0, cell, scores)
+    counts = torch.zeros_like(sums).index_add_(0, cell, torch.ones_like(scores))
+    baseline = (sums[cell] - scores + final_rewards.to(scores.dtype)[sample_index.long()]) / counts[cell]
+    return scores - baseline

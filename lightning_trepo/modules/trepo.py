@@ -14,7 +14,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_trepo.algorithms.advantages import leave_one_out_mean, segment_advantages
+from lightning_trepo.algorithms.advantages import (
+    continuation_advantages,
+    group_std_scale,
+    leave_one_out_mean,
+    segment_advantages,
+    siblings_mixed,
+)
 from lightning_trepo.algorithms.anchors import (
     OffsetMode,
     build_anchor_values,
@@ -29,13 +35,16 @@ from lightning_trepo.modules.base import (
     UpdateConfig,
     default_optimizer,
 )
+from lightning_trepo.ops import masked_whiten
 from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.rollout.continuations import (
     BoundaryMarker,
     Continuations,
+    append_rows,
     planned_anchors,
     request_pairs,
     sample_continuations,
+    tree_rows,
 )
 from lightning_trepo.rollout.engine import ContinuationPlan, RolloutPlan
 from lightning_trepo.rollout.metrics import timed
@@ -44,6 +53,9 @@ from reward_models import Reward
 
 AnchorMode = Literal[OffsetMode, "boundary"]
 StartValue = Literal["loo", "fresh"]
+Gate = Literal["none", "mixed"]
+AnchorSampling = Literal["batch", "sample"]
+AdvantageScale = Literal["none", "group", "whiten"]
 
 
 class TRePO(RLModule):
@@ -62,6 +74,12 @@ class TRePO(RLModule):
         anchor_every: int = 8,
         boundary_pattern: str = r"\n",
         start_value: StartValue = "loo",
+        gate: Gate = "none",
+        anchor_sampling: AnchorSampling = "batch",
+        truncated_reward: float | None = None,
+        train_continuations: bool = False,
+        continuation_weight: float = 1.0,
+        advantage_scale: AdvantageScale = "none",
     ) -> None:
         """
         Args:
@@ -74,12 +92,31 @@ class TRePO(RLModule):
             boundary_pattern: regex on a token's text for ``anchor_mode=boundary`` (e.g. a newline).
             start_value: Û(0): loo (leave-one-out mean of the group's rewards, no extra tokens; needs G >= 2)
                 or fresh (mean reward of K fresh samples from the prompt).
+            gate: none (continuations at every anchor) or mixed (only for responses whose G-1 siblings' rewards are
+                not all equal; elsewhere the anchors collapse and the advantage is exactly RLOO's). The gate reads
+                only the siblings, so the estimator stays unbiased. Needs G >= 3.
+            anchor_sampling: batch (one set of uniform offsets per step, shared by the batch) or sample (drawn
+                independently for every response; still independent of the response, hence stopping times).
+            truncated_reward: None (the reward tree's score) or the reward every truncated response and
+                continuation gets instead (VinePPO scores them 0): a response-level reward of its own, so every
+                estimate stays unbiased for it.
+            train_continuations: also train on the continuations (tree rollouts): each continuation's own tokens get
+                ``continuation_weight`` x (RM(c) - mean of its siblings at the anchor). Biased towards later tokens:
+                E[g] = sum_t (1 + w E[#anchors before t]) g_t (docs/estimators.md, ``verify-estimators``).
+            continuation_weight: w, the weight of a continuation's advantage when ``train_continuations``.
+            advantage_scale: none; group (each response and its continuations scaled by 1 / std of its group's
+                rewards, GRPO's per-prompt weight, 1 where the std is 0; biased as GRPO is); whiten (VinePPO:
+                (A - mean) / std over all trained tokens of the step; biased by the mean shift).
         """
         self._validate(rollout, num_anchors, num_continuations, anchor_mode, anchor_every, boundary_pattern,
                        start_value)
+        self._validate_estimator(rollout, gate, anchor_sampling, continuation_weight, advantage_scale)
         super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
         self.num_anchors, self.num_continuations = num_anchors, num_continuations
         self.anchor_mode, self.anchor_every, self.start_value = anchor_mode, anchor_every, start_value
+        self.gate, self.anchor_sampling, self.truncated_reward = gate, anchor_sampling, truncated_reward
+        self.train_continuations, self.continuation_weight = train_continuations, continuation_weight
+        self.advantage_scale = advantage_scale
         self._marker = BoundaryMarker(self.tokenizer, boundary_pattern) if anchor_mode == "boundary" else None
 
     @staticmethod
@@ -108,6 +145,19 @@ class TRePO(RLModule):
             except re.error as err:
                 require(False, "boundary_pattern", boundary_pattern, "a valid Python regular expression", str(err))
 
+    @staticmethod
+    def _validate_estimator(rollout: RolloutConfig, gate: str, anchor_sampling: str, continuation_weight: float,
+                            advantage_scale: str) -> None:
+        check_choice("gate", gate, Gate)
+        check_choice("anchor_sampling", anchor_sampling, AnchorSampling)
+        check_choice("advantage_scale", advantage_scale, AdvantageScale)
+        require(gate == "none" or rollout.group_size >= 3, "rollout.group_size", rollout.group_size,
+                "an integer >= 3 with gate=mixed", "the gate looks for a mixed outcome among a response's G-1 "
+                "siblings, which needs at least 2 of them (or use gate: none)")
+        require(continuation_weight > 0, "continuation_weight", continuation_weight, "a number > 0")
+        require(advantage_scale != "group" or rollout.group_size >= 2, "rollout.group_size", rollout.group_size,
+                "an integer >= 2 with advantage_scale=group", "the group std needs two samples of the prompt")
+
     def rollout_plan(self) -> RolloutPlan:
         """G samples per prompt and K continuations at M anchors of each; fixed anchor offsets are drawn here,
         BEFORE generation (stopping times), and travel in the plan."""
@@ -121,35 +171,96 @@ class TRePO(RLModule):
         return replace(super().rollout_plan(), continuations=request)
 
     def extend_rollout(self, plan: RolloutPlan, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
-        """Sample and score the plan's K continuations at every valid anchor (one batched pass), build Û."""
+        """Sample and score the plan's K continuations at every valid (gated) anchor in one batched pass, build Û;
+        with ``train_continuations`` the continuations also become rows to train on (``rollout.tree``)."""
         request = plan.continuations
         with timed(rollout.timings, "continuations"):
-            positions, valid = planned_anchors(request, rollout)
+            final = self.final_rewards(rollout, rewards)
+            positions, valid = self._anchors(request, rollout, final)
             rows, cols = request_pairs(valid, fresh_start=request.fresh_start)
             cont = sample_continuations(self.engine, self.policy, rollout, positions, rows, cols,
                                         request.num_continuations, plan.sampling)
-            means = self._continuation_means(rollout, cont, positions.shape)
-            final = torch.nan_to_num(rewards, nan=0.0)
+            scores = self._continuation_scores(rollout, cont)
+            means = continuation_means(scores, cont.sample_index, cont.anchor_column, tuple(positions.shape))
             start = means[:, 0] if request.fresh_start else leave_one_out_mean(final, rollout.group_size)  # Û(0)
             values = build_anchor_values(start, means[:, 1:-1], final, positions)
+            tree = self._tree(rollout, cont, scores, final, positions.shape[1]) if self.train_continuations else None
+        interior = valid[:, 1:-1]
         stats = {"continuation_tokens": float(cont.generated_tokens), "continuation_calls": float(cont.num_calls),
-                 "anchors_valid_frac": float(valid[:, 1:-1].float().mean()) if self.num_anchors else 0.0}
-        extended = replace(rollout, anchor_positions=positions, anchor_values=values)
+                 "anchors_valid_frac": float(interior.float().mean()) if self.num_anchors else 0.0,
+                 "continuation_reward": float(scores.mean()) if scores.numel() else float("nan")}
+        extended = replace(rollout, anchor_positions=positions, anchor_values=values, tree=tree)
         return extended, {f"trepo/{k}": torch.tensor(v) for k, v in stats.items()}
 
-    def _continuation_means(self, rollout: Rollout, cont: Continuations, shape: torch.Size) -> Tensor:
-        """(N, M+2) mean reward of the K continuations per anchor (NaN where none were sampled)."""
+    def final_rewards(self, rollout: Rollout, rewards: Tensor) -> Tensor:
+        """RM(W) as the estimator uses it: NaN -> 0, and ``truncated_reward`` for truncated responses when set."""
+        final = torch.nan_to_num(rewards, nan=0.0)
+        if self.truncated_reward is None:
+            return final
+        return torch.where(rollout.truncated.to(final.device), torch.full_like(final, self.truncated_reward), final)
+
+    def _anchors(self, request: ContinuationPlan, rollout: Rollout, final: Tensor) -> tuple[Tensor, Tensor]:
+        """(positions, valid) of this step: per-response offsets when ``anchor_sampling=sample`` (drawn now, from
+        fresh randomness: still independent of the responses), then the gate, whose closed anchors collapse to T."""
+        if self.anchor_sampling == "sample" and request.anchor_offsets is not None:
+            offsets = fixed_anchor_offsets(self.num_anchors, self.rollout_cfg.sampling.max_new_tokens,
+                                           mode=self.anchor_mode, every=self.anchor_every,
+                                           num_samples=rollout.num_samples)
+            request = replace(request, anchor_offsets=offsets)
+        positions, valid = planned_anchors(request, rollout)
+        if self.gate == "mixed":
+            valid[:, 1:-1] &= siblings_mixed(final, rollout.group_size).to(valid.device)[:, None]
+            positions[:, 1:-1] = torch.where(valid[:, 1:-1], positions[:, 1:-1], positions[:, -1:])
+        return positions, valid
+
+    def _continuation_scores(self, rollout: Rollout, cont: Continuations) -> Tensor:
+        """(C,) the reward of every continuation (NaN -> 0; ``truncated_reward`` for truncated ones when set)."""
         if cont.sample_index.numel() == 0:
-            return torch.full(shape, float("nan"), device=self.device)
+            return torch.zeros(0, device=self.device)
         scores = torch.nan_to_num(self.score_samples(cont.to_samples(rollout)).rewards.to(self.device), nan=0.0)
-        return continuation_means(scores, cont.sample_index, cont.anchor_column, (shape[0], shape[1]))
+        if self.truncated_reward is not None and cont.truncated is not None:
+            scores = torch.where(cont.truncated.to(self.device), torch.full_like(scores, self.truncated_reward),
+                                 scores)
+        return scores
+
+    def _tree(self, rollout: Rollout, cont: Continuations, scores: Tensor, final: Tensor, width: int) -> Rollout:
+        """The continuations as rows to train on: prompt + prefix as the prompt, the continuation's own tokens as the
+        completion, advantage w (RM(c) - mean of its siblings at the anchor), times the group scale if any."""
+        adv = self.continuation_weight * continuation_advantages(scores, cont.sample_index, cont.anchor_column,
+                                                                 final, width)
+        if self.advantage_scale == "group":
+            adv = adv * group_std_scale(final, rollout.group_size)[cont.sample_index]
+        return tree_rows(rollout, cont, self.engine.pad_id, scores, adv, self.engine.tokenizer)
 
     def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
-        return Advantages(segment_advantages(rollout.anchor_values, rollout.anchor_positions, rollout.completion_mask))
+        adv = segment_advantages(rollout.anchor_values, rollout.anchor_positions, rollout.completion_mask)
+        if self.advantage_scale == "group":
+            adv = adv * group_std_scale(self.final_rewards(rollout, rewards), rollout.group_size)[:, None]
+        return Advantages(adv)
 
     def make_rollout(self, batch: dict) -> tuple[Rollout, dict[str, Tensor]]:
-        """The base's rollout, plus the share of its wall-clock time the continuations took."""
+        """The base's rollout, plus the continuation rows to train on (``train_continuations``), the step's
+        advantage whitening (``advantage_scale=whiten``) and the share of wall-clock time the continuations took."""
         rollout, metrics = super().make_rollout(batch)
         t_cont = rollout.timings["continuations"]
         metrics["trepo/continuation_time_frac"] = torch.tensor(t_cont / max(sum(rollout.timings.values()), 1e-9))
+        if rollout.tree is not None:
+            rollout = self._with_tree(rollout)
+            metrics["trepo/tree_rows"] = torch.tensor(float(rollout.num_samples - len(batch["prompt_ids"]) *
+                                                            rollout.group_size))
+        if self.advantage_scale == "whiten":
+            adv = rollout.advantages * rollout.completion_mask
+            rollout.advantages = masked_whiten(adv, rollout.completion_mask) * rollout.completion_mask
         return rollout, metrics
+
+    def _with_tree(self, rollout: Rollout) -> Rollout:
+        """The rollout with its continuation rows appended (their π_old and reference log-probs computed as the
+        responses' were), ready for the loss; the responses' anchors are dropped (the loss does not read them)."""
+        tree = rollout.tree
+        assert tree is not None
+        with timed(rollout.timings, "logprobs"):
+            tree.old_logprobs, _ = self.behaviour_logprobs(tree)
+            if rollout.ref_logprobs is not None and self.ref_model is not None:
+                tree.ref_logprobs = self.no_grad_logprobs(self.ref_model, tree)
+        tree.advantages = tree.advantages[:, None] * tree.completion_mask
+        return append_rows(replace(rollout, tree=None), tree, self.engine.pad_id)

@@ -13,10 +13,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_trepo.algorithms.anchors import anchor_positions_from_offsets, boundary_anchor_positions
-from lightning_trepo.rollout.engine import ContinuationPlan, RolloutEngine, SamplingConfig, right_pad
+from lightning_trepo.rollout.engine import ContinuationPlan, RolloutEngine, SamplingConfig, left_pad, right_pad
 from lightning_trepo.types import Rollout
 from reward_models import Samples
 
@@ -33,6 +34,7 @@ class Continuations:
     generated_tokens: int  # continuation tokens actually generated (excluding prefixes)
     num_calls: int
     truncated: Tensor | None = None  # (C,) bool, the continuation ran out of its budget without EOS
+    generated_lengths: Tensor | None = None  # (C,) tokens each continuation generated (after its prefix)
 
     def to_samples(self, rollout: Rollout) -> Samples:
         """The reward layer's view: each continuation scored as a full response to its sample's prompt and row."""
@@ -86,8 +88,73 @@ def sample_continuations(engine: RolloutEngine, model: nn.Module, rollout: Rollo
         mask[i, : p.numel()] = 1
     texts = engine.tokenizer.batch_decode(ids, skip_special_tokens=True)
     generated = int(gen.completion_mask.sum()) if rows.numel() else 0
+    empty = torch.zeros(0, dtype=torch.long, device=device)
     return Continuations(rep_rows, cols.repeat_interleave(k), ids, mask, texts, generated, gen.num_calls,
-                         gen.truncated.to(device) if rows.numel() else torch.zeros(0, dtype=torch.bool, device=device))
+                         gen.truncated.to(device) if rows.numel() else empty.bool(),
+                         gen.completion_mask.sum(-1).to(device) if rows.numel() else empty)
+
+
+def tree_rows(rollout: Rollout, cont: Continuations, pad_id: int, rewards: Tensor, advantages: Tensor,
+              tokenizer: Any) -> Rollout:
+    """The continuations as rows of their own (TRePO ``train_continuations``): row c's prompt is its response's prompt
+    followed by the prefix W_{0,s} it continued (so the prefix is context, never trained twice), its completion the
+    continuation's own generated tokens (EOS included); ``rewards`` (C,) and ``advantages`` (C,) per row."""
+    device = rollout.completion_ids.device
+    lengths = cont.completion_mask.sum(-1).tolist()
+    prompts, completions, starts = [], [], []
+    for i, n in enumerate(cont.sample_index.tolist()):
+        s = lengths[i] - int(cont.generated_lengths[i])
+        starts.append(s)
+        prompt = rollout.prompt_ids[n][rollout.prompt_mask[n].bool()]
+        prompts.append(torch.cat([prompt, cont.completion_ids[i, :s]]).tolist())
+        completions.append(cont.completion_ids[i, s:lengths[i]])
+    p_ids, p_mask = left_pad(prompts, pad_id, device)
+    c_ids = right_pad(completions, pad_id).to(device) if completions else \
+        torch.zeros(0, 1, dtype=torch.long, device=device)
+    c_mask = torch.zeros_like(c_ids)
+    for i, c in enumerate(completions):
+        c_mask[i, : c.numel()] = 1
+    rows = cont.sample_index.tolist()
+    prefix_text = tokenizer.batch_decode([cont.completion_ids[i, :s] for i, s in enumerate(starts)],
+                                         skip_special_tokens=True) if rows else []
+    return Rollout(
+        prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=c_ids, completion_mask=c_mask,
+        group_index=rollout.group_index[cont.sample_index], group_size=rollout.group_size,
+        prompts=[rollout.prompts[n] + t for n, t in zip(rows, prefix_text, strict=True)],
+        completions=tokenizer.batch_decode(c_ids, skip_special_tokens=True) if rows else [],
+        metadata=[rollout.metadata[n] for n in rows],
+        truncated=cont.truncated if cont.truncated is not None else torch.zeros(len(rows), dtype=torch.bool),
+        rewards=rewards, advantages=advantages,
+    )
+
+
+LEFT_PADDED = ("prompt_ids", "prompt_mask")
+
+
+def append_rows(first: Rollout, second: Rollout, pad_id: int) -> Rollout:
+    """``first``'s rows followed by ``second``'s, every per-sample field joined (prompts left padded, completions and
+    per-token tensors right padded, with ``pad_id`` for ids and 0 elsewhere); fields that only ``first`` has per
+    anchor (``anchor_positions``, ``anchor_values``) are dropped. The rest (group size, greedy, timings) is
+    ``first``'s. A field set on one side only is an error (the rows would not line up)."""
+    out = {}
+    for name in Rollout.PER_SAMPLE:
+        a, b = getattr(first, name), getattr(second, name)
+        if name in ("anchor_positions", "anchor_values") or (a is None and b is None):
+            out[name] = None
+            continue
+        if a is None or b is None:
+            raise ValueError(f"append_rows: field {name!r} is set on one rollout only")
+        out[name] = a + b if isinstance(a, list) else _join(a, b, pad_id if name == "completion_ids" or
+                                                              name == "prompt_ids" else 0, name in LEFT_PADDED)
+    return replace(first, **out)
+
+
+def _join(a: Tensor, b: Tensor, value: float, left: bool) -> Tensor:
+    """Concatenate rows of two tensors, padding their last dimension to the wider one (on the left if ``left``)."""
+    if a.dim() > 1 and a.shape[-1] != b.shape[-1]:
+        width = max(a.shape[-1], b.shape[-1])
+        a, b = (F.pad(x, (width - x.shape[-1], 0) if left else (0, width - x.shape[-1]), value=value) for x in (a, b))
+    return torch.cat([a, b.to(a.device, a.dtype)])
 
 
 class BoundaryMarker:
