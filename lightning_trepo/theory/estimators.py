@@ -22,6 +22,7 @@ from torch import Tensor
 
 from lightning_trepo.algorithms.advantages import (
     gae,
+    group_std_scale,
     informative_groups,
     leave_one_out_mean,
     reinforce_advantages,
@@ -29,6 +30,7 @@ from lightning_trepo.algorithms.advantages import (
     reinforce_pp_baseline_advantages,
     remax_advantages,
     segment_advantages,
+    siblings_mixed,
     token_level_rewards,
 )
 from lightning_trepo.algorithms.anchors import (
@@ -245,3 +247,72 @@ def dynamic_sampling(exact: ExactSolution, draws: Draws) -> Draws:
     keep = informative_groups(exact.reward[draws.index].reshape(-1), g)
     prob = draws.prob[keep]
     return Draws(prob / prob.sum(), draws.index[keep], draws.advantages[keep], draws.aggregation)
+
+
+# ---------------------------------------------------------------- TRePO's estimator family (gate, tree, scale)
+
+
+def gated_trepo(exact: ExactSolution, group_size: int, num_anchors: int, scale: bool = False) -> Draws:
+    """TRePO with Û(0) = LOO and the ``gate=mixed`` switch: response i gets its anchors (exact U) only when its G-1
+    siblings' rewards are not all equal (:func:`siblings_mixed`), else the RLOO advantage; ``scale`` also multiplies
+    by the group's 1/std (:func:`group_std_scale`, ``advantage_scale=group``). Offsets shared by the draw."""
+    prob, index = group_tuples(exact, group_size)
+    sets = offset_sets(exact.mask.shape[1], num_anchors)
+    c, r = sets.shape[0], prob.shape[0]
+    prob, index = prob.repeat_interleave(c) / c, index.repeat_interleave(c, dim=0)
+    flat = index.reshape(-1)
+    offsets = sets.repeat(r, 1).repeat_interleave(group_size, dim=0)
+    positions, _ = anchor_positions_from_offsets(offsets, exact.lengths[flat])
+    rewards = exact.reward[flat]
+    gate = siblings_mixed(rewards, group_size)
+    positions[:, 1:-1] = torch.where(gate[:, None], positions[:, 1:-1], positions[:, -1:])
+    u = exact.prefix_values[flat].gather(1, positions)
+    values = build_anchor_values(leave_one_out_mean(rewards, group_size), u[:, 1:-1], rewards, positions)
+    adv = segment_advantages(values, positions, exact.mask[flat])
+    if scale:
+        adv = adv * group_std_scale(rewards, group_size)[:, None]
+    return Draws(prob, index, adv.reshape(*index.shape, -1))
+
+
+def tree_trepo(exact: ExactSolution, weight: float) -> Draws:
+    """TRePO M = 1 uniform offset, K = 1 continuation W' of W_{0,s} (enumerated exactly with π(W' | W_{0,s})), Û(0)
+    exact, trained on W (segment advantages) AND on W' (``train_continuations``): W' tokens after s get
+    w (RM(W') - RM(W)), its one sibling at the anchor being W. A draw is (W, offset, W'); an offset at or past T has
+    no continuation (W' = W with advantage 0)."""
+    n, length = exact.mask.shape
+    sets = offset_sets(length, 1)
+    rows: list[tuple[float, int, int, Tensor, Tensor]] = []
+    t = torch.arange(1, length + 1)
+    for w in range(n):
+        for o in sets[:, 0].tolist():
+            p = float(exact.prob[w]) / sets.shape[0]
+            positions, _ = anchor_positions_from_offsets(torch.tensor([[o]]), exact.lengths[w:w + 1])
+            s = int(positions[0, 1])
+            if s >= int(exact.lengths[w]):  # padding anchor: no continuation
+                values = exact.prefix_values[w:w + 1].gather(1, positions)
+                adv = segment_advantages(values, positions, exact.mask[w:w + 1])[0]
+                rows.append((p, w, w, adv, torch.zeros(length, dtype=DTYPE)))
+                continue
+            same = (exact.tokens[:, :s] == exact.tokens[w, :s]).all(1) & (exact.lengths > s)
+            total = float(exact.prob[same].sum())
+            for v in same.nonzero().flatten().tolist():
+                q = float(exact.prob[v]) / total
+                values = torch.tensor([[float(exact.prefix_values[w, 0]), float(exact.reward[v]),
+                                        float(exact.reward[w])]], dtype=DTYPE)
+                adv = segment_advantages(values, positions, exact.mask[w:w + 1])[0]
+                tree = weight * (exact.reward[v] - exact.reward[w]) * ((t > s) & exact.mask[v].bool()).to(DTYPE)
+                rows.append((p * q, w, v, adv, tree))
+    prob = torch.tensor([r[0] for r in rows], dtype=DTYPE)
+    index = torch.tensor([[r[1], r[2]] for r in rows], dtype=torch.long)
+    adv = torch.stack([torch.stack([r[3], r[4]]) for r in rows])
+    return Draws(prob, index, 2 * adv)  # seq_mean over the draw's 2 rows: x2 makes the estimate their sum
+
+
+def tree_target(exact: ExactSolution, weight: float) -> Tensor:
+    """What :func:`tree_trepo` estimates: Σ_t (1 + w P(s < t)) g_t, g_t = E[RM(W) ∇log π(w_t | W_{0,t-1})] the t-th
+    token's term of ∇J and P(s < t) = (t-1)/(L-1) for one offset uniform on {1..L-1}: every position's term keeps its
+    sign, later ones weigh more (a continuation re-trains the tokens after its anchor)."""
+    length = exact.mask.shape[1]
+    per_position = torch.einsum("w,w,wtd->td", exact.prob, exact.reward, exact.scores)  # (L, D) g_t
+    weights = 1.0 + weight * torch.arange(length, dtype=DTYPE) / (length - 1)
+    return weights @ per_position

@@ -359,3 +359,71 @@ def test_informative_groups_matches_verls_filter_groups() -> None:
     verl = rewards.view(50, 4).std(dim=1, unbiased=False) > 0
     keep = informative_groups(rewards, 4)
     assert torch.equal(keep, verl) and 0 < int(keep.sum()) < 50
+
+
+# ---------------------------------------------------------------- TRePO's estimator family
+
+
+def test_siblings_mixed_reads_only_the_other_rewards():
+    from lightning_trepo.algorithms.advantages import siblings_mixed
+
+    # G = 4. Group [1,0,0,0]: sample 0's siblings are [0,0,0] (not mixed); 1..3 see the 1 among theirs (mixed).
+    # Group [1,1,1,0]: sample 3's siblings [1,1,1] are constant; the others see [1,1,0] / [1,1,0] / [1,1,0].
+    # Group [1,1,0,0]: every sample has both values among its siblings. Constant group: never.
+    rewards = torch.tensor([1.0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 0, 0, 0.5, 0.5, 0.5, 0.5])
+    assert siblings_mixed(rewards, 4).tolist() == [False, True, True, True, True, True, True, False,
+                                                     True, True, True, True, False, False, False, False]
+
+
+def test_siblings_mixed_is_invariant_to_the_samples_own_reward():
+    # the gate of sample i never changes when only r_i changes (that is what keeps the estimator unbiased)
+    from lightning_trepo.algorithms.advantages import siblings_mixed
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        r = torch.randint(0, 2, (12,), generator=gen).float()
+        for i in range(12):
+            changed = r.clone()
+            changed[i] = 1 - changed[i]
+            assert siblings_mixed(r, 3)[i] == siblings_mixed(changed, 3)[i]
+
+
+def test_group_std_scale_is_grpo_std_and_one_for_constant_groups():
+    from lightning_trepo.algorithms.advantages import group_std_scale
+
+    # [1,0,0,0]: mean 1/4, sample variance (9/16 + 3/16) / 3 = 1/4, std 1/2 -> scale 1 / (1/2 + eps) = 2 (eps = 0)
+    # constant group: std 0 -> scale 1 (its RLOO advantages are 0 anyway)
+    scale = group_std_scale(torch.tensor([1.0, 0, 0, 0, 2, 2, 2, 2]), 4, eps=0.0)
+    torch.testing.assert_close(scale, torch.tensor([2.0, 2, 2, 2, 1, 1, 1, 1]))
+    # equals GRPO's std division on a non-constant group: scale * (r - mean) == grpo_advantages
+    r = torch.tensor([1.0, 0, 0, 1, 0, 1])
+    torch.testing.assert_close(group_std_scale(r, 3) * (r - r.reshape(-1, 3).mean(1).repeat_interleave(3)),
+                               grpo_advantages(r, 3))
+
+
+def test_continuation_advantages_leave_one_out_among_siblings_and_the_response():
+    from lightning_trepo.algorithms.advantages import continuation_advantages
+
+    # width 3 (M = 1). Sample 0: RM(W) = 1, two continuations at column 1 scoring [1, 0]:
+    #   A = 1 - (0 + 1)/2 = 0.5 and 0 - (1 + 1)/2 = -1.
+    # Sample 1: RM(W) = 0, three continuations [0, 0, 1]: A = 0 - (0 + 1 + 0)/3 = -1/3 (twice), 1 - 0 = 1.
+    scores = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0])
+    index = torch.tensor([0, 0, 1, 1, 1])
+    column = torch.tensor([1, 1, 1, 1, 1])
+    adv = continuation_advantages(scores, index, column, torch.tensor([1.0, 0.0]), 3)
+    torch.testing.assert_close(adv, torch.tensor([0.5, -1.0, -1 / 3, -1 / 3, 1.0]))
+
+
+def test_continuation_advantages_sum_per_anchor_is_mean_minus_the_response_reward():
+    # Σ_c A_c = S - (K S - S + K r) / K = S / K - r: the cell's mean continuation reward minus RM(W)
+    from lightning_trepo.algorithms.advantages import continuation_advantages
+
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.rand(12, generator=gen)
+    index = torch.tensor([0] * 4 + [1] * 4 + [1] * 4)
+    column = torch.tensor([1] * 4 + [1] * 4 + [2] * 4)
+    final = torch.tensor([0.3, 0.8])
+    adv = continuation_advantages(scores, index, column, final, 4)
+    for cell in range(3):
+        part = slice(4 * cell, 4 * cell + 4)
+        torch.testing.assert_close(adv[part].sum(), scores[part].mean() - final[index[4 * cell]])
