@@ -212,7 +212,8 @@ class Proxy:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         link = object.__getattribute__(self, "_link")
-        return self._ask("call", args=[link.wire(a) for a in args], kwargs=[[k, link.wire(v)] for k, v in kwargs.items()])
+        wired = [[k, link.wire(v)] for k, v in kwargs.items()]
+        return self._ask("call", args=[link.wire(a) for a in args], kwargs=wired)
 
     def __getitem__(self, key: Any) -> Any:
         return self._ask("getitem", key=object.__getattribute__(self, "_link").wire(key))

@@ -296,7 +296,7 @@ def execute(libc, cfg, job, held, ready_w, ack_r, cwd):
         job.get("proxy")
     del job, cfg, held
     if proxy is not None:  # one end of a test that calls the program through proxies (reward_models/_proxy.py)
-        module = {"__name__": "_proxy"}
+        module: dict = {"__name__": "_proxy"}
         exec(compile(proxy.pop("source"), "_proxy.py", "exec"), module)
         module["encode"] = encode
         module[proxy["role"]](program, calls, results, channel, proxy)

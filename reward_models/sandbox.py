@@ -202,7 +202,8 @@ def _spawn(cfg: dict, io_dir: Path, limits: SandboxLimits, python: str, calls: l
         try:
             proc = subprocess.Popen(
                 [python, "-I", BOOT, json.dumps(cfg)], stdin=fin, stdout=fout, stderr=ferr, cwd=cfg["workdir"],
-                env=_minimal_env(cfg["workdir"]), start_new_session=True, pass_fds=(report_w, fres.fileno(), *cfg["channel"]),
+                env=_minimal_env(cfg["workdir"]), start_new_session=True,
+                pass_fds=(report_w, fres.fileno(), *cfg["channel"]),
             )
         finally:
             os.close(report_w)
