@@ -17,7 +17,9 @@ Stdlib only (it runs before any isolation exists). Four processes:
   and runs the program: as ``__main__`` on stdin, or loaded as module ``solution`` followed by
   each *call* expression, whose value goes to the results file as strict JSON of plain values.
 
-The expected values never enter the sandbox: the host compares (reward_models/code_tests.py).
+With a ``proxy`` job the program process instead runs one end of a proxy channel
+(reward_models/_proxy.py: the program's server, or the judge running the tests unchanged).
+The expected values never enter the program's sandbox: the host or the judge's sandbox compares.
 Each step the OS refuses is reported as not held, never faked.
 """
 import ctypes

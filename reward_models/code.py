@@ -4,7 +4,9 @@ The sandbox (reward_models/sandbox.py) limits CPU time, wall time, memory, tasks
 with a minimal environment and, where the kernel allows, in its own user + pid + network + mount
 namespaces as an unprivileged uid under seccomp, in a jail that shows only the interpreter. It
 evaluates the calls of the tests (reward_models/code_tests.py) or the stdin runs and sends back
-plain values or stdout; the expected values never enter it, and the comparison happens here. Where
+plain values or stdout; the expected values never enter it, and the comparison happens here. Tests
+that cannot be split run unchanged in a judge's sandbox that reaches the program only through
+proxies whose results come back as plain values (reward_models/_proxy.py). Where
 an isolation feature is missing the reward refuses to run untrusted code unless
 ``allow_unisolated: true``. docs/rewards.md says honestly what it does not stop.
 """

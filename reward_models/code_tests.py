@@ -11,9 +11,11 @@ standard library and ``from solution import ...`` (dropped: those names are the 
 assignments of program-free values. The program is touched only through *call chains*: a program
 name, then any mix of ``.attr``, ``[literal]`` and ``(literal, ..., key=literal)``, e.g.
 ``Solution().two_sum([2, 7], 9)[0]``. Anything else that touches a program name (an argument
-computed from a loop variable, ``check(add)``, a ``try`` block) is refused with a ValueError naming
-the row and test. Judges made of literals, comparisons, arithmetic and a few pure builtins run in
-the host (:func:`judge_in_host`); the rest run in a second, clean sandbox holding only the values.
+computed from a loop variable, ``check(add)``, a ``try`` block) cannot be split: such a row's tests
+run unchanged in a judge's sandbox with proxies for the program's names (:func:`proxy_tests`,
+:func:`~reward_models.sandbox.run_linked`). Judges made of literals, comparisons, arithmetic and a
+few pure builtins run in the host (:func:`judge_in_host`); the rest run in a second, clean sandbox
+holding only the values.
 """
 from __future__ import annotations
 

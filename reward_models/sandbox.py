@@ -9,7 +9,9 @@ the interpreter's own paths bound back read-only and a 16 MiB tmpfs as cwd).
 
 The program runs as ``__main__`` on ``stdin`` (its stdout is the answer), or is loaded as module
 ``solution`` and each *call* expression is evaluated; the values come back as strict JSON of plain
-values (:func:`decode_value`). Expected values never enter the sandbox: the caller compares. The
+values (:func:`decode_value`). Expected values never enter the sandbox: the caller compares.
+:func:`run_linked` joins a program's sandbox to a judge's sandbox that runs tests unchanged,
+through proxies (reward_models/_proxy.py). The
 isolation report (keys :data:`ISOLATION_FEATURES`) is written by the namespace's init on a pipe the
 program never holds; a missing or unparsable report, or malformed results, set ``bad_result``.
 """

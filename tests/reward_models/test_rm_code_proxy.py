@@ -55,7 +55,8 @@ def test_mbpp_style_rows_with_unimported_modules_and_io_rows():
     rows = [{"tests": ["assert math.isclose(root(2), 1.41421, rel_tol=1e-4)", "assert root(9) == 3.0"]},
             {"tests": [{"input": "3\n", "output": "9\n"}, {"input": "4\n", "output": "16"}]}]
     # math in the first test is imported in the judge: the program's own math (redefined below) is not asked
-    honest, liar = "import math\ndef root(x):\n    return math.sqrt(x)", "import math\nmath.isclose = lambda *a, **k: True\n"
+    honest = "import math\ndef root(x):\n    return math.sqrt(x)"
+    liar = "import math\nmath.isclose = lambda *a, **k: True\n"
     io = "n = int(input())\nprint(n * n)"
     out = reward()(samples([honest, liar + "def root(x):\n    return 0.0", io], [rows[0], rows[0], rows[1]]))
     assert_close(out.rewards, [1.0, 0.0, 1.0], atol=1e-6)

@@ -38,7 +38,8 @@ CHANNEL_ATTACKS = {
     "sleep_in_call": ("import time\ndef add(a, b):\n    time.sleep(30)\n", "TIMEOUT"),
     "exit_in_call": ("import os\ndef add(a, b):\n    os._exit(0)\n", "fast"),
     "read_requests_and_answer": ("import os, threading\ndef steal():\n    for fd in range(3, 64):\n        try:\n"
-                                 "            os.read(fd, 4096)\n            os.write(fd + 1, b'{\"value\": true}\\n')\n"
+                                 "            os.read(fd, 4096)\n"
+                                 "            os.write(fd + 1, b'{\"value\": true}\\n')\n"
                                  "        except OSError:\n            pass\n"
                                  "threading.Thread(target=steal, daemon=True).start()\n", None),
 }
