@@ -227,7 +227,7 @@ class Proxy:
 
 def _namespace(spec: dict, k: int, link: Link) -> dict:
     """The test's globals: the trusted prefix, the standard modules it names, a proxy per program name."""
-    namespace: dict = {"__name__": "__test__"}
+    namespace: dict = {"__name__": "__main__"}  # the test is the script: its `if __name__ == "__main__":` runs
     if spec["prefix"]:
         exec(compile(spec["prefix"], "prefix.py", "exec"), namespace)
     for module in spec["imports"][k]:

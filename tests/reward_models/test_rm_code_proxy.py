@@ -102,3 +102,10 @@ def test_all_164_humaneval_problems_score_one_with_their_canonical_solutions():
     out = reward(prefix_key="prompt")(samples(solutions + ["    return None\n"] * 164, meta + meta))
     print(f"164 HumanEval problems, canonical and wrong: {time.perf_counter() - start:.1f} s")
     assert out.rewards.tolist() == [1.0] * 164 + [0.0] * 164
+
+
+def test_a_main_guard_runs_and_a_callback_cannot_cross():
+    tests = ["if __name__ == '__main__':\n    assert all(twice(x) == 2 * x for x in range(3))",
+             "assert apply(lambda x: x + 1, 2) == 3"]  # the lambda is the judge's: it cannot reach the program
+    program = "def twice(x):\n    return 2 * x\ndef apply(f, x):\n    return f(x)"
+    assert_close(reward()(samples([program], [{"tests": tests}])).rewards, [0.5], atol=1e-6)
