@@ -17,7 +17,9 @@ Stdlib only (it runs before any isolation exists). Four processes:
   and runs the program: as ``__main__`` on stdin, or loaded as module ``solution`` followed by
   each *call* expression, whose value goes to the results file as strict JSON of plain values.
 
-The expected values never enter the sandbox: the host compares (reward_models/code_tests.py).
+With a ``proxy`` job the program process instead runs one end of a proxy channel
+(reward_models/_proxy.py: the program's server, or the judge running the tests unchanged).
+The expected values never enter the program's sandbox: the host or the judge's sandbox compares.
 Each step the OS refuses is reported as not held, never faked.
 """
 import ctypes
@@ -242,6 +244,7 @@ def runner(libc, cfg, job, held):
     die_with_parent(libc, 0 if os.getpid() == 1 else parent)
     (ready_r, ready_w), (ack_r, ack_w) = os.pipe(), os.pipe()
     pid = os.fork()
+    close_channel(cfg, pid)
     if pid == 0:
         os.close(ready_r)
         os.close(ack_w)
@@ -273,7 +276,7 @@ def wait_until(pid, deadline):
 
 def execute(libc, cfg, job, held, ready_w, ack_r, cwd):
     """The program's process: only its own descriptors, no privileges, limits, seccomp, then the program."""
-    keep = {0, 1, 2, cfg["results_fd"], ready_w, ack_r}
+    keep = {0, 1, 2, cfg["results_fd"], ready_w, ack_r, *cfg["channel"]}
     for fd in map(int, os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd")):
         if fd not in keep:
             try:
@@ -291,9 +294,15 @@ def execute(libc, cfg, job, held, ready_w, ack_r, cwd):
     os.close(ready_w)
     os.read(ack_r, 1)  # init has read our /proc status
     os.close(ack_r)
-    program, calls, results = job["program"], job["calls"], cfg["results_fd"]
+    program, calls, results, channel, proxy = job["program"], job["calls"], cfg["results_fd"], cfg["channel"], \
+        job.get("proxy")
     del job, cfg, held
-    if calls is None:
+    if proxy is not None:  # one end of a test that calls the program through proxies (reward_models/_proxy.py)
+        module: dict = {"__name__": "_proxy"}
+        exec(compile(proxy.pop("source"), "_proxy.py", "exec"), module)
+        module["encode"] = encode
+        module[proxy["role"]](program, calls, results, channel, proxy)
+    elif calls is None:
         sys.argv = ["solution.py"]
         exec(compile(program, "solution.py", "exec"), {"__name__": "__main__"})
     else:
@@ -316,6 +325,13 @@ def run_calls(program, calls, fd):
         except BaseException as err:  # noqa: BLE001 - the call failed: that test fails
             text = json.dumps({"error": type(err).__name__})
         os.write(fd, text.encode() + b"\n")
+
+
+def close_channel(cfg, pid):
+    """After a fork, the parent lets go of the proxy channel (only the program process holds it, so
+    the other end sees EOF when the program dies)."""
+    for fd in cfg["channel"] if pid else ():
+        os.close(fd)
 
 
 def run_child(fn, *args):
@@ -349,6 +365,7 @@ def setup(libc, cfg, job, sync_r, go_w):
     held = {"user_namespace": userns, "network": unshared and not cfg["network"], "mapped_nobody": mapped == b"2",
             "parent": os.getpid(), "jail_built": userns and build_jail(libc, cfg["jail"])}
     pid = os.fork()
+    close_channel(cfg, pid)
     if pid == 0:
         run_child(runner, libc, cfg, job, held)
     os.waitpid(pid, 0)
@@ -369,6 +386,7 @@ def main():
         run_child(setup, libc, cfg, job, to_setup_r, to_boot_w)
     os.close(cfg["report_fd"])
     os.close(cfg["results_fd"])
+    close_channel(cfg, pid)
     unshared = os.read(to_boot_r, 1) == b"1"
     os.write(to_setup_w, write_maps(pid, os.getuid(), os.getgid()) if unshared else b"0")
     os.waitpid(pid, 0)

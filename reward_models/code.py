@@ -4,7 +4,9 @@ The sandbox (reward_models/sandbox.py) limits CPU time, wall time, memory, tasks
 with a minimal environment and, where the kernel allows, in its own user + pid + network + mount
 namespaces as an unprivileged uid under seccomp, in a jail that shows only the interpreter. It
 evaluates the calls of the tests (reward_models/code_tests.py) or the stdin runs and sends back
-plain values or stdout; the expected values never enter it, and the comparison happens here. Where
+plain values or stdout; the expected values never enter it, and the comparison happens here. Tests
+that cannot be split run unchanged in a judge's sandbox that reaches the program only through
+proxies whose results come back as plain values (reward_models/_proxy.py). Where
 an isolation feature is missing the reward refuses to run untrusted code unless
 ``allow_unisolated: true``. docs/rewards.md says honestly what it does not stop.
 """
@@ -14,31 +16,52 @@ import logging
 import math
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 
 from reward_models.base import MISSING, Missing, OnError, Reward, check_literal, check_missing, metadata_value
-from reward_models.code_tests import SplitTest, host_judgeable, judge_in_host, judge_in_sandbox, split_tests
-from reward_models.sandbox import ISOLATION_FEATURES, SandboxLimits, SandboxResult, probe_isolation, run_sandboxed
+from reward_models.code_tests import (
+    ProxyTests,
+    SplitTest,
+    host_judgeable,
+    judge_in_host,
+    judge_in_sandbox,
+    proxy_tests,
+    split_tests,
+)
+from reward_models.sandbox import (
+    ISOLATION_FEATURES,
+    SandboxLimits,
+    SandboxResult,
+    probe_isolation,
+    run_linked,
+    run_sandboxed,
+)
 from reward_models.types import RewardOutput, Samples
 
 log = logging.getLogger("reward_models")
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 
 
-def extract_code(text: str, mode: str = "auto") -> str:
+def _trim(text: str, indented: bool) -> str:
+    return text.lstrip("\n").rstrip() if indented and text.strip() else text.strip()
+
+
+def extract_code(text: str, mode: str = "auto", indented: bool = False) -> str:
     """The program in a completion. ``"fenced"``: the last ```` ```python ```` (or ``py``/``python3``)
     block, else the last untagged ```` ``` ```` block; ``"raw"``: the whole text; ``"auto"``: fenced,
-    else raw. Returns ``""`` when there is no code."""
+    else raw. Returns ``""`` when there is no code. ``indented``: keep the first line's indentation
+    (a function body that continues a prompt, as HumanEval's completions do)."""
     if mode == "raw":
-        return text.strip()
+        return _trim(text, indented)
     blocks = _FENCE_RE.findall(text)
     tagged = [body for lang, body in blocks if lang.lower() in ("python", "py", "python3")]
     untagged = [body for lang, body in blocks if not lang]
     if tagged or untagged:
-        return (tagged or untagged)[-1].strip()
-    return text.strip() if mode == "auto" and "```" not in text else ""
+        return _trim((tagged or untagged)[-1], indented)
+    return _trim(text, indented) if mode == "auto" and "```" not in text else ""
 
 
 def normalize_output(text: str) -> str:
@@ -75,6 +98,9 @@ class CodeExecution(Reward):
     Assert tests are split (:func:`~reward_models.code_tests.split_test`): one sandboxed process
     loads the program as module ``solution`` and evaluates every call of the row's tests; each test
     passes iff its judge holds on the returned plain values (calls after a crash or timeout fail).
+    A row with a test that cannot be split (loops, computed arguments, HumanEval's ``check``) runs its
+    tests unchanged in a judge's sandbox whose program names are proxies to the program's sandbox
+    (:func:`~reward_models.sandbox.run_linked`); each test passes iff it ends without an exception.
     I/O tests run the program as ``__main__`` once per test with the input on stdin and compare
     stdout (:func:`normalize_output`) here. No code scores 0. A row whose sandbox output is malformed,
     oversize or lacks the isolation report scores 0 (NaN under ``on_error: nan``); the other rows
@@ -98,6 +124,8 @@ class CodeExecution(Reward):
         missing: Missing = "raise",
         python: str | None = None,
         on_error: OnError = "raise",
+        entry_point_key: str = "entry_point",
+        prefix_key: str | None = None,
     ) -> None:
         """
         Args:
@@ -118,6 +146,13 @@ class CodeExecution(Reward):
             python: interpreter for the sandbox (default: this one).
             on_error: ``"raise"`` or ``"nan"`` (NaN + ``failed``) when scoring itself fails; also
                 what a row with an unscorable sandbox output gets: 0 (``raise``) or NaN (``nan``).
+            entry_point_key: metadata field naming the function a HumanEval-style test's
+                ``check(candidate)`` is called on (when the test defines ``check`` and does not call it).
+            prefix_key: metadata field with trusted code put before the program (HumanEval's
+                ``prompt``: imports, helpers, the signature); the program keeps its first line's
+                indentation (a body continuing the prompt). Proxied tests run it in the judge too,
+                so helpers they use (HumanEval/32's ``poly``) are the dataset's; the entry point stays
+                the program's.
         """
         check_literal("CodeExecution", "mode", mode, CodeMode)
         if workers < 1 or max_processes < 1 or max_tasks < 1 or memory_mb < 16 or cpu_time <= 0 or wall_time <= 0:
@@ -127,6 +162,7 @@ class CodeExecution(Reward):
         self.limits = SandboxLimits(cpu_time, wall_time, int(memory_mb), int(max_processes), int(max_output_bytes),
                                     max_tasks=int(max_tasks))
         self.allow_unisolated, self.python = allow_unisolated, python
+        self.entry_point_key, self.prefix_key = entry_point_key, prefix_key
         self.missing = check_missing("CodeExecution", missing)
         self.set_policy(on_error, None)
         self.isolation: dict[str, bool] | None = None
@@ -152,20 +188,40 @@ class CodeExecution(Reward):
             if lacking:
                 raise RuntimeError(f"CodeExecution: a sandboxed run lost isolation {lacking}")
 
+    def _assert_job(self, samples: Samples, i: int, tests: list[str]) -> list[SplitTest] | ProxyTests:
+        """Split tests where every test splits; else the row's tests unchanged, for the proxy path."""
+        try:
+            return split_tests(tests, i, self.tests_key)
+        except ValueError:
+            meta = samples.metadata[i] if i < len(samples.metadata) else {}
+            entry = meta.get(self.entry_point_key)
+            return proxy_tests(tests, i, self.tests_key, entry if isinstance(entry, str) else None,
+                               self._prefix(samples, i))
+
+    def _prefix(self, samples: Samples, i: int) -> str:
+        if self.prefix_key is None:
+            return ""
+        value = metadata_value(samples, i, self.prefix_key, "CodeExecution", "raise")
+        if not isinstance(value, str):
+            raise ValueError(f"CodeExecution: metadata row {i} {self.prefix_key!r} must be a string of code")
+        return value
+
     def _jobs(self, samples: Samples) -> tuple[list[tuple[int, str, Any]], list[int], list[float]]:
-        """One job per sandbox run: (row, program, split assert tests | (stdin, expected))."""
+        """One job per sandbox run: (row, program, split assert tests | ProxyTests | (stdin, expected))."""
         jobs, n_tests, no_code = [], [], []
         for i, completion in enumerate(samples.completions):
             value = metadata_value(samples, i, self.tests_key, "CodeExecution", self.missing)
-            program = extract_code(completion, self.extract)
+            program = extract_code(completion, self.extract, indented=self.prefix_key is not None)
             no_code.append(float(not program))
             if value is MISSING:
                 n_tests.append(-1)
                 continue
             kind, tests = parse_tests(value, i, self.tests_key)
             n_tests.append(len(tests))
+            if program and self.prefix_key is not None:
+                program = f"{self._prefix(samples, i)}\n{program}"
             if program and kind == "assert":
-                jobs.append((i, program, split_tests(tests, i, self.tests_key)))
+                jobs.append((i, program, self._assert_job(samples, i, tests)))
             elif program:
                 jobs.extend((i, program, pair) for pair in tests)
         return jobs, n_tests, no_code
@@ -186,6 +242,13 @@ class CodeExecution(Reward):
 
     def _run(self, job: tuple[int, str, Any]) -> tuple[int, int, bool, SandboxResult]:
         i, program, tests = job
+        if isinstance(tests, ProxyTests):
+            served, judged = run_linked(program, list(tests.tests), tests.spec(), self.limits, self.python)
+            res = replace(served, timed_out=served.timed_out or judged.timed_out,
+                          bad_result=served.bad_result or judged.bad_result,
+                          isolation={k: served.isolation.get(k, False) and v for k, v in judged.isolation.items()})
+            ok = not res.bad_result and served.load_error is None
+            return i, ok * sum(good and value is True for good, value in judged.calls), res.timed_out, res
         if isinstance(tests, list):
             res = run_sandboxed(program, [c for t in tests for c in t.calls], limits=self.limits, python=self.python)
             return i, 0 if res.bad_result else self._judge(tests, res), res.timed_out, res

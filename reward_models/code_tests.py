@@ -11,9 +11,11 @@ standard library and ``from solution import ...`` (dropped: those names are the 
 assignments of program-free values. The program is touched only through *call chains*: a program
 name, then any mix of ``.attr``, ``[literal]`` and ``(literal, ..., key=literal)``, e.g.
 ``Solution().two_sum([2, 7], 9)[0]``. Anything else that touches a program name (an argument
-computed from a loop variable, ``check(add)``, a ``try`` block) is refused with a ValueError naming
-the row and test. Judges made of literals, comparisons, arithmetic and a few pure builtins run in
-the host (:func:`judge_in_host`); the rest run in a second, clean sandbox holding only the values.
+computed from a loop variable, ``check(add)``, a ``try`` block) cannot be split: such a row's tests
+run unchanged in a judge's sandbox with proxies for the program's names (:func:`proxy_tests`,
+:func:`~reward_models.sandbox.run_linked`). Judges made of literals, comparisons, arithmetic and a
+few pure builtins run in the host (:func:`judge_in_host`); the rest run in a second, clean sandbox
+holding only the values.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import ast
 import builtins
 import inspect
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,3 +203,66 @@ def judge_in_sandbox(tests: list[tuple[SplitTest, dict[str, Any]]], limits: Sand
     if res.bad_result or res.load_error:
         return [False] * len(tests)
     return [ok and value is True for ok, value in res.calls]
+
+
+# ------------------------------------------------------------------ tests that call the program through proxies
+@dataclass(frozen=True)
+class ProxyTests:
+    """A row's tests run unchanged in the judge's sandbox (:func:`~reward_models.sandbox.run_linked`):
+    per test, the names it takes from the program (proxies) and the standard modules it names
+    without importing them (imported in the judge, never the program's)."""
+
+    tests: tuple[str, ...]
+    names: tuple[tuple[str, ...], ...]
+    imports: tuple[tuple[str, ...], ...]
+    entry_point: str | None = None  #: always the program's, even where ``prefix`` defines it
+    prefix: str = ""  #: trusted code (HumanEval's prompt) run in the judge before each test
+
+    def spec(self) -> dict:
+        return {"names": self.names, "imports": self.imports, "entry_point": self.entry_point, "prefix": self.prefix}
+
+
+def free_names(tree: ast.Module) -> set[str]:
+    """Names a test reads but never binds (assignment, def, class, import, argument, ``as``), builtins excluded."""
+    bound, loaded = set(dir(builtins)), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return loaded - bound
+
+
+def _with_check_call(source: str, tree: ast.Module, entry_point: str | None) -> str:
+    """HumanEval's test defines ``check(candidate)`` and the harness calls it on the entry point: so here."""
+    defines = any(isinstance(s, ast.FunctionDef) and s.name == "check" for s in tree.body)
+    calls = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "check"
+                for s in tree.body if not isinstance(s, ast.FunctionDef) for n in ast.walk(s))
+    if not defines or calls:
+        return source
+    if not entry_point or not entry_point.isidentifier():
+        raise ValueError("defines check(candidate) but the row has no entry point to call it on")
+    return f"{source}\n\ncheck({entry_point})\n"
+
+
+def proxy_tests(tests: list[str], row: int, key: str, entry_point: str | None = None, prefix: str = "") -> ProxyTests:
+    """The row's tests for the proxy path; ValueError names the row and test that is not valid Python."""
+    sources, names, imports = [], [], []
+    for j, test in enumerate(tests):
+        try:
+            source = _with_check_call(test, ast.parse(test), entry_point)
+            free = free_names(ast.parse(source))
+        except (SyntaxError, ValueError) as err:
+            raise ValueError(f"CodeExecution: metadata row {row} {key!r} test {j}: "
+                             f"{getattr(err, 'msg', None) or err}") from None
+        stdlib = {name for name in free if name in sys.stdlib_module_names and name != entry_point}
+        sources.append(source)
+        names.append(tuple(sorted(free - stdlib)))
+        imports.append(tuple(sorted(stdlib)))
+    return ProxyTests(tuple(sources), tuple(names), tuple(imports), entry_point, prefix)

@@ -9,7 +9,9 @@ the interpreter's own paths bound back read-only and a 16 MiB tmpfs as cwd).
 
 The program runs as ``__main__`` on ``stdin`` (its stdout is the answer), or is loaded as module
 ``solution`` and each *call* expression is evaluated; the values come back as strict JSON of plain
-values (:func:`decode_value`). Expected values never enter the sandbox: the caller compares. The
+values (:func:`decode_value`). Expected values never enter the sandbox: the caller compares.
+:func:`run_linked` joins a program's sandbox to a judge's sandbox that runs tests unchanged,
+through proxies (reward_models/_proxy.py). The
 isolation report (keys :data:`ISOLATION_FEATURES`) is written by the namespace's init on a pipe the
 program never holds; a missing or unparsable report, or malformed results, set ``bad_result``.
 """
@@ -25,11 +27,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reward_models._proxy import decode_value
+
+__all__ = ["ISOLATION_FEATURES", "SandboxLimits", "SandboxResult", "decode_value", "probe_isolation", "run_linked",
+           "run_sandboxed"]
+
 BOOT = str(Path(__file__).with_name("_sandbox_boot.py"))
+PROXY_SOURCE = Path(__file__).with_name("_proxy.py").read_text()
 #: Every isolation feature the boot reports (``no_fork`` only matters with ``max_processes <= 1``).
 ISOLATION_FEATURES = ("user_namespace", "pid_namespace", "network", "filesystem", "unprivileged", "syscall_filter",
                       "no_fork")
@@ -59,34 +68,6 @@ class SandboxResult:
     calls: list[tuple[bool, Any]] = field(default_factory=list)  #: per call: (True, value) or (False, error type)
     bad_result: str | None = None  #: why this run's output cannot be scored (malformed, oversize, no report)
     isolation: dict[str, bool] = field(default_factory=dict)  #: which ISOLATION_FEATURES held
-
-
-_TAGS = {"tuple": tuple, "set": set, "frozenset": frozenset, "iter": iter}
-
-
-def decode_value(data: Any) -> Any:
-    """The plain value a sandbox sent (the boot's ``encode``): JSON scalars and lists as themselves;
-    one-key objects ``{"tuple"|"set"|"frozenset"|"iter": [...]}``, ``{"dict": [[k, v], ...]}``,
-    ``{"bytes": hex}``, ``{"complex": [re, im]}``, ``{"range": [a, b, c]}``. Anything else raises
-    ValueError or TypeError: only built-in types come out, so no ``__eq__`` of the program's."""
-    if data is None or type(data) in (bool, int, float, str):
-        return data
-    if type(data) is list:
-        return [decode_value(v) for v in data]
-    if type(data) is not dict or len(data) != 1:
-        raise ValueError(f"not a tagged value: {str(data)[:60]}")
-    (tag, body), = data.items()
-    if tag in _TAGS and type(body) is list:
-        return _TAGS[tag]([decode_value(v) for v in body])
-    if tag == "dict" and type(body) is list and all(type(p) is list and len(p) == 2 for p in body):
-        return {decode_value(k): decode_value(v) for k, v in body}
-    if tag == "bytes" and type(body) is str:
-        return bytes.fromhex(body)
-    if tag == "complex" and type(body) is list and all(type(v) in (int, float) for v in body):
-        return complex(*body)
-    if tag == "range" and type(body) is list and all(type(v) is int for v in body) and len(range(*body)) <= 1 << 16:
-        return range(*body)  # bounded: list(value) in a judge must not exhaust the host
-    raise ValueError(f"bad tagged value {tag!r}")
 
 
 def _minimal_env(workdir: str) -> dict[str, str]:
@@ -161,23 +142,56 @@ def run_sandboxed(
     stdin: str = "",
     limits: SandboxLimits | None = None,
     python: str | None = None,
+    proxy: dict | None = None,
+    channel: tuple[int, ...] = (),
 ) -> SandboxResult:
     """Run ``program``: as ``__main__`` reading ``stdin`` (``calls=None``), or load it as module
-    ``solution`` and evaluate each expression of ``calls`` in its namespace (values in ``calls``)."""
+    ``solution`` and evaluate each expression of ``calls`` in its namespace (values in ``calls``).
+    With ``proxy`` (see :func:`run_linked`) the sandbox is one end of a proxy channel: ``channel``
+    (read fd, write fd) passes to the program process and is closed here once it started."""
     limits = limits or SandboxLimits()
+    pending = list(channel)  # closed exactly once: by _spawn once the process started, else below
     root = Path(tempfile.mkdtemp(prefix="trepo-sandbox-"))
     try:
         for name in ("work", "io", "jail"):
             (root / name).mkdir()
-        (root / "io" / "job.json").write_text(json.dumps({"program": program, "calls": calls}))
+        job = {"program": program, "calls": calls, **({"proxy": {**proxy, "source": PROXY_SOURCE}} if proxy else {})}
+        (root / "io" / "job.json").write_text(json.dumps(job))
         (root / "io" / "stdin.txt").write_text(stdin)
         cfg = {"job_path": str(root / "io" / "job.json"), "workdir": str(root / "work"), "jail": str(root / "jail"),
                "cpu_time": limits.cpu_time, "wall_time": limits.wall_time, "memory_mb": limits.memory_mb,
                "max_output_bytes": limits.max_output_bytes, "max_processes": limits.max_processes,
-               "max_tasks": limits.max_tasks, "network": limits.network, "nproc_base": _user_task_count()}
+               "max_tasks": limits.max_tasks, "network": limits.network, "nproc_base": _user_task_count(),
+               "channel": pending}
         return _spawn(cfg, root / "io", limits, python or sys.executable, calls)
     finally:
+        for fd in pending:
+            _close(fd)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def run_linked(program: str, tests: list[str], spec: dict, limits: SandboxLimits,
+               python: str | None = None) -> tuple[SandboxResult, SandboxResult]:
+    """Run ``tests`` unchanged in a judge's sandbox while ``program`` runs in its own, joined by two
+    pipes (reward_models/_proxy.py): the test's program names are proxies whose calls travel as JSON
+    and whose results come back as plain values. ``spec``: ``names``/``imports`` per test, ``prefix``,
+    ``entry_point``. Returns (program's result: ``load_error``; judge's result: one call per test,
+    ``(True, True)`` = passed)."""
+    to_program, to_judge = os.pipe(), os.pipe()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-program") as pool:
+        served = pool.submit(run_sandboxed, program, [], limits=limits, python=python, proxy={"role": "serve"},
+                             channel=(to_program[0], to_judge[1]))
+        judged = run_sandboxed("", tests, limits=limits, python=python,
+                               proxy={**spec, "role": "judge", "cap": limits.max_output_bytes},
+                               channel=(to_judge[0], to_program[1]))
+        return served.result(), judged
 
 
 def _spawn(cfg: dict, io_dir: Path, limits: SandboxLimits, python: str, calls: list[str] | None) -> SandboxResult:
@@ -190,10 +204,13 @@ def _spawn(cfg: dict, io_dir: Path, limits: SandboxLimits, python: str, calls: l
         try:
             proc = subprocess.Popen(
                 [python, "-I", BOOT, json.dumps(cfg)], stdin=fin, stdout=fout, stderr=ferr, cwd=cfg["workdir"],
-                env=_minimal_env(cfg["workdir"]), start_new_session=True, pass_fds=(report_w, fres.fileno()),
+                env=_minimal_env(cfg["workdir"]), start_new_session=True,
+                pass_fds=(report_w, fres.fileno(), *cfg["channel"]),
             )
         finally:
             os.close(report_w)
+            while cfg["channel"]:
+                _close(cfg["channel"].pop())
         killed = False
         try:
             # the init kills at wall_time after the program starts; this backstop also covers the harness's

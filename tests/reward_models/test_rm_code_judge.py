@@ -31,7 +31,7 @@ def test_split_sends_only_program_chains_with_literal_arguments(test, calls, jud
 
 
 @pytest.mark.parametrize("test, reason", [
-    ("check(add)", "not literals"),  # HumanEval's check(candidate): the program would run the asserts
+    ("check(add)", "not literals"),  # HumanEval's check(candidate): not split, CodeExecution proxies it
     ("assert all(f(x) for x in range(3))", "not literals"),
     ("assert f(g(1)) == 2", "not literals"),
     ("try:\n    f()\nexcept ValueError:\n    pass", "Try statement"),
