@@ -2,7 +2,7 @@
 
 Starts a real ``serve-reward`` process (RegexFormat 'ok', bearer token) under ``ulimit -n FD_LIMIT``,
 then, at once: SLOW slowloris clients (a request line, then one header byte every 0.2 s, never the
-blank line; each reconnects when cut), SEQUENTIAL legitimate requests one after another and
+blank line; with ``--reconnect`` each connects again when cut), SEQUENTIAL legitimate requests one after another and
 CONCURRENT legitimate requests all opened together. A legitimate client retries as RemoteReward's
 defaults do (2 retries of a 503, reset or timeout, after 0.5 s then 1 s; 60 s timeout). Prints one
 JSON object: answered/right counts, each slow connection's lifetime (connect to cut) and how many
@@ -61,9 +61,12 @@ def start_server(fd_limit: int, read_timeout: float, extra: list[str], workdir: 
     return proc, int(line.split(" on http://")[1].split()[0].rsplit(":", 1)[1])
 
 
-async def slow_client(port: int, stop: asyncio.Event, tally: Tally, key: int) -> None:
-    """Slowloris: one header byte every 0.2 s; when the server cuts it, note the lifetime and reconnect."""
-    while not stop.is_set():
+async def slow_client(port: int, stop: asyncio.Event, tally: Tally, key: int, reconnect: bool) -> None:
+    """Slowloris: one header byte every 0.2 s; when the server cuts it, note the lifetime (and with ``reconnect``
+    connect again 0.1 s later)."""
+    first = True
+    while not stop.is_set() and (first or reconnect):
+        first = False
         start = time.monotonic()
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -89,6 +92,7 @@ async def slow_client(port: int, stop: asyncio.Event, tally: Tally, key: int) ->
         if cut:
             tally.lives.append(time.monotonic() - start)
         writer.close()
+        await asyncio.sleep(0.1)
 
 
 async def legit(port: int, i: int, tally: Tally, retries: int = 2, backoff: float = 0.5, timeout: float = 60) -> None:
@@ -120,10 +124,10 @@ async def legit(port: int, i: int, tally: Tally, retries: int = 2, backoff: floa
 
 
 async def attack(port: int, slow: int, sequential: int, concurrent: int, held_at: float,
-                 read_timeout: float) -> dict[str, Any]:
+                 read_timeout: float, reconnect: bool) -> dict[str, Any]:
     tally, stop = Tally(), asyncio.Event()
     start = time.monotonic()
-    slow_tasks = [asyncio.create_task(slow_client(port, stop, tally, k)) for k in range(slow)]
+    slow_tasks = [asyncio.create_task(slow_client(port, stop, tally, k, reconnect)) for k in range(slow)]
     await asyncio.sleep(0.5)  # the slow clients hold their connections first
 
     async def in_turn() -> None:
@@ -150,12 +154,12 @@ async def attack(port: int, slow: int, sequential: int, concurrent: int, held_at
 
 
 def run(fd_limit: int, read_timeout: float, slow: int, sequential: int, concurrent: int, held_at: float,
-        extra: list[str] | None = None) -> dict[str, Any]:
+        reconnect: bool = False, extra: list[str] | None = None) -> dict[str, Any]:
     """Start the server, attack it, stop it; the figures plus whether the process survived."""
     with tempfile.TemporaryDirectory() as tmp:
         proc, port = start_server(fd_limit, read_timeout, extra or [], Path(tmp))
         try:
-            figures = asyncio.run(attack(port, slow, sequential, concurrent, held_at, read_timeout))
+            figures = asyncio.run(attack(port, slow, sequential, concurrent, held_at, read_timeout, reconnect))
             figures["server_alive"] = proc.poll() is None
         finally:
             proc.terminate()
@@ -171,10 +175,11 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=8)
     parser.add_argument("--concurrent", type=int, default=1000)
     parser.add_argument("--held-at", type=float, default=8.0, help="count slow connections open this long")
-    args, extra = parser.parse_known_args()
+    parser.add_argument("--reconnect", action="store_true", help="slow clients connect again when cut")
+    args, extra = parser.parse_known_args()  # the rest goes to serve-reward, e.g. --max-connections 100
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     print(json.dumps(run(args.fd_limit, args.read_timeout, args.slow, args.sequential, args.concurrent,
-                         args.held_at, extra)))
+                         args.held_at, args.reconnect, extra)))
 
 
 if __name__ == "__main__":
