@@ -11,20 +11,22 @@ Facing a network (every limit enforced by the server, per connection, in total, 
   ``Authorization: Bearer <token>`` (401, constant-time compare) before the body is read;
 - at most ``capacity`` connections are held: ``max_connections``, lowered to what the process's
   file-descriptor limit leaves. When full, a new connection takes the slot of the oldest one that
-  is still sending its request (that one gets 503, which RemoteReward retries); when every slot is
-  being scored or answered, accepting pauses and new connections wait in the kernel's listen queue
-  (no descriptor spent) until a slot frees, so no accept ever fails for want of descriptors;
+  is still sending its request after :data:`EVICT_AFTER` s (that one gets 503, which RemoteReward
+  retries); when no slot can be taken, accepting pauses and new connections wait in the kernel's
+  listen queue (no descriptor spent) until one can, so no accept fails for want of descriptors;
 - one request per connection (HTTP/1.0, ``Connection: close``): no idle keep-alive to hold.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import os
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import Any
@@ -38,6 +40,7 @@ MAX_BODY = 16 << 20  #: default request body limit in bytes (``serve-reward --ma
 MAX_CONNECTIONS = 64  #: default cap on connections held at once (``serve-reward --max-connections``)
 MAX_HEAD = 64 << 10  #: request line + headers, bytes (431 beyond)
 FD_RESERVE = 32  #: descriptors kept free for the reward tree (sandboxes, model files) and the loop itself
+EVICT_AFTER = 0.5  #: seconds a connection may take to send its request before a newcomer may take its slot
 TOKEN_ENV = "TREPO_REWARD_TOKEN"  #: environment variable holding the shared bearer token
 
 
@@ -113,11 +116,11 @@ def parse_head(raw: bytes) -> tuple[str, str, dict[str, str]]:
 class _Conn:
     """One held connection: its task, when it was accepted, and whether it is still sending its request."""
 
-    __slots__ = ("task", "reading", "evicted")
+    __slots__ = ("task", "since", "reading", "evicted")
 
     def __init__(self) -> None:
         self.task: asyncio.Task | None = None
-        self.reading, self.evicted = True, False
+        self.since, self.reading, self.evicted = time.monotonic(), True, False
 
 
 class RewardServer:
@@ -135,6 +138,7 @@ class RewardServer:
         self.reward, self.lock = reward, threading.Lock()
         self.token, self.max_body, self.read_timeout = token, int(max_body), float(read_timeout)
         self.capacity = fd_capacity(int(max_connections))
+        self.grace = min(EVICT_AFTER, self.read_timeout / 4)  #: a connection keeps its slot this long in any case
         self.socket = socket.create_server((host, port), backlog=self.request_queue_size)
         self.server_address = self.socket.getsockname()
         self._conns: dict[_Conn, None] = {}  # insertion order = accept order
@@ -179,9 +183,11 @@ class RewardServer:
     async def _accept(self, loop: asyncio.AbstractEventLoop) -> None:
         """Accept while a slot is free or can be taken from a connection still sending its request."""
         while True:
-            if len(self._conns) >= self.capacity and not any(c.reading for c in self._conns):
+            wait = self._full_for()
+            if wait != 0.0:  # every slot busy: newcomers wait in the listen queue, no descriptor spent
                 self._changed.clear()
-                await self._changed.wait()  # all slots scoring or answering: leave newcomers in the backlog
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), wait)
                 continue
             try:
                 sock, _ = await loop.sock_accept(self.socket)
@@ -189,18 +195,31 @@ class RewardServer:
                 log.warning("reward server: accept failed (%s); retrying in 0.1 s", err)
                 await asyncio.sleep(0.1)
                 continue
-            if len(self._conns) >= self.capacity:
-                oldest = next((c for c in self._conns if c.reading), None)
-                if oldest is None:
-                    _refuse(sock, self.capacity)
-                    continue
-                oldest.evicted = True
-                del self._conns[oldest]  # its slot is the newcomer's now; its task answers 503 and closes
-                assert oldest.task is not None
-                oldest.task.cancel()
+            if len(self._conns) >= self.capacity and not self._evict_oldest_reader():
+                _refuse(sock, self.capacity)  # the one to evict finished its request meanwhile
+                continue
             conn = _Conn()
             self._conns[conn] = None
             conn.task = asyncio.create_task(self._connection(sock, conn))
+            await asyncio.sleep(0)  # let it read what already came before the next accept
+
+    def _full_for(self) -> float | None:
+        """0 when a connection can be accepted now; else seconds until the oldest connection still sending its
+        request may lose its slot (None: none is sending, wait for a slot to free)."""
+        if len(self._conns) < self.capacity:
+            return 0.0
+        oldest = next((c for c in self._conns if c.reading), None)
+        return None if oldest is None else max(0.0, oldest.since + self.grace - time.monotonic())
+
+    def _evict_oldest_reader(self) -> bool:
+        oldest = next((c for c in self._conns if c.reading), None)
+        if oldest is None:
+            return False
+        oldest.evicted = True
+        del self._conns[oldest]  # its slot is the newcomer's now; its task answers 503 and closes
+        assert oldest.task is not None
+        oldest.task.cancel()
+        return True
 
     async def _connection(self, sock: socket.socket, conn: _Conn) -> None:
         try:
@@ -327,7 +346,7 @@ async def _drain_input(reader: asyncio.StreamReader, seconds: float = 1.0, quiet
 
 
 def _refuse(sock: socket.socket, capacity: int) -> None:
-    """Answer 503 at once and close (every slot is being scored; only in a race with the pause)."""
+    """Answer 503 at once and close (no slot to give: only in a race with :meth:`RewardServer._full_for`)."""
     sock.setblocking(False)
     try:
         sock.recv(1 << 16)  # what already came, so that the close is a FIN, not a reset that hides the answer
