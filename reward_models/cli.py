@@ -17,8 +17,9 @@ import torch
 from reward_models.base import Reward
 from reward_models.combinators import nan_mean_std
 from reward_models.config import build_reward
-from reward_models.remote import MAX_BODY, MAX_CONNECTIONS, TOKEN_ENV, group_chunks, serve
+from reward_models.remote import group_chunks
 from reward_models.rollouts import read_rollouts
+from reward_models.server import MAX_BODY, MAX_CONNECTIONS, TOKEN_ENV, serve
 from reward_models.types import RewardOutput
 
 
@@ -34,9 +35,11 @@ def serve_main(argv: list[str] | None = None) -> int:
                         help="environment variable with the bearer token /score requires (unset = no authentication)")
     parser.add_argument("--max-body-mb", type=float, default=MAX_BODY / 2**20, help="request body limit in MiB")
     parser.add_argument("--read-timeout", type=float, default=30.0,
-                        help="seconds a client has for its request line and headers, and again for its body")
+                        help="seconds a client has for its request line and headers, again for its body, "
+                             "again to read the answer")
     parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
-                        help="connections served at once; more get an immediate 503")
+                        help="connections held at once (lowered to what ulimit -n leaves); when full, the oldest "
+                             "one still sending its request gets 503")
     args = parser.parse_args(argv)
     if args.max_body_mb <= 0 or args.read_timeout <= 0 or args.max_connections < 1:
         parser.error("--max-body-mb and --read-timeout must be > 0, --max-connections >= 1")

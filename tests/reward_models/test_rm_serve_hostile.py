@@ -121,7 +121,7 @@ def test_wrong_schema_names_field_and_item(server, payload, message):
 
 def test_load_16_threads_200_requests_none_lost_or_wrong(server):
     srv = server(Echo())
-    assert srv.request_queue_size == 128
+    assert srv.request_queue_size == 1024  # waiting connections queue in the kernel, not in descriptors
     client = RemoteReward(srv.url, retries=0, timeout=10)
 
     def one(i: int) -> list[float]:
@@ -132,3 +132,12 @@ def test_load_16_threads_200_requests_none_lost_or_wrong(server):
         answers = list(pool.map(one, range(200)))
     assert answers == [[float(i), float(-i)] for i in range(200)]
     assert time.perf_counter() - start < 10
+
+
+def test_oversized_headers_get_431(server):
+    srv = server(Echo())
+    # 70 KB of headers > MAX_HEAD (64 KiB): refused once the buffer passes the limit, before any blank line
+    code, body = raw(srv, b"POST /score HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n")
+    assert code == 431 and "exceed 65536 bytes" in json.loads(body)["error"]
+    assert healthy(srv)
+
