@@ -76,3 +76,29 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
         logits = logits / temperature
     logp = F.log_softmax(logits, dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def pack_by_mask(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Move each row's masked entries to the left, in order: y[i, k] = x[i, t_k] with t_k the k-th t where
+    mask[i, t] = 1; returns (y (N, K), packed mask (N, K)), K the largest row count. Turns a mask with holes (a
+    multi-turn episode's model tokens around the environment's) into a right-padded one."""
+    check_mask(mask, x=x)
+    keep = mask.bool()
+    counts = keep.sum(-1)
+    width = max(int(counts.max()) if counts.numel() else 0, 1)
+    slot = torch.cumsum(keep.long(), dim=-1) - 1
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(slot)
+    out = torch.zeros(mask.shape[0], width, dtype=x.dtype, device=x.device)
+    out[rows[keep], slot[keep]] = x[keep]
+    packed = (torch.arange(width, device=mask.device)[None, :] < counts[:, None]).to(mask.dtype)
+    return out, packed
+
+
+def unpack_by_mask(y: Tensor, mask: Tensor) -> Tensor:
+    """Inverse of :func:`pack_by_mask`: x[i, t_k] = y[i, k] where mask[i, t_k] = 1, 0 elsewhere. (N, K) -> (N, L)."""
+    keep = mask.bool()
+    slot = torch.cumsum(keep.long(), dim=-1) - 1
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(slot)
+    out = torch.zeros(mask.shape, dtype=y.dtype, device=y.device)
+    out[keep] = y[rows[keep], slot[keep]]
+    return out

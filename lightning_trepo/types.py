@@ -45,6 +45,7 @@ class Rollout:
     completions: list[str] = _per_sample()  # (N,) decoded completion text (special tokens stripped)
     metadata: list[dict[str, Any]] = _per_sample()  # (N,) the dataset row's other columns
     truncated: Tensor = _per_sample()  # (N,) bool, no EOS within max_new_tokens
+    loss_mask: Tensor | None = _per_sample(None)  # (N, L) 1 = a token the policy sampled (trained); None = mask
     old_logprobs: Tensor | None = _per_sample(None)  # (N, L) behaviour-policy token log-probs
     ref_logprobs: Tensor | None = _per_sample(None)  # (N, L) reference-policy token log-probs
     values: Tensor | None = _per_sample(None)  # (N, L) behaviour value estimates (PPO)
@@ -69,6 +70,13 @@ class Rollout:
     def lengths(self) -> Tensor:
         """(N,) number of real completion tokens of each sample."""
         return self.completion_mask.sum(-1)
+
+    @property
+    def trained_mask(self) -> Tensor:
+        """(N, L) the tokens the loss, KL, entropy and generated-token counts cover: ``loss_mask`` (multi-turn
+        episodes: the model's turns, not the environment's tokens, which are attended but never trained on), or
+        ``completion_mask`` when there is none."""
+        return self.completion_mask if self.loss_mask is None else self.loss_mask
 
     def select(self, index: Tensor) -> Rollout:
         """Rows ``index`` of every per-sample field (used for minibatches and chunks); the rest is shared."""

@@ -239,8 +239,8 @@ class RLModule(LightningModule):
         """The ``update.policy_loss`` surrogate (+ KL when :meth:`kl_in_loss`) from already computed log-probs (N, L);
         with ``update.mask_truncated`` truncated completions leave it (DAPO overlong filtering)."""
         update = self.update_cfg
-        mask = truncated_filtered_mask(batch.completion_mask, batch.truncated) if update.mask_truncated \
-            else batch.completion_mask
+        trained = batch.trained_mask  # multi-turn: the model's tokens only, never the environment's
+        mask = truncated_filtered_mask(trained, batch.truncated) if update.mask_truncated else trained
         # no behaviour pass (on-policy): π_old is this very forward, detached, so the ratio is exactly 1
         old = batch.old_logprobs if batch.old_logprobs is not None else logprobs.detach()
         out = surrogate_loss(update.policy_loss, logprobs, old, batch.advantages, mask, clip_low=update.clip_low,
@@ -254,7 +254,7 @@ class RLModule(LightningModule):
             loss = loss + self.kl_coef * kl
             metrics["kl"] = kl
         if entropy is not None:
-            metrics["entropy"] = masked_mean(entropy, batch.completion_mask)
+            metrics["entropy"] = masked_mean(entropy, trained)
         return LossOutput(loss=loss, metrics=metrics)
 
     # ------------------------------------------------------------------ shared steps

@@ -25,7 +25,7 @@ def adaptive_kl_step(module: Any, rollout: Rollout) -> dict[str, Tensor]:
     if update.kl_target is None or rollout.ref_logprobs is None:
         return {}
     kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, update.kl_estimator)
-    current, n = masked_mean(kl, rollout.completion_mask, dim=-1).mean(), rollout.num_samples
+    current, n = masked_mean(kl, rollout.trained_mask, dim=-1).mean(), rollout.num_samples
     trainer = module._trainer
     if trainer is not None and trainer.world_size > 1:
         current, n = trainer.strategy.reduce(current, reduce_op="mean"), n * trainer.world_size

@@ -26,7 +26,7 @@ from lightning_trepo.modules.base import (
     UpdateConfig,
     default_optimizer,
 )
-from lightning_trepo.ops import masked_mean, masked_whiten
+from lightning_trepo.ops import masked_mean, masked_whiten, pack_by_mask, unpack_by_mask
 from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.rollout.logprobs import (
     completion_logits,
@@ -49,6 +49,19 @@ class TrunkOutput:
 
     logits: Tensor  # (N, P + L, H) the trunk's last hidden state, where a causal LM would put its logits
 
+
+
+def model_token_gae(rewards: Tensor, values: Tensor, mask: Tensor, kl: Tensor | None, kl_coef: float, gamma: float,
+                    lam: float) -> tuple[Tensor, Tensor, Tensor]:
+    """r_t = −β·kl_t + RM(W)·[t = last model token], then GAE over the model's tokens only: (token rewards,
+    advantages, returns), each (N, L). The tokens of ``mask`` are packed together first, so across an episode's
+    environment tokens (part of the transition, not actions) V of a turn's last token bootstraps from V at the next
+    turn's first token; with a right-padded mask (single turn) packing changes nothing."""
+    packed_values, packed = pack_by_mask(values, mask)
+    packed_kl = None if kl is None else pack_by_mask(kl, mask)[0]
+    token_rewards = token_level_rewards(rewards, packed, packed_kl, kl_coef)
+    advantages, returns = gae(token_rewards, packed_values, packed, gamma=gamma, lam=lam)
+    return tuple(unpack_by_mask(x, mask) for x in (token_rewards, advantages, returns))  # type: ignore[return-value]
 
 class PPO(RLModule):
     """Proximal Policy Optimization with a critic: GAE advantages, clipped surrogate, clipped value loss.
@@ -190,12 +203,12 @@ class PPO(RLModule):
     def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
         """r_t = −β·kl_t + RM(W)·[t = T]; GAE(γ, λ) → advantages (N, L), returned with the token rewards and the
         value targets (the rollout's ``token_rewards`` and ``returns`` once the base stores them)."""
-        update, mask = self.update_cfg, rollout.completion_mask
+        update, mask = self.update_cfg, rollout.trained_mask
         kl = None
         if self.kl_coef != 0.0 and rollout.ref_logprobs is not None:
             kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, update.kl_estimator)
-        token_rewards = token_level_rewards(rewards.float(), mask, kl, self.kl_coef)
-        advantages, returns = gae(token_rewards, rollout.values, mask, gamma=self.gamma, lam=self.lam)
+        token_rewards, advantages, returns = model_token_gae(rewards.float(), rollout.values, mask, kl, self.kl_coef,
+                                                             self.gamma, self.lam)
         metrics = {"value/explained_variance": explained_variance(rollout.values, returns, mask),
                    "value/returns_mean": masked_mean(returns, mask)}
         if kl is not None:
@@ -208,7 +221,7 @@ class PPO(RLModule):
         """Clipped surrogate + ``vf_coef`` · clipped value loss, both from one forward of the policy."""
         logprobs, entropy, values = self.logprobs_and_values(batch, with_entropy=self.entropy_logged())
         out = self.policy_loss(batch, logprobs, entropy)
-        v = value_loss(values, batch.values, batch.returns, batch.completion_mask, clip=self.value_clip,
+        v = value_loss(values, batch.values, batch.returns, batch.trained_mask, clip=self.value_clip,
                        aggregation=self.update_cfg.aggregation, norm_length=self.loss_norm_length)
         metrics = {**out.metrics, "loss/surrogate": out.loss, "loss/value": v.loss,
                    "value/clip_frac": v.metrics["value_clip_frac"], "value/mean": v.metrics["value_mean"],

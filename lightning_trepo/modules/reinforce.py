@@ -19,6 +19,7 @@ from lightning_trepo.algorithms.advantages import (
     token_level_rewards,
 )
 from lightning_trepo.errors import check_choice, require
+from lightning_trepo.ops import pack_by_mask, unpack_by_mask
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.types import Advantages, Rollout
@@ -87,11 +88,15 @@ class REINFORCE(RLModule):
         self.baseline_updates.add_(1)
 
     def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
-        mask = rollout.completion_mask
+        # token-level estimators run on the model's tokens packed together (an episode's environment tokens out)
+        trained = rollout.trained_mask
+        mask = pack_by_mask(trained, trained)[1]
         if self.estimator == "reinforce_plus_plus":
-            return Advantages(reinforce_pp_advantages(token_level_rewards(rewards.float(), mask), mask))
+            adv = reinforce_pp_advantages(token_level_rewards(rewards.float(), mask), mask)
+            return Advantages(unpack_by_mask(adv, trained))
         if self.estimator == "reinforce_plus_plus_baseline":
-            return Advantages(reinforce_pp_baseline_advantages(rewards.float(), mask, rollout.group_size))
+            adv = reinforce_pp_baseline_advantages(rewards.float(), mask, rollout.group_size)
+            return Advantages(unpack_by_mask(adv, trained))
         advantages = reinforce_advantages(rewards)
         if self.baseline_kind != "running_mean":
             return Advantages(advantages)

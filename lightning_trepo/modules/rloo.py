@@ -51,7 +51,7 @@ class RLOO(RLModule):
     def compute_advantages(self, rollout: Rollout, rewards: Tensor) -> Advantages:
         update, metrics = self.update_cfg, {}
         if self.kl_in_reward and self.kl_coef != 0.0 and rollout.ref_logprobs is not None:
-            mask = rollout.completion_mask
+            mask = rollout.trained_mask
             kl = kl_estimate(rollout.old_logprobs, rollout.ref_logprobs, update.kl_estimator)
             rewards = kl_penalized_rewards(rewards, kl, mask, self.kl_coef)
             kl_sum = (kl * mask).sum(-1)

@@ -27,14 +27,14 @@ def group_zero_std_fraction(rewards: Tensor, group_size: int) -> Tensor:
 
 def rollout_metrics(rollout: Rollout, rewards: Tensor) -> dict[str, Tensor]:
     """Completion length mean/max, truncated fraction, zero-std group fraction."""
-    lengths = rollout.lengths.float()
+    lengths = rollout.trained_mask.sum(-1).float()  # generated tokens (an episode's environment tokens excluded)
     finite = torch.nan_to_num(rewards, nan=0.0)
     return {
         "completion/length_mean": lengths.mean(),
         "completion/length_max": lengths.max(),
         "completion/truncated_frac": rollout.truncated.float().mean(),
         "reward/zero_std_group_frac": group_zero_std_fraction(finite.cpu(), rollout.group_size),
-        "completion/tokens": rollout.completion_mask.sum().float(),
+        "completion/tokens": rollout.trained_mask.sum().float(),
     }
 
 
@@ -46,7 +46,7 @@ def step_metrics(rollout: Rollout, rewards: Tensor, components: dict[str, Tensor
     return {**rollout_metrics(rollout, rewards), **reward_metrics(rewards, components),
             **{f"time/{phase}": torch.tensor(seconds[phase]) for phase in ("generate", "score", "logprobs")},
             "rollout/generate_calls": torch.tensor(float(generate_calls)),
-            "perf/tokens_per_s": torch.tensor(float(rollout.completion_mask.sum()) / max(seconds["generate"], 1e-9))}
+            "perf/tokens_per_s": torch.tensor(float(rollout.trained_mask.sum()) / max(seconds["generate"], 1e-9))}
 
 
 @contextmanager
