@@ -32,12 +32,14 @@ from lightning_trepo.modules.config import (
 )
 from lightning_trepo.modules.controls import adaptive_kl_step, any_rank, refill_stream
 from lightning_trepo.modules.cpu_heap import keep_freed_cpu_memory
+from lightning_trepo.envs import Environment
 from lightning_trepo.ops import masked_mean
 from lightning_trepo.policy import AdapterDisabled, PolicyConfig, load_tokenizer
 from lightning_trepo.policy.lora_checkpoint import drop_frozen_base, hparams_ignore, restore_frozen_base
 from lightning_trepo.rollout.decoding import cache_argument
 from lightning_trepo.rollout.dynamic_sampling import Scored, dynamic_sampling
 from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan
+from lightning_trepo.rollout.episodes import episode_rollout
 from lightning_trepo.rollout.logprobs import prompt_cache_supported, sequence_logprobs
 from lightning_trepo.rollout.metrics import RolloutWriter, step_metrics, timed
 from lightning_trepo.training.run_state import decorrelate_rank_rng, load_run_state, save_run_state
@@ -68,6 +70,7 @@ class RLModule(LightningModule):
         rollout: RolloutConfig = RolloutConfig(),
         update: UpdateConfig = UpdateConfig(),
         optimizer: OptimizerFactory = default_optimizer,
+        environment: Environment | None = None,
     ) -> None:
         """
         Args:
@@ -76,6 +79,8 @@ class RLModule(LightningModule):
             rollout: samples per prompt and sampling settings.
             update: epochs, minibatches, clipping, loss aggregation and KL.
             optimizer: optimizer factory, e.g. ``{class_path: torch.optim.AdamW, init_args: {lr: 1e-5}}``.
+            environment: a text environment (``class_path``/``init_args``, e.g. ``lightning_trepo.envs.ToolEnv``):
+                each sample becomes a multi-turn episode (limits in ``rollout.episode``); None = single responses.
         """
         super().__init__()
         if not isinstance(reward, Reward):
@@ -85,6 +90,7 @@ class RLModule(LightningModule):
         self.reward = reward
         self.policy_cfg, self.rollout_cfg, self.update_cfg = policy, rollout, update
         self.optimizer_factory = optimizer
+        self.environment = environment
         self.tokenizer = load_tokenizer(policy)
         self.policy: torch.nn.Module | None = None
         self._frozen: dict[str, torch.nn.Module] = {}  # reference model: deliberately not a submodule
@@ -343,8 +349,7 @@ class RLModule(LightningModule):
         """Generate and score the plan for ``batch``; with ``plan.dynamic_sampling`` keep only informative groups and
         refill from more prompts (DAPO). Returns the rollout, its rewards, per-node reward metrics, sampling metrics."""
         def one(prompts: dict[str, Any]) -> Scored:
-            rollout = self.engine.rollout(self.policy, plan, reward_prompts(prompts), prompts["prompt_ids"],
-                                          prompts["metadata"], self.device)
+            rollout = self.generate_rollout(plan, reward_prompts(prompts), prompts["prompt_ids"], prompts["metadata"])
             with timed(rollout.timings, "score"):
                 return (rollout, *self.score_rollout(rollout))
 
@@ -352,6 +357,21 @@ class RLModule(LightningModule):
             return (*one(batch), {})
         return dynamic_sampling(one, batch, refill_stream(self), plan.max_extra_rounds, self.engine.pad_id,
                                 lambda flag: any_rank(self, flag))
+
+    def generate_rollout(self, plan: RolloutPlan, prompts: list[str], prompt_ids: list[list[int]],
+                         metadata: list[dict[str, Any]]) -> Rollout:
+        """The plan's samples (and greedy responses): single responses from the engine, or, with an
+        ``environment``, multi-turn episodes (:func:`~lightning_trepo.rollout.episodes.episode_rollout`)."""
+        if self.environment is None:
+            return self.engine.rollout(self.policy, plan, prompts, prompt_ids, metadata, self.device)
+        t0, cfg = time.perf_counter(), self.rollout_cfg.episode
+        rollout = episode_rollout(self.engine, self.policy, self.environment, cfg, plan.group_size, plan.sampling,
+                                  prompts, prompt_ids, metadata, greedy=plan.greedy)
+        if plan.greedy_baseline:  # ReMax: one greedy episode per prompt
+            rollout.greedy = episode_rollout(self.engine, self.policy, self.environment, cfg, 1, plan.sampling,
+                                             prompts, prompt_ids, metadata, greedy=True)
+        rollout.timings["generate"] = time.perf_counter() - t0
+        return rollout
 
     def score_rollout(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
         """A training rollout's rewards and per-node metrics; its planned greedy responses are scored in the same
@@ -440,8 +460,8 @@ class RLModule(LightningModule):
         reward_state = self.reward.state_dict()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
                 self.generation_context():
-            rollouts = [self.engine.rollout(self.policy, plan, reward_prompts(batch), batch["prompt_ids"],
-                                            batch["metadata"], self.device) for plan in plans]
+            rollouts = [self.generate_rollout(plan, reward_prompts(batch), batch["prompt_ids"], batch["metadata"])
+                        for plan in plans]
         scored = self.score_rollouts(rollouts)
         self.reward.load_state_dict(reward_state)
         self.log_validation(rollouts, [rewards for rewards, _ in scored], len(batch["prompt_ids"]))

@@ -13,6 +13,7 @@ from lightning_trepo.errors import check_choice, require
 from lightning_trepo.policy import PolicyConfig, TinyModelConfig
 from lightning_trepo.rollout.decoding import Decoder
 from lightning_trepo.rollout.engine import SamplingConfig
+from lightning_trepo.rollout.episodes import EpisodeConfig
 from reward_models import OverlongPenalty, Reward
 
 KLEstimator = KLKind
@@ -62,6 +63,9 @@ class RolloutConfig:
     """Dynamic sampling: at most this many extra rounds of ``data.batch_size`` prompts per rollout; if the batch is
     still short, the dropped groups fill it (their group-relative advantages are 0) and ``dynamic/filled_frac`` says
     how many. 0 = filter and fill only, never sample more."""
+    episode: EpisodeConfig = field(default_factory=EpisodeConfig)
+    """Multi-turn episodes (only with ``model.init_args.environment``): max_turns, max_total_tokens, how observations
+    are written, the environment's time limit."""
 
     def __post_init__(self) -> None:
         require(self.group_size >= 1, "rollout.group_size", self.group_size, "an integer >= 1")
@@ -186,7 +190,8 @@ class UpdateConfig:
 
 
 # Checkpoints store these configs as hyper-parameters; allow them under torch.load(weights_only=True).
-torch.serialization.add_safe_globals([PolicyConfig, TinyModelConfig, SamplingConfig, RolloutConfig, UpdateConfig])
+torch.serialization.add_safe_globals([PolicyConfig, TinyModelConfig, SamplingConfig, RolloutConfig, UpdateConfig,
+                                    EpisodeConfig])
 
 
 def reward_prompts(batch: dict[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.types import Advantages, Rollout
+from lightning_trepo.envs import Environment
 from reward_models import Reward
 
 AdvantageScale = GRPOScale
@@ -28,6 +29,7 @@ class GRPO(RLModule):
         rollout: RolloutConfig = RolloutConfig(),
         update: UpdateConfig = UpdateConfig(),
         optimizer: OptimizerFactory = default_optimizer,
+        environment: Environment | None = None,
         advantage_scale: AdvantageScale = "group",
         advantage_eps: float = 1e-6,
     ) -> None:
@@ -40,7 +42,8 @@ class GRPO(RLModule):
         require(advantage_eps >= 0, "advantage_eps", advantage_eps, "a number >= 0")
         require(rollout.group_size >= 2, "rollout.group_size", rollout.group_size, "an integer >= 2",
                 "GRPO's group-relative advantage is 0 for a group of one (use REINFORCE or ReMax for G = 1)")
-        super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
+        super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer,
+                         environment=environment)
         self.advantage_scale = advantage_scale
         self.advantage_eps = advantage_eps
 

@@ -37,6 +37,7 @@ from lightning_trepo.rollout.logprobs import (
 )
 from lightning_trepo.training.sharding import build_policy
 from lightning_trepo.types import Advantages, LossOutput, Rollout
+from lightning_trepo.envs import Environment
 from reward_models import Reward
 
 ValueModel = Literal["head", "separate"]
@@ -81,6 +82,7 @@ class PPO(RLModule):
         rollout: RolloutConfig = RolloutConfig(),
         update: UpdateConfig = UpdateConfig(),
         optimizer: OptimizerFactory = default_optimizer,
+        environment: Environment | None = None,
         value_model: ValueModel = "head",
         value_lr: float | None = None,
         vf_coef: float = 0.1,
@@ -105,7 +107,8 @@ class PPO(RLModule):
         require(vf_coef >= 0, "vf_coef", vf_coef, "a number >= 0")
         require(value_clip is None or value_clip > 0, "value_clip", value_clip, "a number > 0, or null (unclipped)")
         require(value_lr is None or value_lr >= 0, "value_lr", value_lr, "a number >= 0, or null (the optimizer's lr)")
-        super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
+        super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer,
+                         environment=environment)
         self.value_model_kind, self.value_lr, self.vf_coef, self.value_clip = value_model, value_lr, vf_coef, value_clip
         self.gamma, self.lam, self.whiten_advantages = gamma, lam, whiten_advantages
         self.value_head: nn.Linear | None = None  # built with the policy (its hidden size is known then)

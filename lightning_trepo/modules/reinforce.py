@@ -23,6 +23,7 @@ from lightning_trepo.ops import pack_by_mask, unpack_by_mask
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.types import Advantages, Rollout
+from lightning_trepo.envs import Environment
 from reward_models import Reward
 
 Baseline = Literal["none", "running_mean"]
@@ -45,6 +46,7 @@ class REINFORCE(RLModule):
         rollout: RolloutConfig = RolloutConfig(),
         update: UpdateConfig = UpdateConfig(),
         optimizer: OptimizerFactory = default_optimizer,
+        environment: Environment | None = None,
         baseline: Baseline = "none",
         baseline_momentum: float = 0.9,
         estimator: Estimator = "reinforce",
@@ -63,7 +65,8 @@ class REINFORCE(RLModule):
         require(0.0 <= baseline_momentum < 1.0, "baseline_momentum", baseline_momentum, "a number in [0, 1)")
         require(estimator == "reinforce" or baseline == "none", "baseline", baseline, "none with estimator "
                 f"{estimator}", "REINFORCE++ whitens over the batch, which removes any constant baseline")
-        super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
+        super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer,
+                         environment=environment)
         self.baseline_kind = baseline
         self.baseline_momentum = baseline_momentum
         self.estimator = estimator

@@ -9,6 +9,7 @@ from lightning_trepo.errors import require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.types import Advantages, Rollout
+from lightning_trepo.envs import Environment
 from reward_models import Reward
 
 
@@ -30,6 +31,7 @@ class RLOO(RLModule):
         rollout: RolloutConfig = RolloutConfig(),
         update: UpdateConfig = UpdateConfig(),
         optimizer: OptimizerFactory = default_optimizer,
+        environment: Environment | None = None,
         kl_in_reward: bool = True,
     ) -> None:
         """
@@ -38,7 +40,8 @@ class RLOO(RLModule):
         """
         require(rollout.group_size >= 2, "rollout.group_size", rollout.group_size, "an integer >= 2",
                 "RLOO's leave-one-out baseline needs another sample of the same prompt")
-        super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
+        super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer,
+                         environment=environment)
         self.kl_in_reward = kl_in_reward
 
     def kl_in_loss(self) -> bool:

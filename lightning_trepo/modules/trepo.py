@@ -49,6 +49,7 @@ from lightning_trepo.rollout.continuations import (
 from lightning_trepo.rollout.engine import ContinuationPlan, RolloutPlan
 from lightning_trepo.rollout.metrics import timed
 from lightning_trepo.types import Advantages, Rollout
+from lightning_trepo.envs import Environment
 from reward_models import Reward
 
 AnchorMode = Literal[OffsetMode, "boundary"]
@@ -68,6 +69,7 @@ class TRePO(RLModule):
         rollout: RolloutConfig = RolloutConfig(),
         update: UpdateConfig = UpdateConfig(),
         optimizer: OptimizerFactory = default_optimizer,
+        environment: Environment | None = None,
         num_anchors: int = 2,
         num_continuations: int = 2,
         anchor_mode: AnchorMode = "uniform",
@@ -111,7 +113,8 @@ class TRePO(RLModule):
         self._validate(rollout, num_anchors, num_continuations, anchor_mode, anchor_every, boundary_pattern,
                        start_value)
         self._validate_estimator(rollout, gate, anchor_sampling, continuation_weight, advantage_scale)
-        super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer)
+        super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer,
+                         environment=environment)
         self.num_anchors, self.num_continuations = num_anchors, num_continuations
         self.anchor_mode, self.anchor_every, self.start_value = anchor_mode, anchor_every, start_value
         self.gate, self.anchor_sampling, self.truncated_reward = gate, anchor_sampling, truncated_reward

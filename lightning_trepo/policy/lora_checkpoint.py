@@ -18,7 +18,7 @@ def hparams_ignore() -> list[str]:
     """What ``save_hyperparameters`` leaves out. Under LightningCLI the hyper-parameters are the parsed config, where
     the reward tree and the optimizer are plain ``class_path``/``init_args`` dicts: keep them, so the checkpoint
     rebuilds the module by itself. Built in Python they are live objects: leave them out (pass ``reward=`` again)."""
-    return [] if _given_hyperparameters.get() is not None else ["reward", "optimizer"]
+    return [] if _given_hyperparameters.get() is not None else ["reward", "optimizer", "environment"]
 
 
 def _frozen_policy_keys(module: Any) -> set[str]:

@@ -155,7 +155,9 @@ def play_turn(engine: RolloutEngine, model: nn.Module, prompt_ids: list[list[int
     budget = {i: min(sampling.max_new_tokens, cfg.max_total_tokens - len(states[i].ids)) for i in live}
     device = next(model.parameters()).device
     ids, mask = left_pad([prompt_ids[i] + states[i].ids for i in live], engine.pad_id, device)
-    gen = engine.generate(model, ids, mask, replace(sampling, max_new_tokens=max(budget.values())), greedy=greedy)
+    row_budget = torch.tensor([budget[i] for i in live], dtype=torch.long)  # each row stops at its own budget
+    gen = engine.generate(model, ids, mask, replace(sampling, max_new_tokens=max(budget.values())), greedy=greedy,
+                          row_budget=row_budget)
     for row, i in enumerate(live):
         turn = gen.completion_ids[row][gen.completion_mask[row].bool()][: budget[i]].tolist()
         state = states[i]

@@ -38,12 +38,22 @@ def rollout_metrics(rollout: Rollout, rewards: Tensor) -> dict[str, Tensor]:
     }
 
 
+def episode_metrics(rollout: Rollout) -> dict[str, Tensor]:
+    """Multi-turn rollouts only: model turns per episode, environment tokens, failed episodes' share."""
+    if rollout.loss_mask is None:
+        return {}
+    turns = torch.tensor([float(m.get("episode_turns", 0)) for m in rollout.metadata])
+    failed = torch.tensor([float("episode_error" in m) for m in rollout.metadata])
+    env_tokens = (rollout.completion_mask.bool() & ~rollout.loss_mask.bool()).sum().float().cpu()
+    return {"episode/turns_mean": turns.mean(), "episode/env_tokens": env_tokens, "episode/failed_frac": failed.mean()}
+
+
 def step_metrics(rollout: Rollout, rewards: Tensor, components: dict[str, Tensor],
                  generate_calls: int) -> dict[str, Tensor]:
     """What every training rollout logs besides its algorithm's own metrics: lengths, rewards per reward-tree node,
     seconds per phase (``rollout.timings``), generate calls and generated tokens per second."""
     seconds = rollout.timings
-    return {**rollout_metrics(rollout, rewards), **reward_metrics(rewards, components),
+    return {**rollout_metrics(rollout, rewards), **episode_metrics(rollout), **reward_metrics(rewards, components),
             **{f"time/{phase}": torch.tensor(seconds[phase]) for phase in ("generate", "score", "logprobs")},
             "rollout/generate_calls": torch.tensor(float(generate_calls)),
             "perf/tokens_per_s": torch.tensor(float(rollout.trained_mask.sum()) / max(seconds["generate"], 1e-9))}
