@@ -22,6 +22,7 @@ from torch import Tensor
 
 from lightning_trepo.algorithms.kl import kl_estimate
 from lightning_trepo.algorithms.losses import aggregate, surrogate_loss, truncated_filtered_mask
+from lightning_trepo.envs import Environment
 from lightning_trepo.modules.config import (
     OptimizerFactory,
     RolloutConfig,
@@ -32,7 +33,6 @@ from lightning_trepo.modules.config import (
 )
 from lightning_trepo.modules.controls import adaptive_kl_step, any_rank, refill_stream
 from lightning_trepo.modules.cpu_heap import keep_freed_cpu_memory
-from lightning_trepo.envs import Environment
 from lightning_trepo.ops import masked_mean
 from lightning_trepo.policy import AdapterDisabled, PolicyConfig, load_tokenizer
 from lightning_trepo.policy.lora_checkpoint import drop_frozen_base, hparams_ignore, restore_frozen_base

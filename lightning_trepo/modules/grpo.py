@@ -4,11 +4,11 @@ from __future__ import annotations
 from torch import Tensor
 
 from lightning_trepo.algorithms.advantages import GRPOScale, grpo_advantages
+from lightning_trepo.envs import Environment
 from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.types import Advantages, Rollout
-from lightning_trepo.envs import Environment
 from reward_models import Reward
 
 AdvantageScale = GRPOScale

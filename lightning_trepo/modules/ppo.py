@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from lightning_trepo.algorithms.advantages import gae, token_level_rewards
 from lightning_trepo.algorithms.kl import kl_estimate
 from lightning_trepo.algorithms.losses import explained_variance, value_loss
+from lightning_trepo.envs import Environment
 from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import (
     OptimizerFactory,
@@ -37,7 +38,6 @@ from lightning_trepo.rollout.logprobs import (
 )
 from lightning_trepo.training.sharding import build_policy
 from lightning_trepo.types import Advantages, LossOutput, Rollout
-from lightning_trepo.envs import Environment
 from reward_models import Reward
 
 ValueModel = Literal["head", "separate"]

@@ -18,12 +18,12 @@ from lightning_trepo.algorithms.advantages import (
     reinforce_pp_baseline_advantages,
     token_level_rewards,
 )
+from lightning_trepo.envs import Environment
 from lightning_trepo.errors import check_choice, require
-from lightning_trepo.ops import pack_by_mask, unpack_by_mask
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
+from lightning_trepo.ops import pack_by_mask, unpack_by_mask
 from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.types import Advantages, Rollout
-from lightning_trepo.envs import Environment
 from reward_models import Reward
 
 Baseline = Literal["none", "running_mean"]

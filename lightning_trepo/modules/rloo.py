@@ -5,11 +5,11 @@ from torch import Tensor
 
 from lightning_trepo.algorithms.advantages import rloo_advantages
 from lightning_trepo.algorithms.kl import kl_estimate, kl_penalized_rewards
+from lightning_trepo.envs import Environment
 from lightning_trepo.errors import require
 from lightning_trepo.modules.base import OptimizerFactory, RLModule, RolloutConfig, UpdateConfig, default_optimizer
 from lightning_trepo.policy import PolicyConfig
 from lightning_trepo.types import Advantages, Rollout
-from lightning_trepo.envs import Environment
 from reward_models import Reward
 
 

@@ -27,6 +27,7 @@ from lightning_trepo.algorithms.anchors import (
     continuation_means,
     fixed_anchor_offsets,
 )
+from lightning_trepo.envs import Environment
 from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import (
     OptimizerFactory,
@@ -49,7 +50,6 @@ from lightning_trepo.rollout.continuations import (
 from lightning_trepo.rollout.engine import ContinuationPlan, RolloutPlan
 from lightning_trepo.rollout.metrics import timed
 from lightning_trepo.types import Advantages, Rollout
-from lightning_trepo.envs import Environment
 from reward_models import Reward
 
 AnchorMode = Literal[OffsetMode, "boundary"]

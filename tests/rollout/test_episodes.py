@@ -6,7 +6,6 @@ import time
 import pytest
 import torch
 
-from lightning_trepo.envs import Environment, StepResult
 from lightning_trepo.policy import PolicyConfig, TinyModelConfig, load_policy
 from lightning_trepo.rollout.engine import RolloutEngine, SamplingConfig
 from lightning_trepo.rollout.episodes import (
@@ -16,32 +15,9 @@ from lightning_trepo.rollout.episodes import (
     run_episodes,
     turn_boundaries,
 )
+from tests.envs.scripted import Scripted
 
 PROMPTS = ["12+3=", "4+5=", "7+7="]
-
-
-class Scripted(Environment):
-    """Answers ``obs<k>`` after turn k and ends after ``turns`` turns; records what it was shown. On the prompt
-    ``bad`` it misbehaves as ``fault`` says (raise / non-text / hang / reset)."""
-
-    def __init__(self, turns: int = 2, fault: str = "") -> None:
-        self.turns, self.fault, self.seen, self.prompt = turns, fault, [], ""
-
-    def reset(self, prompt, metadata):
-        self.prompt, self.seen = prompt, []
-        if prompt == "bad" and self.fault == "reset":
-            raise RuntimeError("no such row")
-
-    def step(self, action):
-        self.seen.append(action)
-        if self.prompt == "bad" and self.fault == "raise":
-            raise RuntimeError("tool crashed")
-        if self.prompt == "bad" and self.fault == "nontext":
-            return StepResult(observation=123)  # type: ignore[arg-type]
-        if self.prompt == "bad" and self.fault == "hang":
-            time.sleep(5)
-        k = len(self.seen)
-        return StepResult(observation=f"obs{k}", done=k >= self.turns, reward=float(k))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +34,8 @@ class Recording(RolloutEngine):
 
     def generate(self, *args, **kwargs):
         gen = super().generate(*args, **kwargs)
-        self.calls.append([row[m.bool()].tolist() for row, m in zip(gen.completion_ids, gen.completion_mask)])
+        rows = zip(gen.completion_ids, gen.completion_mask, strict=True)
+        self.calls.append([row[m.bool()].tolist() for row, m in rows])
         return gen
 
 
