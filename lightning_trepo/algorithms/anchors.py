@@ -102,6 +102,26 @@ def boundary_anchor_positions(is_boundary: Tensor, mask: Tensor, num_anchors: in
     return anchor_positions_from_offsets(candidates[:, :num_anchors], lengths)
 
 
+def turn_boundaries(loss_mask: Tensor, mask: Tensor) -> Tensor:
+    """Multi-turn episodes: True on the last environment token before a model turn, (N, L) bool. An anchor right
+    after it is the start of turn 2, 3, ...: W_{0,s} holds the whole observation and nothing of the turn, so it is
+    decided by the prefix alone (a stopping time). ``loss_mask`` 1 = model token, ``mask`` 1 = real token."""
+    if loss_mask.shape != mask.shape or mask.dim() != 2:
+        raise ValueError(f"loss_mask {tuple(loss_mask.shape)} and mask {tuple(mask.shape)} must both be (N, L)")
+    model = loss_mask.bool() & mask.bool()
+    env = ~loss_mask.bool() & mask.bool()
+    next_is_model = torch.zeros_like(model)
+    next_is_model[:, :-1] = model[:, 1:]
+    return env & next_is_model
+
+
+def turn_anchor_positions(loss_mask: Tensor, mask: Tensor, num_anchors: int) -> tuple[Tensor, Tensor]:
+    """TRePO ``anchor_mode: turns``: anchors at the starts of the first M turns after the first (right after each
+    observation), as :func:`boundary_anchor_positions` of :func:`turn_boundaries`; episodes with fewer turns get
+    padding anchors at T. https://arxiv.org/abs/2506.02553 (turn boundaries are stopping times)."""
+    return boundary_anchor_positions(turn_boundaries(loss_mask, mask), mask, num_anchors)
+
+
 def build_anchor_values(
     start_values: Tensor, continuation_means: Tensor, final_rewards: Tensor, anchor_positions: Tensor
 ) -> Tensor:

@@ -249,15 +249,5 @@ def episode_rollout(engine: RolloutEngine, model: nn.Module, environment: Enviro
     )
 
 
-def turn_boundaries(loss_mask: Tensor, completion_mask: Tensor) -> Tensor:
-    """(N, L) bool, True on the last environment token before a model turn: anchors right after it are the starts
-    of turns 2, 3, ... (stopping times: decided by the prefix, which holds the whole observation)."""
-    model = loss_mask.bool() & completion_mask.bool()
-    env = ~loss_mask.bool() & completion_mask.bool()
-    nxt = torch.zeros_like(model)
-    nxt[:, :-1] = model[:, 1:]
-    return env & nxt
-
-
 __all__ = ["EnvError", "EpisodeConfig", "EpisodeState", "Episodes", "episode_rollout", "pack_episodes", "play_turn",
-           "run_episodes", "turn_boundaries"]
+           "run_episodes"]

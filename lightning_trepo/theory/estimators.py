@@ -37,6 +37,7 @@ from lightning_trepo.algorithms.anchors import (
     anchor_positions_from_offsets,
     boundary_anchor_positions,
     build_anchor_values,
+    turn_anchor_positions,
 )
 from lightning_trepo.algorithms.losses import policy_gradient_loss
 from lightning_trepo.theory.mdp import DTYPE, ExactSolution
@@ -140,6 +141,24 @@ def boundary_anchors(exact: ExactSolution, marker: int, num_anchors: int) -> Dra
     positions, _ = boundary_anchor_positions(exact.tokens == marker, exact.mask, num_anchors)
     values = exact.prefix_values.gather(1, positions)
     return _singles(exact, segment_advantages(values, positions, exact.mask))
+
+
+def turn_anchors(exact: ExactSolution, num_anchors: int, continuations: int | None = None) -> Draws:
+    """TRePO ``anchor_mode: turns`` on an episode MDP: anchors at the first M turn starts (right after an
+    environment token), Û(0) = U(0) and Û(T) = RM(W) exact, interior Û exact or the mean of K continuations that
+    continue the episode with the environment (noise Var(RM | W_{0,s}) / K). The loss mask leaves env tokens out,
+    as in training (their scores are 0 anyway)."""
+    if exact.env_mask is None:
+        raise ValueError("turn_anchors needs an episode MDP (make_toy_episode_mdp): this one has no environment")
+    model = exact.mask * (~exact.env_mask).to(DTYPE)
+    positions, _ = turn_anchor_positions(model, exact.mask, num_anchors)
+    values = exact.prefix_values.gather(1, positions)
+    adv = segment_advantages(values, positions, exact.mask) * model
+    noise = ()
+    if continuations is not None:  # env-token entries of a direction meet zero scores: no need to mask them
+        var = exact.prefix_vars.gather(1, positions) / continuations
+        noise = tuple(_unit_direction(var, positions, exact.mask, k) for k in range(1, positions.shape[1] - 1))
+    return Draws(exact.prob, torch.arange(exact.prob.shape[0])[:, None], adv.unsqueeze(1), noise=noise)
 
 
 # ---------------------------------------------------------------- fixed-offset anchors (TRePO)

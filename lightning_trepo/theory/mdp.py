@@ -4,6 +4,11 @@ States are prefixes of ordinary tokens (ids 0..V-1); EOS has id V. A response W 
 the first EOS or is truncated at ``max_len``. The policy is tabular: logits θ[prefix, token]. Token
 rewards r(prefix, token) are random and RM(W) = Σ_t r(W_{0,t-1}, w_t), the paper's assumption
 (https://arxiv.org/abs/2506.02553, §2). Everything is float64 and computed by enumeration.
+
+Multi-turn episodes (:func:`make_toy_episode_mdp`): after the model writes the ``call_token``, the next token is the
+ENVIRONMENT's, drawn from a fixed table p_env(o | prefix) that does not depend on θ (never EOS), and the model's turn
+resumes after it. π(W) = Π_model π_θ(w_t | ·) · Π_env p_env(w_t | ·), so env tokens have zero score and U(prefix)
+averages over the environment too: the paper's trajectory theorem with the environment inside the transition.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ class ToyMDP:
     prefixes: tuple[tuple[int, ...], ...]  # non-terminal states, shortest first
     logits: Tensor  # (S, vocab_size + 1) θ, the policy parameters
     token_rewards: Tensor  # (S, vocab_size + 1) r(prefix, token)
+    env_logits: Tensor | None = None  # (S, vocab_size + 1) the environment's fixed logits (EOS column -inf)
+    call_token: int | None = None  # a model token after which the environment answers with one token
 
     @property
     def eos(self) -> int:
@@ -51,6 +58,7 @@ class ExactSolution:
     objective: Tensor  # () J = E[RM]
     grad: Tensor  # (D,) ∇J, by autograd of J = Σ_W π(W) RM(W)
     greedy_reward: Tensor  # () RM of the greedy (argmax) response
+    env_mask: Tensor | None = None  # (W, L) bool, True on environment tokens (episode MDPs), None otherwise
 
 
 def make_toy_mdp(vocab_size: int = 2, max_len: int = 4, seed: int = 0, logit_scale: float = 1.0) -> ToyMDP:
@@ -65,11 +73,33 @@ def make_toy_mdp(vocab_size: int = 2, max_len: int = 4, seed: int = 0, logit_sca
     return ToyMDP(vocab_size, max_len, prefixes, logits, rewards)
 
 
+def make_toy_episode_mdp(vocab_size: int = 2, max_len: int = 4, seed: int = 0, call_token: int = 0,
+                         logit_scale: float = 1.0) -> ToyMDP:
+    """:func:`make_toy_mdp` plus an environment: after ``call_token`` one env token o ~ softmax(env_logits[prefix])
+    over the ordinary tokens (random fixed logits, EOS excluded)."""
+    base = make_toy_mdp(vocab_size, max_len, seed, logit_scale)
+    gen = torch.Generator().manual_seed(seed + 7919)
+    env = torch.randn(base.logits.shape, generator=gen, dtype=DTYPE) * logit_scale
+    env[:, base.eos] = -torch.inf
+    return ToyMDP(vocab_size, max_len, base.prefixes, base.logits, base.token_rewards, env, call_token)
+
+
+def env_positions(mdp: ToyMDP, response: tuple[int, ...]) -> list[bool]:
+    """Which tokens of ``response`` are the environment's: the one right after a MODEL ``call_token``."""
+    out: list[bool] = []
+    for t in range(len(response)):
+        out.append(mdp.call_token is not None and t > 0 and not out[t - 1] and response[t - 1] == mdp.call_token)
+    return out
+
+
 def enumerate_responses(mdp: ToyMDP) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """All responses: (tokens (W, L), mask (W, L), lengths (W,), states (W, L))."""
+    """All responses: (tokens (W, L), mask (W, L), lengths (W,), states (W, L)); episode MDPs leave out the ones
+    with EOS on an environment position (probability 0)."""
     index = {p: i for i, p in enumerate(mdp.prefixes)}
     responses = [p + (mdp.eos,) for p in mdp.prefixes]
     responses += list(itertools.product(range(mdp.vocab_size), repeat=mdp.max_len))
+    responses = [w for w in responses if not any(e and x == mdp.eos for e, x in zip(env_positions(mdp, w), w,
+                                                                                    strict=True))]
     length = mdp.max_len
     tokens = torch.full((len(responses), length), mdp.eos, dtype=torch.long)
     states = torch.zeros((len(responses), length), dtype=torch.long)
@@ -126,17 +156,30 @@ def greedy_response_reward(mdp: ToyMDP) -> Tensor:
     return total
 
 
+def env_logprob_table(mdp: ToyMDP, tokens: Tensor, states: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(env mask (W, L) bool, log p_env(w_t | W_{0,t-1}) on env tokens and 0 elsewhere (W, L)): constants in θ."""
+    rows = [env_positions(mdp, tuple(w[: int(n)])) + [False] * (tokens.shape[1] - int(n))
+            for w, n in zip(tokens.tolist(), mask.sum(-1).long().tolist(), strict=True)]
+    env = torch.tensor(rows, dtype=torch.bool).reshape(tokens.shape)
+    if mdp.env_logits is None or not env.any():
+        return env, torch.zeros_like(mask)
+    logp = torch.log_softmax(mdp.env_logits[states], dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return env, torch.where(env, logp, torch.zeros_like(logp))
+
+
 def solve(mdp: ToyMDP) -> ExactSolution:
     """Enumerate every response and compute π(W), RM(W), U, Var(RM | prefix), scores and ∇J exactly."""
     tokens, mask, lengths, states = enumerate_responses(mdp)
+    env, env_logp = env_logprob_table(mdp, tokens, states, mask)
+    model_mask = mask * (~env).to(DTYPE)  # the policy's tokens: only these depend on θ
     theta = mdp.logits.detach().clone().requires_grad_(True)
-    logp = token_logprob_table(theta, tokens, states, mask)
+    logp = token_logprob_table(theta, tokens, states, model_mask) + env_logp
     prob = logp.sum(-1).exp()
     reward = (mdp.token_rewards[states, tokens] * mask).sum(-1)
     objective = (prob * reward).sum()
     (grad,) = torch.autograd.grad(objective, theta)
     jac = torch.autograd.functional.jacobian(
-        lambda th: token_logprob_table(th, tokens, states, mask), mdp.logits, vectorize=True
+        lambda th: token_logprob_table(th, tokens, states, model_mask), mdp.logits, vectorize=True
     )
     scores = jac.reshape(*tokens.shape, -1)
     values, variances = prefix_moments(prob.detach(), reward, states, lengths, len(mdp.prefixes))
@@ -144,4 +187,5 @@ def solve(mdp: ToyMDP) -> ExactSolution:
         tokens=tokens, mask=mask, lengths=lengths, states=states, prob=prob.detach(), reward=reward,
         prefix_values=values, prefix_vars=variances, scores=scores, objective=objective.detach(),
         grad=grad.reshape(-1), greedy_reward=greedy_response_reward(mdp),
+        env_mask=env if mdp.env_logits is not None else None,
     )

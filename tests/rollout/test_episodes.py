@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+from lightning_trepo.algorithms.anchors import turn_anchor_positions, turn_boundaries
 from lightning_trepo.policy import PolicyConfig, TinyModelConfig, load_policy
 from lightning_trepo.rollout.engine import RolloutEngine, SamplingConfig
 from lightning_trepo.rollout.episodes import (
@@ -13,7 +14,6 @@ from lightning_trepo.rollout.episodes import (
     EpisodeState,
     episode_rollout,
     run_episodes,
-    turn_boundaries,
 )
 from tests.envs.scripted import Scripted
 
@@ -123,3 +123,7 @@ def test_turn_boundaries():
     loss = torch.tensor([[1, 1, 0, 0, 1, 0], [1, 1, 1, 0, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0]])  # row 1 ends on env tokens: no boundary
     assert turn_boundaries(loss, mask).tolist() == [[False, False, False, True, False, False], [False] * 6]
+    # M = 2 turn anchors: row 0 has one (s = 4) then a padding anchor at T = 5; row 1 none: both at T = 5
+    positions, valid = turn_anchor_positions(loss, mask, 2)
+    assert positions.tolist() == [[0, 4, 5, 5], [0, 5, 5, 5]]
+    assert valid.tolist() == [[True, True, False, True], [True, False, False, True]]
