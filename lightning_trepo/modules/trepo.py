@@ -26,6 +26,7 @@ from lightning_trepo.algorithms.anchors import (
     build_anchor_values,
     continuation_means,
     fixed_anchor_offsets,
+    turn_anchor_positions,
 )
 from lightning_trepo.envs import Environment
 from lightning_trepo.errors import check_choice, require
@@ -48,11 +49,12 @@ from lightning_trepo.rollout.continuations import (
     tree_rows,
 )
 from lightning_trepo.rollout.engine import ContinuationPlan, RolloutPlan
+from lightning_trepo.rollout.episode_continuations import episode_continuations
 from lightning_trepo.rollout.metrics import timed
 from lightning_trepo.types import Advantages, Rollout
 from reward_models import Reward
 
-AnchorMode = Literal[OffsetMode, "boundary"]
+AnchorMode = Literal[OffsetMode, "boundary", "turns"]
 StartValue = Literal["loo", "fresh"]
 Gate = Literal["none", "mixed"]
 AnchorSampling = Literal["batch", "sample"]
@@ -88,8 +90,10 @@ class TRePO(RLModule):
             num_anchors: M interior anchors per response.
             num_continuations: K continuations sampled from each anchor's prefix.
             anchor_mode: uniform (M offsets drawn uniformly before generation), every (offsets k, 2k, ...),
-                boundary (right after the first M tokens matching ``boundary_pattern``). All are stopping
-                times; anchors derived from the final length would bias the gradient and are not offered.
+                boundary (right after the first M tokens matching ``boundary_pattern``), turns (multi-turn episodes,
+                needs ``environment``: the starts of the first M turns after the first, right after an observation;
+                continuations go on with the environment). All are stopping times; anchors derived from the final
+                length would bias the gradient and are not offered.
             anchor_every: k for ``anchor_mode=every``.
             boundary_pattern: regex on a token's text for ``anchor_mode=boundary`` (e.g. a newline).
             start_value: Û(0): loo (leave-one-out mean of the group's rewards, no extra tokens; needs G >= 2)
@@ -113,6 +117,7 @@ class TRePO(RLModule):
         self._validate(rollout, num_anchors, num_continuations, anchor_mode, anchor_every, boundary_pattern,
                        start_value)
         self._validate_estimator(rollout, gate, anchor_sampling, continuation_weight, advantage_scale)
+        self._validate_episodes(environment, anchor_mode, train_continuations)
         super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer,
                          environment=environment)
         self.num_anchors, self.num_continuations = num_anchors, num_continuations
@@ -149,6 +154,16 @@ class TRePO(RLModule):
                 require(False, "boundary_pattern", boundary_pattern, "a valid Python regular expression", str(err))
 
     @staticmethod
+    def _validate_episodes(environment: Environment | None, anchor_mode: str, train_continuations: bool) -> None:
+        """Episodes anchor at turn starts only (an offset may fall inside an observation); turn anchors need one."""
+        require((environment is None) == (anchor_mode != "turns"), "anchor_mode", anchor_mode,
+                "turns with an environment, any other mode without one",
+                "turn anchors are the starts of an episode's turns; inside an episode other anchors could fall in "
+                "the middle of an environment's observation")
+        require(environment is None or not train_continuations, "train_continuations", train_continuations,
+                "false with an environment", "continuation rows of episodes are not trained on yet")
+
+    @staticmethod
     def _validate_estimator(rollout: RolloutConfig, gate: str, anchor_sampling: str, continuation_weight: float,
                             advantage_scale: str) -> None:
         check_choice("gate", gate, Gate)
@@ -165,7 +180,7 @@ class TRePO(RLModule):
         """G samples per prompt and K continuations at M anchors of each; fixed anchor offsets are drawn here,
         BEFORE generation (stopping times), and travel in the plan."""
         offsets = None
-        if self.anchor_mode != "boundary":
+        if self.anchor_mode not in ("boundary", "turns"):
             offsets = fixed_anchor_offsets(self.num_anchors, self.rollout_cfg.sampling.max_new_tokens,
                                            mode=self.anchor_mode, every=self.anchor_every)
         request = ContinuationPlan(num_continuations=self.num_continuations, num_anchors=self.num_anchors,
@@ -181,8 +196,7 @@ class TRePO(RLModule):
             final = self.final_rewards(rollout, rewards)
             positions, valid = self._anchors(request, rollout, final)
             rows, cols = request_pairs(valid, fresh_start=request.fresh_start)
-            cont = sample_continuations(self.engine, self.policy, rollout, positions, rows, cols,
-                                        request.num_continuations, plan.sampling)
+            cont = self._continuations(rollout, positions, rows, cols, request.num_continuations, plan)
             scores = self._continuation_scores(rollout, cont)
             means = continuation_means(scores, cont.sample_index, cont.anchor_column, tuple(positions.shape))
             start = means[:, 0] if request.fresh_start else leave_one_out_mean(final, rollout.group_size)  # Û(0)
@@ -194,6 +208,14 @@ class TRePO(RLModule):
                  "continuation_reward": float(scores.mean()) if scores.numel() else float("nan")}
         extended = replace(rollout, anchor_positions=positions, anchor_values=values, tree=tree)
         return extended, {f"trepo/{k}": torch.tensor(v) for k, v in stats.items()}
+
+    def _continuations(self, rollout: Rollout, positions: Tensor, rows: Tensor, cols: Tensor, k: int,
+                       plan: RolloutPlan) -> Continuations:
+        """K continuations per requested anchor: of the response, or of the episode, played on with the env."""
+        if self.environment is None:
+            return sample_continuations(self.engine, self.policy, rollout, positions, rows, cols, k, plan.sampling)
+        return episode_continuations(self.engine, self.policy, self.environment, self.rollout_cfg.episode, rollout,
+                                     positions, rows, cols, k, plan.sampling)
 
     def final_rewards(self, rollout: Rollout, rewards: Tensor) -> Tensor:
         """RM(W) as the estimator uses it: NaN -> 0, and ``truncated_reward`` for truncated responses when set."""
@@ -210,7 +232,10 @@ class TRePO(RLModule):
                                            mode=self.anchor_mode, every=self.anchor_every,
                                            num_samples=rollout.num_samples)
             request = replace(request, anchor_offsets=offsets)
-        positions, valid = planned_anchors(request, rollout)
+        if self.anchor_mode == "turns":
+            positions, valid = turn_anchor_positions(rollout.trained_mask, rollout.completion_mask, self.num_anchors)
+        else:
+            positions, valid = planned_anchors(request, rollout)
         if self.gate == "mixed":
             valid[:, 1:-1] &= siblings_mixed(final, rollout.group_size).to(valid.device)[:, None]
             positions[:, 1:-1] = torch.where(valid[:, 1:-1], positions[:, 1:-1], positions[:, -1:])
@@ -252,8 +277,9 @@ class TRePO(RLModule):
             metrics["trepo/tree_rows"] = torch.tensor(float(rollout.num_samples - len(batch["prompt_ids"]) *
                                                             rollout.group_size))
         if self.advantage_scale == "whiten":
-            adv = rollout.advantages * rollout.completion_mask
-            rollout.advantages = masked_whiten(adv, rollout.completion_mask) * rollout.completion_mask
+            trained = rollout.trained_mask  # an episode's environment tokens stay out of the statistics
+            adv = rollout.advantages * trained
+            rollout.advantages = masked_whiten(adv, trained) * trained
         return rollout, metrics
 
     def _with_tree(self, rollout: Rollout) -> Rollout:

@@ -35,11 +35,14 @@ class Continuations:
     num_calls: int
     truncated: Tensor | None = None  # (C,) bool, the continuation ran out of its budget without EOS
     generated_lengths: Tensor | None = None  # (C,) tokens each continuation generated (after its prefix)
+    metadata: list[dict[str, Any]] | None = None  # (C,) own rows (episode continuations); None = their sample's
 
     def to_samples(self, rollout: Rollout) -> Samples:
         """The reward layer's view: each continuation scored as a full response to its sample's prompt and row."""
         extended = replace(rollout.select(self.sample_index), completion_ids=self.completion_ids,
                            completion_mask=self.completion_mask, completions=self.completions)
+        if self.metadata is not None:
+            extended = replace(extended, metadata=self.metadata)
         return extended.to_samples()
 
 
