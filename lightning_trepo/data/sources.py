@@ -177,7 +177,7 @@ class BuiltinTaskSource(PromptSource):
     ) -> None:
         """
         Args:
-            task: One of ``addition``, ``two_step``, ``format``.
+            task: One of ``addition``, ``two_step``, ``format``, ``calculator`` (multi-turn, with a ToolEnv).
             split: ``train`` or the held-out ``test`` (never overlapping, for any seeds).
             size: Number of rows.
             seed: Which problems are drawn (deterministic).

@@ -13,6 +13,12 @@ The expected completion is the text below followed by the end-of-sequence token.
     person, one item, two changes (each a gain or a loss; counts never go negative). Starting
     counts are drawn from ``[1, 10**digits)``, changes from ``[1, 10**digits // 2]`` (at least 1).
     Extra columns: ``operands`` (start, first change, second change, signed).
+``calculator``
+    prompt ``"Use <calc>EXPR</calc> then answer. 347*58="``, completion e.g.
+    ``"<calc>347*58</calc>"``, then (after the tool's ``20126``) ``"20126"``: multi-turn with
+    :class:`lightning_trepo.envs.ToolEnv` and a :class:`~lightning_trepo.envs.Calculator`. The first operand has
+    ``digits`` digits, the second ``min(digits, 2)`` (``digits=3``: 3-digit x 2-digit products; ``digits=1``: 0..9
+    both). Extra columns: ``operands``.
 ``format``
     prompt ``"Answer as <answer>N</answer>. 12+34="``, completion ``"<answer>46</answer>"``.
     The reference ``answer`` is still the bare number (``"46"``); the required shape is in the
@@ -38,6 +44,7 @@ __all__ = [
     "HELD_OUT_PERCENT",
     "TASKS",
     "addition_problem",
+    "calculator_problem",
     "format_problem",
     "generate_task",
     "is_held_out",
@@ -89,6 +96,15 @@ def format_problem(rng: random.Random, digits: int) -> Problem:
     return f"sum:{min(a, b)},{max(a, b)}", row
 
 
+def calculator_problem(rng: random.Random, digits: int) -> Problem:
+    """``"Use <calc>EXPR</calc> then answer. a*b="`` -> ``a*b``; a has ``digits`` digits, b ``min(digits, 2)``."""
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    a, b = rng.randint(low, 10**digits - 1), rng.randint(min(low, 10), 10 ** min(digits, 2) - 1)
+    row = {"prompt": f"Use <calc>EXPR</calc> then answer. {a}*{b}=",
+           "answer": str(a * b), "task": "calculator", "operands": [a, b]}
+    return f"mul:{a},{b}", row
+
+
 def two_step_problem(rng: random.Random, digits: int) -> Problem:
     """``"{name} has {x} {item}, {verb} {y}, {verb} {z}. {name} now has "`` -> the final count."""
     start = rng.randint(1, 10**digits - 1)
@@ -110,6 +126,7 @@ TASKS: dict[str, Callable[[random.Random, int], Problem]] = {
     "addition": addition_problem,
     "two_step": two_step_problem,
     "format": format_problem,
+    "calculator": calculator_problem,
 }
 """Task name -> problem generator ``(rng, digits) -> (split key, row)``."""
 

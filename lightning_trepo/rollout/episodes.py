@@ -11,7 +11,8 @@ tokens the policy never sampled, TRL #5224, verl #3960). Per episode the loop ke
 
 An episode ends when the environment says ``done`` (a :class:`~lightning_trepo.envs.ToolEnv` does on a turn with no
 tool call: the final answer), after ``max_turns`` model turns, or when ``max_total_tokens`` completion tokens (model
-and environment together) are used up; ended by a limit it counts as truncated. An environment that raises,
+and environment together) are used up; ended by a limit it counts as truncated, and it always ends on the model's
+own tokens (an observation that no turn would read is left out). An environment that raises,
 answers something other than text, or takes longer than ``env_timeout_s`` fails ITS episode only: the row keeps its
 tokens with loss mask 0 and ``metadata["episode_error"]`` names the environment and the episode.
 """
@@ -132,17 +133,19 @@ def _observation_ids(tokenizer: Any, template: str, observation: str) -> list[in
 
 
 def _after_turn(state: EpisodeState, result: StepResult, obs_ids: list[int], cfg: EpisodeConfig) -> None:
-    """Apply the environment's answer: stop, or append the observation (cut at the token limit)."""
+    """Apply the environment's answer: stop, or append the observation. When no model turn can follow (max_turns
+    reached, or no token left after the observation) the episode ends truncated WITHOUT the observation: it would
+    be read by the reward alone, which could then take the environment's text for the model's answer."""
     if result.reward is not None:
         state.env_reward = float(result.reward)
     if result.done:
         state.done = True
         return
-    room = cfg.max_total_tokens - len(state.ids)
-    state.ids += obs_ids[:room]
-    state.loss += [0] * len(obs_ids[:room])
-    if len(state.turn_starts) >= cfg.max_turns or len(state.ids) >= cfg.max_total_tokens:
+    if len(state.turn_starts) >= cfg.max_turns or len(state.ids) + len(obs_ids) >= cfg.max_total_tokens:
         state.done = state.truncated = True
+        return
+    state.ids += obs_ids
+    state.loss += [0] * len(obs_ids)
 
 
 def play_turn(engine: RolloutEngine, model: nn.Module, prompt_ids: list[list[int]], envs: list[Environment],

@@ -10,6 +10,7 @@ from lightning_trepo.data import TASKS, BuiltinTaskSource, generate_task
 ADDITION = re.compile(r"^(\d+)\+(\d+)=$")
 FORMAT = re.compile(r"^Answer as <answer>N</answer>\. (\d+)\+(\d+)=$")
 TWO_STEP = re.compile(r"^([A-Z][a-z]+) has (\d+) ([a-z]+), ([a-z]+) (\d+), ([a-z]+) (\d+)\. \1 now has $")
+CALCULATOR = re.compile(r"^Use <calc>EXPR</calc> then answer\. (\d+)\*(\d+)=$")
 SIGN = {"buys": 1, "finds": 1, "gets": 1, "eats": -1, "loses": -1, "sells": -1}
 
 
@@ -21,6 +22,9 @@ def recompute(row: dict) -> int:
     if row["task"] == "format":
         a, b = FORMAT.match(row["prompt"]).groups()
         return int(a) + int(b)
+    if row["task"] == "calculator":
+        a, b = CALCULATOR.match(row["prompt"]).groups()
+        return int(a) * int(b)
     _, start, _, verb1, n1, verb2, n2 = TWO_STEP.match(row["prompt"]).groups()
     after_first = int(start) + SIGN[verb1] * int(n1)
     assert after_first >= 0  # counts never go negative, not even in between

@@ -75,6 +75,11 @@ def test_max_turns_and_max_total_tokens(tiny):
     _, ep = play(tiny, Scripted(turns=10), max_new_tokens=5, max_turns=10, max_total_tokens=12)
     # 12 completion tokens in all (model + env): every episode is cut there (or ends earlier by max_turns), truncated
     assert ep.truncated.all() and ep.completion_mask.sum(-1).max() <= 12
+    # an episode always ends on the model's own tokens: a trailing observation no turn reads is left out (the
+    # reward would otherwise read the environment's text as the final answer)
+    for ep_ in (ep, play(tiny, Scripted(turns=10), max_turns=2, max_total_tokens=100)[1]):
+        last = ep_.completion_mask.sum(-1) - 1
+        assert ep_.loss_mask.gather(1, last[:, None]).eq(1).all()
 
 
 def test_episode_rollout_rows_groups_and_metadata(tiny):
