@@ -28,3 +28,23 @@ class Scripted(Environment):
             time.sleep(5)
         k = len(self.seen)
         return StepResult(observation=f"obs{k}", done=k >= self.turns, reward=float(k))
+
+
+class KillingScripted(Scripted):
+    """Scripted, but SIGKILLs its own process inside its ``kill_at``-th step call of the process (0 = never): a
+    crash in the middle of an episode, while the other episodes of the batch are half played."""
+
+    calls = 0
+
+    def __init__(self, turns: int = 2, kill_at: int = 0) -> None:
+        super().__init__(turns=turns)
+        self.kill_at = kill_at
+
+    def step(self, action):
+        import os
+        import signal
+
+        KillingScripted.calls += 1
+        if KillingScripted.calls == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().step(action)
