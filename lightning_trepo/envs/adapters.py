@@ -47,7 +47,7 @@ class GymTextEnv(Environment):
     def _make(self) -> Any:
         if self.factory is not None:
             return _import(self.factory)(**self.kwargs)
-        import gymnasium  # noqa: PLC0415 - optional dependency, only for env_id
+        import gymnasium  # noqa: PLC0415  # pyright: ignore[reportMissingImports] - optional, only for env_id
 
         return gymnasium.make(self.env_id, **self.kwargs)
 
