@@ -35,8 +35,8 @@ class StepResult:
     done: bool = False
     """The episode is over (the model gave its final answer, or the environment ends it)."""
     reward: float | None = None
-    """Optional reward of the episode so far; the last one given is the episode's ``env_reward`` (metadata), which
-    reward trees read with :class:`reward_models.MetadataReward`-style leaves; None = the environment gives none."""
+    """Optional reward of the episode so far; the last one given is the episode's ``env_reward`` (metadata), which a
+    reward tree reads with ``FunctionReward("lightning_trepo.envs.env_reward")``; None = the environment gives none."""
 
 
 class Environment:
@@ -76,3 +76,10 @@ def check_step_result(result: Any, env: str, episode: int) -> StepResult:
         raise EnvError(f"environment {env} (episode {episode}): step() returned a reward of type "
                        f"{type(result.reward).__name__}, expected a number or None")
     return result
+
+
+def env_reward(completions: list[str], env_reward: list[float | None] | None = None, **_: object) -> list[float | None]:
+    """The environment's reward of each episode (``metadata["env_reward"]``) as a reward function:
+    ``FunctionReward("lightning_trepo.envs.env_reward")``; None (NaN: does not apply) where it gave none."""
+    values = env_reward if env_reward is not None else [None] * len(completions)
+    return [None if v is None else float(v) for v in values]

@@ -107,3 +107,16 @@ def test_gym_adapter_needs_one_source():
 def test_check_step_result_names_env_and_episode(value, match):
     with pytest.raises(EnvError, match=rf"environment calc-env \(episode 5\): .*{match}"):
         check_step_result(value, "calc-env", 5)
+
+
+def test_env_reward_as_a_reward_function():
+    # rows 0 and 2 carry the env's reward, row 1 none (NaN: does not apply)
+    import torch
+
+    from reward_models import FunctionReward, Samples
+
+    samples = Samples(prompts=["p"] * 3, completions=["a", "b", "c"], completion_ids=None, completion_mask=None,
+                      group_index=torch.zeros(3, dtype=torch.long),
+                      metadata=[{"env_reward": 1.0}, {}, {"env_reward": 0.25}])
+    out = FunctionReward("lightning_trepo.envs.env_reward")(samples).rewards
+    assert out[0] == 1.0 and torch.isnan(out[1]) and out[2] == 0.25
