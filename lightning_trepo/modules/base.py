@@ -39,7 +39,7 @@ from lightning_trepo.policy.lora_checkpoint import drop_frozen_base, hparams_ign
 from lightning_trepo.rollout.decoding import cache_argument
 from lightning_trepo.rollout.dynamic_sampling import Scored, dynamic_sampling
 from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan
-from lightning_trepo.rollout.episodes import episode_rollout
+from lightning_trepo.rollout.episodes import plan_rollout
 from lightning_trepo.rollout.logprobs import prompt_cache_supported, sequence_logprobs
 from lightning_trepo.rollout.metrics import RolloutWriter, step_metrics, timed
 from lightning_trepo.training.run_state import decorrelate_rank_rng, load_run_state, save_run_state
@@ -361,17 +361,9 @@ class RLModule(LightningModule):
     def generate_rollout(self, plan: RolloutPlan, prompts: list[str], prompt_ids: list[list[int]],
                          metadata: list[dict[str, Any]]) -> Rollout:
         """The plan's samples (and greedy responses): single responses from the engine, or, with an
-        ``environment``, multi-turn episodes (:func:`~lightning_trepo.rollout.episodes.episode_rollout`)."""
-        if self.environment is None:
-            return self.engine.rollout(self.policy, plan, prompts, prompt_ids, metadata, self.device)
-        t0, cfg = time.perf_counter(), self.rollout_cfg.episode
-        rollout = episode_rollout(self.engine, self.policy, self.environment, cfg, plan.group_size, plan.sampling,
-                                  prompts, prompt_ids, metadata, greedy=plan.greedy)
-        if plan.greedy_baseline:  # ReMax: one greedy episode per prompt
-            rollout.greedy = episode_rollout(self.engine, self.policy, self.environment, cfg, 1, plan.sampling,
-                                             prompts, prompt_ids, metadata, greedy=True)
-        rollout.timings["generate"] = time.perf_counter() - t0
-        return rollout
+        ``environment``, multi-turn episodes (:func:`~lightning_trepo.rollout.episodes.plan_rollout`)."""
+        return plan_rollout(self.engine, self.policy, plan, prompts, prompt_ids, metadata, self.device,
+                            self.environment, self.rollout_cfg.episode)
 
     def score_rollout(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
         """A training rollout's rewards and per-node metrics; its planned greedy responses are scored in the same

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from lightning_trepo.envs.base import EnvError, Environment, StepResult, check_step_result
 from lightning_trepo.errors import require
-from lightning_trepo.rollout.engine import RolloutEngine, SamplingConfig, left_pad
+from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan, SamplingConfig, left_pad
 from lightning_trepo.types import Rollout
 
 
@@ -254,5 +254,22 @@ def episode_rollout(engine: RolloutEngine, model: nn.Module, environment: Enviro
     )
 
 
+def plan_rollout(engine: RolloutEngine, model: nn.Module, plan: RolloutPlan, prompts: list[str],
+                 prompt_ids: list[list[int]], metadata: list[dict[str, Any]], device: torch.device,
+                 environment: Environment | None, cfg: EpisodeConfig) -> Rollout:
+    """The plan's samples and greedy responses: ``engine.rollout`` without an environment; with one, G episodes per
+    prompt (and one greedy episode per prompt for ``plan.greedy_baseline``), seconds in ``timings['generate']``."""
+    if environment is None:
+        return engine.rollout(model, plan, prompts, prompt_ids, metadata, device)
+    t0 = time.perf_counter()
+    rollout = episode_rollout(engine, model, environment, cfg, plan.group_size, plan.sampling, prompts, prompt_ids,
+                              metadata, greedy=plan.greedy)
+    if plan.greedy_baseline:  # ReMax: one greedy episode per prompt
+        rollout.greedy = episode_rollout(engine, model, environment, cfg, 1, plan.sampling, prompts, prompt_ids,
+                                         metadata, greedy=True)
+    rollout.timings["generate"] = time.perf_counter() - t0
+    return rollout
+
+
 __all__ = ["EnvError", "EpisodeConfig", "EpisodeState", "Episodes", "episode_rollout", "pack_episodes", "play_turn",
-           "run_episodes"]
+           "plan_rollout", "run_episodes"]
