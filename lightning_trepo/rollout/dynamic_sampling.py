@@ -46,6 +46,9 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
     completion_ids = torch.cat([F.pad(p.completion_ids, (0, width_l - p.completion_ids.shape[1]), value=pad_id)
                                 for p in parts])
     completion_mask = torch.cat([F.pad(p.completion_mask, (0, width_l - p.completion_mask.shape[1])) for p in parts])
+    masks = [p.loss_mask for p in parts]  # multi-turn episodes: the model's tokens among the environment's
+    loss_mask = None if any(m is None for m in masks) else \
+        torch.cat([F.pad(m, (0, width_l - m.shape[1])) for m in masks if m is not None])
     n = completion_ids.shape[0]
     timings: dict[str, float] = {}
     for p in parts:
@@ -56,7 +59,7 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         group_index=torch.arange(n // g, device=completion_ids.device).repeat_interleave(g), group_size=g,
         prompts=[x for p in parts for x in p.prompts], completions=[x for p in parts for x in p.completions],
         metadata=[x for p in parts for x in p.metadata], truncated=torch.cat([p.truncated for p in parts]),
-        timings=timings,
+        loss_mask=loss_mask, timings=timings,
     )
 
 

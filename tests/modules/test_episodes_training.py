@@ -80,3 +80,28 @@ def test_ppo_gae_bootstraps_across_environment_tokens():
     assert token_rewards.tolist() == [[0, 0, 0, 0, 1, 0]]
     torch.testing.assert_close(adv, torch.tensor([[0.8, 0.5, 0, 0, 0.3, 0]]))
     torch.testing.assert_close(ret, torch.tensor([[1.0, 1.0, 0, 0, 1.0, 0]]))
+
+
+def test_dynamic_sampling_keeps_the_loss_mask(tmp_path):
+    # refilled batches are concatenated: the merged rollout must keep each episode's loss mask, padded like its ids
+    pl.seed_everything(0)
+    cfg = episode_cfg()
+    cfg.dynamic_sampling, cfg.max_extra_rounds = True, 2
+    module = GRPO(reward=FunctionReward("tests.modules.rewards.first_char_odd"), policy=TINY, rollout=cfg,
+                  environment=Scripted(turns=2), optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    trainer(tmp_path, max_steps=2).fit(module, datamodule=datamodule())
+    rollout = module._rollout
+    assert rollout.loss_mask is not None and rollout.loss_mask.shape == rollout.completion_mask.shape
+    assert (rollout.completion_mask.bool() & ~rollout.loss_mask.bool()).any()  # env tokens stay out of the loss
+    assert not (rollout.loss_mask.bool() & ~rollout.completion_mask.bool()).any()
+
+
+def test_concat_rollouts_pads_and_keeps_loss_masks():
+    # two parts of widths 3 and 2: the narrower one is right padded with 0 in both masks
+    from lightning_trepo.rollout.dynamic_sampling import concat_rollouts
+    from tests.helpers import tiny_rollout
+
+    a, b = tiny_rollout([[1, 1, 1], [1, 1, 0]], 2), tiny_rollout([[1, 1], [1, 0]], 2)
+    a.loss_mask, b.loss_mask = torch.tensor([[1, 0, 1], [1, 0, 0]]), torch.tensor([[0, 1], [1, 0]])
+    merged = concat_rollouts([a, b], pad_id=0)
+    assert merged.loss_mask.tolist() == [[1, 0, 1], [1, 0, 0], [0, 1, 0], [1, 0, 0]]
