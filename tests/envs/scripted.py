@@ -25,7 +25,7 @@ class Scripted(Environment):
         if self.prompt == "bad" and self.fault == "nontext":
             return StepResult(observation=123)  # type: ignore[arg-type]
         if self.prompt == "bad" and self.fault == "hang":
-            time.sleep(5)
+            time.sleep(60)
         k = len(self.seen)
         return StepResult(observation=f"obs{k}", done=k >= self.turns, reward=float(k))
 

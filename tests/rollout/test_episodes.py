@@ -99,7 +99,7 @@ def test_episode_rollout_rows_groups_and_metadata(tiny):
 def test_a_failing_environment_fails_its_episode_only(tiny, fault):
     t0 = time.perf_counter()
     _, ep = play(tiny, Scripted(turns=2, fault=fault), prompts=["12+3=", "bad", "7+7="], env_timeout_s=0.5)
-    assert time.perf_counter() - t0 < 4.0  # a hung env is abandoned after env_timeout_s, not waited for
+    assert time.perf_counter() - t0 < 30.0  # a hung env (it sleeps 60 s) is abandoned after env_timeout_s
     bad = ep.states[1]
     what = "reset" if fault == "reset" else "step"
     assert bad.error is not None and bad.error.startswith(f"environment Scripted (episode 1): {what} failed")
