@@ -12,9 +12,9 @@ from lightning_trepo.theory import estimators as est
 from lightning_trepo.theory.mdp import ExactSolution, make_toy_mdp, solve
 from lightning_trepo.theory.verify import Config, Row, evaluate, main, variance_checks
 
-UNBIASED = ["reinforce", "remax", "rloo", "thm2", "trepo", "trepo_mc", "trepo_boundary", "trepo_loo"]
+UNBIASED = ["reinforce", "remax", "rloo", "thm2", "trepo", "trepo_mc", "trepo_boundary", "trepo_loo", "trepo_gated"]
 BIASED = ["reinforce_len", "discounted", "grpo_group", "trepo_half", "trepo_interp", "reinforce_pp",
-          "reinforce_pp_baseline"]
+          "reinforce_pp_baseline", "trepo_gated_scaled"]
 CONFIGS = [
     Config(seed=0),
     Config(seed=1, group_size=2, num_anchors=2),
@@ -42,7 +42,7 @@ def test_every_row_is_claimed(table) -> None:
     cfg, rows = table
     g = cfg.group_size
     expected = {**dict.fromkeys(UNBIASED, "unbiased"), **dict.fromkeys(BIASED, "biased"),
-                "grpo_none": "scaled", "rloo_dynamic": "proportional"}
+                "grpo_none": "scaled", "rloo_dynamic": "proportional", "trepo_tree": "reweighted"}
     assert set(rows) == set(expected)
     for key, claim in expected.items():
         row = rows[key]
@@ -53,6 +53,8 @@ def test_every_row_is_claimed(table) -> None:
             assert row.rel_bias > 1e-2, key
         elif claim == "scaled":
             assert row.residual < 1e-10 and abs(row.scale - (g - 1) / g) < 1e-10, key
+        elif claim == "reweighted":  # E g = Σ_t (1 + w P(s<t)) g_t exactly, which is not ∇J
+            assert row.target_residual < 1e-10 and row.rel_bias > 1e-2, key
         else:
             assert row.residual < 1e-10 and row.scale > 0, key
         assert row.ok, key  # and verify.py's table agrees
@@ -182,7 +184,7 @@ def test_verify_main_prints_the_table(capsys: pytest.CaptureFixture[str]) -> Non
     assert main([]) == 0
     out = capsys.readouterr().out
     assert "REINFORCE, A = RM(W) (Thm 1)" in out and "TRePO anchor s = T // 2" in out
-    assert "✗" not in out and out.count("✓") == 17 + 2
+    assert "✗" not in out and out.count("✓") == 20 + 2
     with pytest.raises(SystemExit):
         main(["--max-len", "3"])
 
@@ -194,3 +196,22 @@ def test_python_dash_m_entry_point() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "GRPO scale=none" in proc.stdout and "scaled 0.666667" in proc.stdout
+
+
+def test_trained_continuations_with_zero_weight_are_unbiased_and_the_target_is_grad_j(exact: ExactSolution) -> None:
+    # w = 0: the continuation rows carry no advantage, what is left is TRePO M = 1, K = 1 (unbiased), and the
+    # re-weighted target Σ_t (1 + 0) g_t is ∇J itself (the per-position terms g_t sum to the gradient)
+    mean = est.moments(exact, est.tree_trepo(exact, 0.0)).mean
+    torch.testing.assert_close(mean, exact.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(est.tree_target(exact, 0.0), exact.grad, rtol=0, atol=1e-12)
+
+
+def test_gate_reads_only_siblings_so_flipping_the_gate_on_own_reward_would_differ(exact: ExactSolution) -> None:
+    # the gated estimator equals RLOO wherever the siblings agree: with M = 0 interior anchors... here M = 1 but
+    # exact U: on draws whose rows are all gated off, the advantages are exactly RLOO's
+    draws = est.gated_trepo(exact, 3, 1)
+    rewards = exact.reward[draws.index]  # (R, 3)
+    off = (rewards == rewards[:, :1]).all(1)  # all three equal: every row's siblings agree
+    rloo = rloo_advantages(rewards[off].reshape(-1), 3).reshape(-1, 3)
+    mask = exact.mask[draws.index[off]]
+    torch.testing.assert_close(draws.advantages[off], rloo[..., None] * mask)
