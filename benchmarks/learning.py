@@ -219,19 +219,30 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--dense", type=int, default=20, help="also evaluate after each of the first N steps")
     p.add_argument("--eval-batch", type=int, default=64, help="held-out prompts per generate call")
     p.add_argument("--save-checkpoint", nargs="*", default=[], help="algorithms whose final weights to keep")
-    p.add_argument("--from-json", type=Path, nargs="*", default=[],
-                   help="no training: tabulate and plot the learning.json files of earlier runs (one per algorithm)")
+    p.add_argument("--from-json", nargs="*", default=[],
+                   help="no training: tabulate and plot the learning.json files of earlier runs (one per algorithm); "
+                        "PATH=LABEL renames that file's runs to LABEL (e.g. two seeds of one algorithm)")
     p.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.95])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args, rest = p.parse_known_args(argv)
     return args, [a for a in rest if a != "--"]
 
 
+def labelled_results(spec: str) -> list[dict[str, Any]]:
+    """The runs of one ``learning.json``; ``PATH=LABEL`` names them LABEL (numbered when the file holds several)."""
+    path, _, label = spec.partition("=")
+    results = json.loads(Path(path).read_text())
+    for i, r in enumerate(results):
+        if label:
+            r["algorithm"] = label if len(results) == 1 else f"{label} {i + 1}"
+    return results
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args, overrides = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.from_json:
-        results = [r for path in args.from_json for r in json.loads(path.read_text())]
+        results = [r for spec in args.from_json for r in labelled_results(spec)]
         for r in results:  # recomputed, so a fix to how a target is reached reaches stored results too
             r["to_target"] = to_targets(r["points"], args.targets)
     else:

@@ -44,3 +44,17 @@ def test_wilson_interval_by_hand():
     assert wilson_interval(0, 10)[0] == pytest.approx(0.0, abs=1e-12)
     assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
     assert wilson_interval(10, 10)[0] == pytest.approx(0.722460, abs=1e-6)
+
+
+def test_from_json_labels_rename_runs(tmp_path):
+    # two seeds of one algorithm side by side: PATH=LABEL names a file's one run LABEL, several runs LABEL 1, LABEL 2
+    import json
+
+    from learning import labelled_results
+
+    one, two = tmp_path / "a.json", tmp_path / "b.json"
+    one.write_text(json.dumps([{"algorithm": "GRPO"}]))
+    two.write_text(json.dumps([{"algorithm": "TRePO"}, {"algorithm": "GRPO"}]))
+    assert [r["algorithm"] for r in labelled_results(f"{one}=GRPO seed 1")] == ["GRPO seed 1"]
+    assert [r["algorithm"] for r in labelled_results(f"{two}=run")] == ["run 1", "run 2"]
+    assert [r["algorithm"] for r in labelled_results(str(two))] == ["TRePO", "GRPO"]
