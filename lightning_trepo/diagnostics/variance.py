@@ -24,7 +24,7 @@ from torch import Tensor
 from lightning_trepo.diagnostics.stats import CountSketch, flatten
 from lightning_trepo.modules.base import RLModule
 from lightning_trepo.modules.config import reward_prompts
-from lightning_trepo.rollout.engine import RolloutPlan
+from lightning_trepo.rollout.plan import RolloutPlan
 from lightning_trepo.types import Rollout
 
 DEFAULT_ESTIMATORS = ("reinforce", "rloo", "grpo", "remax", "trepo:1x1", "trepo:2x2", "trepo:4x2")

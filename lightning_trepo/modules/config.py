@@ -12,8 +12,8 @@ from lightning_trepo.algorithms.losses import Aggregation, PolicyLoss
 from lightning_trepo.errors import check_choice, require
 from lightning_trepo.policy import PolicyConfig, TinyModelConfig
 from lightning_trepo.rollout.decoding import Decoder
-from lightning_trepo.rollout.engine import SamplingConfig
 from lightning_trepo.rollout.episodes import EpisodeConfig
+from lightning_trepo.rollout.plan import SamplingConfig
 from reward_models import OverlongPenalty, Reward
 
 KLEstimator = KLKind
