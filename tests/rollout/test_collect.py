@@ -1,0 +1,106 @@
+"""Collector: one reward call for samples and greedy responses, dynamic sampling's lazy refill, the extension hook."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from lightning_trepo.rollout.collect import Collector, score_rollouts
+from lightning_trepo.rollout.plan import RolloutPlan
+from reward_models import RewardOutput
+from tests.helpers import tiny_rollout
+
+
+class FakeEngine:
+    """``rollout`` returns hand-made rollouts (G samples + B greedy rows when planned) and records the plans."""
+
+    pad_id = 0
+
+    def __init__(self) -> None:
+        self.plans: list[RolloutPlan] = []
+
+    def rollout(self, model, plan, prompts, prompt_ids, metadata, device):
+        self.plans.append(plan)
+        b, g = len(prompt_ids), plan.group_size
+        out = tiny_rollout([[1, 1, 0]] * (b * g), group_size=g, seed=len(self.plans))
+        out.prompts = [p for p in prompts for _ in range(g)]
+        if plan.greedy_baseline:
+            out.greedy = tiny_rollout([[1, 0]] * b, group_size=1, seed=100)
+        return out
+
+
+class CountingScore:
+    """Reward = the index of the sample in its reward call (0, 1, 2, ...); records every call's size."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def __call__(self, samples) -> RewardOutput:
+        n = len(samples)
+        self.sizes.append(n)
+        return RewardOutput(torch.arange(n, dtype=torch.float32), {"node/value": torch.arange(n) * 10.0,
+                                                                     "node/scalar": torch.tensor(3.0)})
+
+
+BATCH = {"prompts": ["a", "b"], "prompt_ids": [[5], [6]], "metadata": [{}, {}]}
+
+
+def test_samples_and_greedy_responses_share_one_reward_call():
+    # B = 2 prompts x G = 2 samples, then 2 greedy rows in the same call: rewards 0..3 for the samples and 4, 5 for
+    # the greedy responses (their indices in the one call); the per-sample metric splits the same way
+    engine, score = FakeEngine(), CountingScore()
+    collected = Collector(engine, torch.nn.Identity(), score, torch.device("cpu")).collect(
+        RolloutPlan(group_size=2, greedy_baseline=True), BATCH)
+    assert score.sizes == [6]
+    assert collected.rewards.tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert collected.rollout.greedy_rewards is not None and collected.rollout.greedy_rewards.tolist() == [4.0, 5.0]
+    assert collected.components["node/value"].tolist() == [0.0, 10.0, 20.0, 30.0]
+    assert collected.components["node/scalar"].item() == 3.0
+    assert "score" in collected.rollout.timings and collected.metrics == {}
+
+
+def test_a_decoded_greedy_baseline_is_reused_not_decoded_again():
+    engine, score = FakeEngine(), CountingScore()
+    greedy = tiny_rollout([[1, 1]] * 2, group_size=1, seed=7)
+    collected = Collector(engine, torch.nn.Identity(), score, torch.device("cpu")).collect(
+        RolloutPlan(group_size=2, greedy_baseline=True), BATCH, greedy=greedy)
+    assert engine.plans[0].greedy_baseline is False  # the engine decoded only the samples
+    assert collected.rollout.greedy is greedy and score.sizes == [6]
+
+
+def test_refill_stream_is_made_only_when_a_plan_samples_dynamically():
+    made = []
+
+    def refill():
+        made.append(1)
+        return iter([BATCH] * 4)
+
+    engine, score = FakeEngine(), CountingScore()
+    collector = Collector(engine, torch.nn.Identity(), score, torch.device("cpu"), refill=refill)
+    collector.collect(RolloutPlan(group_size=2), BATCH)
+    assert made == []
+    # rewards 0..3 in one call: both groups informative ([0, 1], [2, 3]) -> no extra round, one stream made
+    collected = collector.collect(RolloutPlan(group_size=2, dynamic_sampling=True, max_extra_rounds=2), BATCH)
+    assert made == [1] and collected.metrics["dynamic/rounds"].item() == 0.0
+    assert collected.metrics["dynamic/informative_frac"].item() == 1.0
+
+
+def test_the_extension_gets_the_raw_rewards_and_adds_its_metrics():
+    seen = []
+
+    def extend(plan, rollout, rewards):
+        seen.append(rewards.tolist())
+        return replace(rollout, anchor_values=torch.ones(rollout.num_samples, 2)), {"ext/x": torch.tensor(1.0)}
+
+    collected = Collector(FakeEngine(), torch.nn.Identity(), CountingScore(), torch.device("cpu"),
+                          extend=extend).collect(RolloutPlan(group_size=2), BATCH)
+    assert seen == [[0.0, 1.0, 2.0, 3.0]]
+    assert collected.rollout.anchor_values is not None and collected.metrics == {"ext/x": torch.tensor(1.0)}
+
+
+def test_score_rollouts_splits_one_call_back_per_rollout():
+    score = CountingScore()
+    a, b = tiny_rollout([[1, 0]] * 2, group_size=2), tiny_rollout([[1, 1, 1]], group_size=1)
+    (ra, ma), (rb, mb) = score_rollouts(score, [a, b], pad_id=0, device=torch.device("cpu"))
+    assert score.sizes == [3] and ra.tolist() == [0.0, 1.0] and rb.tolist() == [2.0]
+    assert mb["node/value"].tolist() == [20.0] and ma["node/scalar"].item() == 3.0
