@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,8 +32,7 @@ from lightning_trepo.modules.config import (
     check_reward_fits,
     default_optimizer,
 )
-from lightning_trepo.modules.controls import adaptive_kl_step, any_rank, refill_stream
-from lightning_trepo.modules.cpu_heap import keep_freed_cpu_memory
+from lightning_trepo.modules.controls import RolloutControls
 from lightning_trepo.ops import masked_mean
 from lightning_trepo.policy import AdapterDisabled, PolicyConfig, load_tokenizer
 from lightning_trepo.policy.lora_checkpoint import drop_frozen_base, hparams_ignore, restore_frozen_base
@@ -42,6 +42,7 @@ from lightning_trepo.rollout.engine import RolloutEngine
 from lightning_trepo.rollout.logprobs import prompt_cache_supported, sequence_logprobs
 from lightning_trepo.rollout.metrics import RolloutWriter, step_metrics, timed
 from lightning_trepo.rollout.plan import RolloutPlan
+from lightning_trepo.training.cpu_heap import keep_freed_cpu_memory
 from lightning_trepo.training.run_state import decorrelate_rank_rng, load_run_state, save_run_state
 from lightning_trepo.training.sharding import (
     build_policy,
@@ -100,7 +101,7 @@ class RLModule(LightningModule):
         self._writer = RolloutWriter(rollout.log_path) if rollout.log_path else None
         self._t_loss: float | None = None
         self._perm: tuple[Rollout, Tensor] | None = None  # the minibatch permutation of the cached rollout
-        self._refill: Any = None  # dynamic sampling's stream of extra prompt batches
+        self._refill: Iterator[dict[str, Any]] | None = None  # dynamic sampling's stream of extra prompt batches
         if update.kl_target is not None:  # the adaptive KL controller's β is module state: saved in checkpoints
             self.register_buffer("kl_coef_value", torch.tensor(float(update.kl_coef), dtype=torch.float64))
         self.rank_state_restored = False
@@ -322,9 +323,20 @@ class RLModule(LightningModule):
         """The rollout path of this module: its engine, policy and reward call, dynamic sampling's refill stream,
         the ranks' collective flag, (``extend``) :meth:`extend_rollout` after scoring, and the environment that
         makes each sample a multi-turn episode (``rollout.episode`` limits)."""
-        return Collector(self.engine, self.policy, self.score_samples, self.device, refill=lambda: refill_stream(self),
-                         any_rank=lambda flag: any_rank(self, flag), extend=self.extend_rollout if extend else None,
+        return Collector(self.engine, self.policy, self.score_samples, self.device, refill=self.refill_stream,
+                         any_rank=self.controls.any_rank, extend=self.extend_rollout if extend else None,
                          environment=self.environment, episode=self.rollout_cfg.episode)
+
+    @property
+    def controls(self) -> RolloutControls:
+        """The decisions between rollouts that read the trainer (adaptive KL, refill stream, collective flags)."""
+        return RolloutControls(self._trainer, self.device)
+
+    def refill_stream(self) -> Iterator[dict[str, Any]] | None:
+        """Dynamic sampling's stream of extra prompt batches, made once per module (None without one)."""
+        if self._refill is None:
+            self._refill = self.controls.refill_stream()
+        return self._refill
 
     def make_rollout(self, batch: dict[str, Any]) -> tuple[Rollout, dict[str, Tensor]]:
         """plan -> collect (generate, score, extend) -> behaviour/ref log-probs -> advantages."""
@@ -338,7 +350,9 @@ class RLModule(LightningModule):
             rollout.rewards = torch.nan_to_num(rewards, nan=0.0)
             advantages = self.compute_advantages(rollout, rollout.rewards)
             advantages.write_into(rollout)
-            kl_metrics = adaptive_kl_step(self, rollout)
+            coef, kl_metrics = self.controls.adaptive_kl(self.update_cfg, self.kl_coef, rollout)
+            if coef is not None:  # β is the kl_coef_value buffer: checkpointed
+                self.kl_coef_value.fill_(coef)
         if self._writer is not None and self.global_rank == 0:
             self._writer.write(self.global_step, rollout, rewards, components)
         metrics = step_metrics(rollout, rewards, components, self.engine.generate_calls - calls_before)
