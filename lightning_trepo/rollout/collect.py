@@ -1,5 +1,8 @@
 """The whole scored rollout of one plan: generate -> dynamic sampling -> ONE reward call -> extensions.
 
+Continuations from anchor prefixes (a plan's :class:`~lightning_trepo.rollout.plan.ContinuationPlan`, TRePO) are
+sampled and scored here too (:meth:`Collector.continuations`); what an estimator makes of their scores is its own.
+
 :class:`Collector` takes everything it needs explicitly (the engine, the policy, the reward call, the device, the
 refill stream of extra prompts, the collective "any rank" flag and an optional extension step) and returns a
 :class:`Collected`: the rollout, its raw rewards, the reward tree's per-node metrics and the collection's own
@@ -17,12 +20,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_trepo.algorithms.advantages import siblings_mixed
+from lightning_trepo.algorithms.anchors import turn_anchor_positions
 from lightning_trepo.envs import Environment
+from lightning_trepo.rollout.continuations import Continuations, planned_anchors, request_pairs, sample_continuations
 from lightning_trepo.rollout.dynamic_sampling import Scored, dynamic_sampling
 from lightning_trepo.rollout.engine import RolloutEngine
+from lightning_trepo.rollout.episode_continuations import episode_continuations
 from lightning_trepo.rollout.episodes import EpisodeConfig, plan_rollout
 from lightning_trepo.rollout.metrics import timed
-from lightning_trepo.rollout.plan import RolloutPlan
+from lightning_trepo.rollout.plan import ContinuationPlan, RolloutPlan
 from lightning_trepo.types import Rollout
 from reward_models import RewardOutput, Samples
 
@@ -61,6 +68,36 @@ def score_rollouts(score: Score, rollouts: list[Rollout], pad_id: int,
     metrics = {k: v.split(sizes) if v.dim() and v.shape[0] == len(samples) else [v] * len(sizes)
                for k, v in out.metrics.items()}
     return [(rewards[i], {k: v[i] for k, v in metrics.items()}) for i in range(len(sizes))]
+
+
+def final_rewards(rewards: Tensor, truncated: Tensor, truncated_reward: float | None) -> Tensor:
+    """RM(W) as an estimator uses it: r = 0 where NaN, and r = ``truncated_reward`` where truncated (when set)."""
+    final = torch.nan_to_num(rewards, nan=0.0)
+    if truncated_reward is None:
+        return final
+    return torch.where(truncated.to(final.device), torch.full_like(final, truncated_reward), final)
+
+
+@dataclass
+class ScoredContinuations:
+    """A plan's continuations, sampled at the anchors of a rollout's responses and scored."""
+
+    positions: Tensor
+    """(N, M+2) anchor positions (0, interior anchors, T); anchors the gate closed collapse to T."""
+    valid: Tensor
+    """(N, M+2) bool, the anchors continued from (columns 0 and M+1 as :func:`planned_anchors` marks them)."""
+    continuations: Continuations
+    """The K continuations of every (sample, anchor column) pair that needed them."""
+    scores: Tensor
+    """(C,) each continuation's reward (0 where NaN; the plan's ``truncated_reward`` for truncated ones)."""
+
+    def stats(self) -> dict[str, float]:
+        """Generated tokens and calls, the share of interior anchors continued, the continuations' mean reward."""
+        interior = self.valid[:, 1:-1]
+        return {"continuation_tokens": float(self.continuations.generated_tokens),
+                "continuation_calls": float(self.continuations.num_calls),
+                "anchors_valid_frac": float(interior.float().mean()) if interior.shape[1] else 0.0,
+                "continuation_reward": float(self.scores.mean()) if self.scores.numel() else float("nan")}
 
 
 @dataclass
@@ -144,3 +181,49 @@ class Collector:
             rollout, extended = self.extend(plan, rollout, rewards)
             metrics = {**metrics, **extended}
         return Collected(rollout, rewards, components, metrics)
+
+    def continuations(self, plan: RolloutPlan, rollout: Rollout, final: Tensor) -> ScoredContinuations:
+        """Sample the plan's K continuations at every valid (gated) anchor of the responses in one batched pass and
+        score them in one reward call; ``final`` (N,) is RM(W) as :func:`final_rewards` gives it (the gate reads
+        it)."""
+        request = plan.continuations
+        if request is None:
+            raise ValueError("Collector.continuations: the plan has no ContinuationPlan (plan.continuations)")
+        positions, valid = self.anchors(request, rollout, final)
+        rows, cols = request_pairs(valid, fresh_start=request.fresh_start)
+        if self.environment is None:
+            cont = sample_continuations(self.engine, self.policy, rollout, positions, rows, cols,
+                                        request.num_continuations, plan.sampling)
+        else:  # each continuation replays its prefix's turns into a fresh environment and plays the episode on
+            cont = episode_continuations(self.engine, self.policy, self.environment, self.episode, rollout, positions,
+                                         rows, cols, request.num_continuations, plan.sampling)
+        return ScoredContinuations(positions, valid, cont, self.score_continuations(request, rollout, cont))
+
+    def anchors(self, request: ContinuationPlan, rollout: Rollout, final: Tensor) -> tuple[Tensor, Tensor]:
+        """(positions, valid), each (N, M+2): per-response offsets when the plan draws them (now, from fresh
+        randomness), or the starts of an episode's turns (``turn_anchors``), then the gate, whose closed anchors
+        collapse to T."""
+        if request.draw_offsets is not None:
+            request = replace(request, anchor_offsets=request.draw_offsets(rollout.num_samples))
+        if request.turn_anchors:
+            if rollout.loss_mask is None:
+                raise ValueError("ContinuationPlan.turn_anchors (TRePO anchor_mode: turns) needs a multi-turn rollout "
+                                 "(Rollout.loss_mask is None: no environment)")
+            positions, valid = turn_anchor_positions(rollout.trained_mask, rollout.completion_mask, request.num_anchors)
+        else:
+            positions, valid = planned_anchors(request, rollout)
+        if request.gate_mixed:
+            valid[:, 1:-1] &= siblings_mixed(final, rollout.group_size).to(valid.device)[:, None]
+            positions[:, 1:-1] = torch.where(valid[:, 1:-1], positions[:, 1:-1], positions[:, -1:])
+        return positions, valid
+
+    def score_continuations(self, request: ContinuationPlan, rollout: Rollout, cont: Continuations) -> Tensor:
+        """(C,) the reward of every continuation, each scored as a full response to its sample's prompt, in one
+        reward call (0 where NaN; the plan's ``truncated_reward`` for truncated ones when set)."""
+        if cont.sample_index.numel() == 0:
+            return torch.zeros(0, device=self.device)
+        scores = torch.nan_to_num(self.score_fn(cont.to_samples(rollout)).rewards.to(self.device), nan=0.0)
+        if request.truncated_reward is not None and cont.truncated is not None:
+            scores = torch.where(cont.truncated.to(self.device), torch.full_like(scores, request.truncated_reward),
+                                 scores)
+        return scores

@@ -52,6 +52,17 @@ class ContinuationPlan:
     """(N, L) completion ids -> (N, L) bool, True on the tokens that end a boundary (used without offsets)."""
     fresh_start: bool = False
     """Also K fresh samples from each prompt alone (the empty prefix, anchor column 0)."""
+    draw_offsets: Callable[[int], Tensor] | None = None
+    """N -> (N, M) interior offsets drawn for each of the N responses once they are generated (fresh randomness,
+    independent of the responses: still stopping times); used instead of ``anchor_offsets`` when set."""
+    gate_mixed: bool = False
+    """Continuations only for responses whose G-1 siblings' rewards are not all equal; elsewhere the interior anchors
+    collapse to T (no continuations; TRePO's advantage is then exactly RLOO's)."""
+    truncated_reward: float | None = None
+    """The reward every truncated response and continuation gets instead of the reward tree's (None: the tree's)."""
+    turn_anchors: bool = False
+    """Multi-turn episodes: anchors at the starts of the first M turns after the first (right after an observation),
+    instead of offsets or boundaries; the continuations go on with the environment."""
 
 
 @dataclass

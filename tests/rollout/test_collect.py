@@ -1,12 +1,14 @@
-"""Collector: one reward call for samples and greedy responses, dynamic sampling's lazy refill, the extension hook."""
+"""Collector: one reward call for samples and greedy responses, dynamic sampling's lazy refill, the extension hook,
+continuation anchors (per-sample offsets, the mixed gate) and continuation scores."""
 from __future__ import annotations
 
 from dataclasses import replace
 
 import torch
 
-from lightning_trepo.rollout.collect import Collector, score_rollouts
-from lightning_trepo.rollout.plan import RolloutPlan
+from lightning_trepo.rollout.collect import Collector, final_rewards, score_rollouts
+from lightning_trepo.rollout.continuations import Continuations
+from lightning_trepo.rollout.plan import ContinuationPlan, RolloutPlan
 from reward_models import RewardOutput
 from tests.helpers import tiny_rollout
 
@@ -104,3 +106,45 @@ def test_score_rollouts_splits_one_call_back_per_rollout():
     (ra, ma), (rb, mb) = score_rollouts(score, [a, b], pad_id=0, device=torch.device("cpu"))
     assert score.sizes == [3] and ra.tolist() == [0.0, 1.0] and rb.tolist() == [2.0]
     assert mb["node/value"].tolist() == [20.0] and ma["node/scalar"].item() == 3.0
+
+
+def test_final_rewards_zero_nan_and_replace_truncated():
+    rewards, truncated = torch.tensor([float("nan"), 0.5, 1.0]), torch.tensor([False, True, False])
+    assert final_rewards(rewards, truncated, None).tolist() == [0.0, 0.5, 1.0]
+    assert final_rewards(rewards, truncated, -1.0).tolist() == [0.0, -1.0, 1.0]
+
+
+def test_anchors_per_sample_offsets_and_the_mixed_gate():
+    # G = 3, two prompts, every response 3 tokens long. Per-sample offsets: row i gets offset 1 + i % 2.
+    # final [1, 1, 0 | 0, 0, 0]: rows 0 and 1 each have siblings {1, 0} (mixed: open); row 2 has {1, 1} and rows
+    # 3..5 have {0, 0} (closed: their interior anchor collapses to T = 3 and is not continued)
+    rollout = tiny_rollout([[1, 1, 1]] * 6, group_size=3)
+    drawn = []
+
+    def draw(n):
+        drawn.append(n)
+        return torch.tensor([[1 + i % 2] for i in range(n)])
+
+    request = ContinuationPlan(num_continuations=2, num_anchors=1, anchor_offsets=torch.tensor([2]),
+                               draw_offsets=draw, gate_mixed=True)
+    collector = Collector(FakeEngine(), torch.nn.Identity(), CountingScore(), torch.device("cpu"))
+    positions, valid = collector.anchors(request, rollout, torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0]))
+    assert drawn == [6]
+    assert positions.tolist() == [[0, 1, 3], [0, 2, 3], [0, 3, 3], [0, 3, 3], [0, 3, 3], [0, 3, 3]]
+    assert valid[:, 1].tolist() == [True, True, False, False, False, False]
+
+
+def test_continuation_scores_in_one_call_with_the_truncated_reward():
+    # 3 continuations in one reward call: CountingScore gives 0, 1, 2; the truncated one (index 1) gets -1 instead
+    rollout = tiny_rollout([[1, 1, 0]] * 2, group_size=2)
+    cont = Continuations(sample_index=torch.tensor([0, 0, 1]), anchor_column=torch.tensor([1, 1, 1]),
+                         completion_ids=torch.full((3, 2), 5), completion_mask=torch.ones(3, 2, dtype=torch.long),
+                         completions=["x", "y", "z"], generated_tokens=3, num_calls=1,
+                         truncated=torch.tensor([False, True, False]))
+    score = CountingScore()
+    collector = Collector(FakeEngine(), torch.nn.Identity(), score, torch.device("cpu"))
+    request = ContinuationPlan(num_continuations=3, num_anchors=1, truncated_reward=-1.0)
+    assert collector.score_continuations(request, rollout, cont).tolist() == [0.0, -1.0, 2.0]
+    assert score.sizes == [3]
+    plain = replace(request, truncated_reward=None)
+    assert collector.score_continuations(plain, rollout, cont).tolist() == [0.0, 1.0, 2.0]
