@@ -1,15 +1,22 @@
 """Collector: one reward call for samples and greedy responses, dynamic sampling's lazy refill, the extension hook,
-continuation anchors (per-sample offsets, the mixed gate) and continuation scores."""
+continuation anchors (per-sample offsets, the mixed gate, turn starts) and continuation scores; with an environment,
+episodes for samples, greedy baselines, validation and continuations."""
 from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
+from lightning_trepo.policy import PolicyConfig, TinyModelConfig, load_policy
 from lightning_trepo.rollout.collect import Collector, final_rewards, score_rollouts
 from lightning_trepo.rollout.continuations import Continuations
-from lightning_trepo.rollout.plan import ContinuationPlan, RolloutPlan
+from lightning_trepo.rollout.engine import RolloutEngine
+from lightning_trepo.rollout.episodes import EpisodeConfig
+from lightning_trepo.rollout.plan import ContinuationPlan, RolloutPlan, SamplingConfig
+from lightning_trepo.types import Rollout
 from reward_models import RewardOutput
+from tests.envs.scripted import Scripted
 from tests.helpers import tiny_rollout
 
 
@@ -148,3 +155,81 @@ def test_continuation_scores_in_one_call_with_the_truncated_reward():
     assert score.sizes == [3]
     plain = replace(request, truncated_reward=None)
     assert collector.score_continuations(plain, rollout, cont).tolist() == [0.0, 1.0, 2.0]
+
+
+def episode_rollout_rows() -> Rollout:
+    # two 6-token episodes of one prompt (G = 2): row 0 = model, model, env, env, model, model (turn 2 starts at 4);
+    # row 1 = one turn of 6 model tokens (no observation, so no turn start after the first)
+    rollout = tiny_rollout([[1] * 6] * 2, group_size=2)
+    rollout.loss_mask = torch.tensor([[1, 1, 0, 0, 1, 1], [1] * 6])
+    return rollout
+
+
+def test_turn_anchors_sit_at_the_starts_of_later_turns():
+    # M = 1: row 0's anchor is the start of turn 2 (4); row 1 has no second turn, its anchor pads to T = 6 (invalid)
+    request = ContinuationPlan(num_continuations=2, num_anchors=1, turn_anchors=True)
+    collector = Collector(FakeEngine(), torch.nn.Identity(), CountingScore(), torch.device("cpu"))
+    positions, valid = collector.anchors(request, episode_rollout_rows(), torch.zeros(2))
+    assert positions.tolist() == [[0, 4, 6], [0, 6, 6]]
+    assert valid[:, 1].tolist() == [True, False]
+
+
+def test_turn_anchors_need_an_episode_rollout():
+    request = ContinuationPlan(num_continuations=2, num_anchors=1, turn_anchors=True)
+    collector = Collector(FakeEngine(), torch.nn.Identity(), CountingScore(), torch.device("cpu"))
+    with pytest.raises(ValueError, match="turn_anchors"):
+        collector.anchors(request, tiny_rollout([[1, 1, 1]] * 2, group_size=2), torch.zeros(2))
+
+
+def test_continuations_of_episodes_go_on_with_the_environment(monkeypatch):
+    # with an environment the K continuations come from episode_continuations (the collector's env and episode
+    # limits, the turn anchors); their own metadata is what the reward reads, in one call of size K = 2
+    seen = []
+
+    def fake_episode_continuations(engine, policy, environment, cfg, rollout, positions, rows, cols, k, sampling):
+        seen.append((environment, cfg, positions[rows, cols].tolist(), k))
+        return Continuations(sample_index=rows.repeat_interleave(k), anchor_column=cols.repeat_interleave(k),
+                             completion_ids=torch.full((k, 6), 5), completion_mask=torch.ones(k, 6, dtype=torch.long),
+                             completions=["x"] * k, generated_tokens=4, num_calls=2,
+                             metadata=[{"env_reward": float(i)} for i in range(k)])
+
+    monkeypatch.setattr("lightning_trepo.rollout.collect.episode_continuations", fake_episode_continuations)
+    env, cfg, score = Scripted(turns=2), EpisodeConfig(max_turns=3), MetadataScore()
+    collector = Collector(FakeEngine(), torch.nn.Identity(), score, torch.device("cpu"), environment=env, episode=cfg)
+    plan = RolloutPlan(group_size=2, continuations=ContinuationPlan(num_continuations=2, num_anchors=1,
+                                                                    turn_anchors=True))
+    scored = collector.continuations(plan, episode_rollout_rows(), torch.zeros(2))
+    assert len(seen) == 1 and seen[0][0] is env and seen[0][1] is cfg and seen[0][2:] == ([4], 2)
+    assert score.metadata == [[{"env_reward": 0.0}, {"env_reward": 1.0}]]
+    assert scored.scores.tolist() == [0.0, 1.0] and scored.stats()["continuation_tokens"] == 4.0
+
+
+class MetadataScore:
+    """Reward = the row's ``env_reward``; records every call's metadata."""
+
+    def __init__(self) -> None:
+        self.metadata: list[list[dict]] = []
+
+    def __call__(self, samples) -> RewardOutput:
+        self.metadata.append(list(samples.metadata))
+        return RewardOutput(torch.tensor([m["env_reward"] for m in samples.metadata]), {})
+
+
+def test_generate_plays_episodes_for_samples_greedy_baseline_and_validation():
+    # with an environment, generate returns episodes (loss mask 0 on the observations) for the samples, for ReMax's
+    # greedy baseline and for validation's greedy plan; greedy episodes are deterministic (Scripted is), so the
+    # baseline's episodes equal validation's token for token
+    model, tok = load_policy(PolicyConfig(tiny=TinyModelConfig(n_layer=1, n_embd=32, n_head=2, seed=3)))
+    prompts = ["12+3=", "4+5="]
+    batch = {"prompts": prompts, "prompt_ids": [tok(p)["input_ids"] for p in prompts], "metadata": [{}, {}]}
+    collector = Collector(RolloutEngine(tok), model, CountingScore(), torch.device("cpu"), environment=Scripted(2),
+                          episode=EpisodeConfig(max_turns=3, max_total_tokens=24))
+    sampling = SamplingConfig(max_new_tokens=4)
+    torch.manual_seed(0)
+    rollout = collector.generate(RolloutPlan(group_size=2, sampling=sampling, greedy_baseline=True), batch)
+    validation = collector.generate(RolloutPlan(group_size=1, sampling=sampling, greedy=True), batch)
+    for r, n in ((rollout, 4), (rollout.greedy, 2), (validation, 2)):
+        assert r is not None and r.loss_mask is not None and r.num_samples == n
+        assert all("episode_turns" in m for m in r.metadata)
+        assert (r.completion_mask.bool() & ~r.loss_mask.bool()).any()  # the observations: attended, not trained
+    assert rollout.greedy is not None and torch.equal(rollout.greedy.completion_ids, validation.completion_ids)
