@@ -97,7 +97,7 @@ def quiet_build(build: Any, cli_args: list[str]) -> Any:
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Fit from the config and write the report; returns the numbers (also in ``demo_results.json``)."""
-    from lightning_trepo.cli.main import build_cli
+    from lightning_trepo.cli.fit import build_cli
 
     args, overrides = parse_args(argv)
     cli_args = ["--config", str(args.config), *overrides]

@@ -77,7 +77,7 @@ def load_weights(module: Any, path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lightning_trepo.cli.main import build_cli
+    from lightning_trepo.cli.fit import build_cli
 
     args, rest = parse_args(argv)
     specs = [parse_estimator(e) for e in args.estimators]  # bad estimator names fail before anything loads

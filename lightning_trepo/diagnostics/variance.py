@@ -23,8 +23,7 @@ from torch import Tensor
 
 from lightning_trepo.diagnostics.stats import CountSketch, flatten
 from lightning_trepo.modules.base import RLModule
-from lightning_trepo.modules.config import reward_prompts
-from lightning_trepo.rollout.engine import RolloutPlan
+from lightning_trepo.rollout.plan import RolloutPlan
 from lightning_trepo.types import Rollout
 
 DEFAULT_ESTIMATORS = ("reinforce", "rloo", "grpo", "remax", "trepo:1x1", "trepo:2x2", "trepo:4x2")
@@ -112,32 +111,30 @@ def _timed(seconds: dict[str, float], key: str, start: float) -> None:
 
 
 def shared_rollout(base: RLModule, batch: dict[str, Any], greedy: Rollout | None, seconds: dict[str, float]) -> _Shared:
-    """G samples per prompt from the fixed policy (the plan every estimator shares), scored in one reward call with
-    the greedy responses (when ReMax is measured), with behaviour and reference log-probs."""
-    t0 = time.perf_counter()
+    """G samples per prompt from the fixed policy (the plan every estimator shares), collected by the rollout path
+    and scored in one reward call with the greedy responses (when ReMax is measured), with behaviour and reference
+    log-probs."""
     cfg = base.rollout_cfg
-    plan = RolloutPlan(group_size=cfg.group_size, sampling=cfg.sampling, need_ref_logprobs=base.ref_model is not None)
+    plan = RolloutPlan(group_size=cfg.group_size, sampling=cfg.sampling, need_ref_logprobs=base.ref_model is not None,
+                       greedy_baseline=greedy is not None)
     with base.generation_context():
-        rollout = base.engine.rollout(base.policy, plan, reward_prompts(batch), batch["prompt_ids"],
-                                      batch["metadata"], base.device)
-    _timed(seconds, "generate", t0)
-    t0 = time.perf_counter()
-    scored = base.score_rollouts([rollout] if greedy is None else [rollout, greedy])
-    _timed(seconds, "score", t0)
+        collected = base.collector(extend=False).collect(plan, batch, greedy=greedy)
+    rollout = dataclasses.replace(collected.rollout, greedy=None, greedy_rewards=None)  # the estimators' own view
+    for phase in ("generate", "score"):
+        seconds[phase] = seconds.get(phase, 0.0) + rollout.timings.get(phase, 0.0)
     t0 = time.perf_counter()
     rollout.old_logprobs = base.no_grad_logprobs(base.policy, rollout)
     if base.ref_model is not None:
         rollout.ref_logprobs = base.no_grad_logprobs(base.ref_model, rollout)
     _timed(seconds, "logprobs", t0)
-    return _Shared(rollout, scored[0][0], greedy, scored[1][0] if greedy is not None else None)
+    return _Shared(rollout, collected.rewards, collected.rollout.greedy, collected.rollout.greedy_rewards)
 
 
 def greedy_responses(base: RLModule, batch: dict[str, Any]) -> Rollout:
     """ReMax's baseline: one greedy response per prompt within the samples' length budget (fixed policy: once)."""
     plan = RolloutPlan(group_size=1, sampling=base.rollout_cfg.sampling, greedy=True)
     with base.generation_context():
-        return base.engine.rollout(base.policy, plan, reward_prompts(batch), batch["prompt_ids"], batch["metadata"],
-                                   base.device)
+        return base.collector(extend=False).generate(plan, batch)
 
 
 def estimator_rollout(module: RLModule, shared: _Shared, seconds: dict[str, float], label: str) -> tuple[Rollout, int]:

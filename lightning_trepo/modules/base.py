@@ -1,9 +1,10 @@
 """RLModule: the Lightning side every algorithm shares.
 
-One training step = (on the first step of a rollout) plan -> rollout -> score -> advantages,
-then a loss on one minibatch of the cached rollout. Multiple policy epochs and minibatches come
-from the data module repeating each prompt batch ``steps_per_rollout`` times, so Lightning's
-automatic optimisation, ``accumulate_grad_batches`` and gradient clipping all keep working.
+One training step = (on the first step of a rollout) plan -> collect (generate, score, extend:
+:class:`~lightning_trepo.rollout.collect.Collector`) -> log-probs -> advantages, then a loss on one
+minibatch of the cached rollout. Multiple policy epochs and minibatches come from the data module
+repeating each prompt batch ``steps_per_rollout`` times, so Lightning's automatic optimisation,
+``accumulate_grad_batches`` and gradient clipping all keep working.
 
 Subclasses (one per algorithm) override :meth:`rollout_plan`, :meth:`compute_advantages` (which returns
 :class:`~lightning_trepo.types.Advantages` and writes nothing) and, if they need to, :meth:`extend_rollout` and
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,19 +31,18 @@ from lightning_trepo.modules.config import (
     UpdateConfig,
     check_reward_fits,
     default_optimizer,
-    reward_prompts,
 )
-from lightning_trepo.modules.controls import adaptive_kl_step, any_rank, refill_stream
-from lightning_trepo.modules.cpu_heap import keep_freed_cpu_memory
+from lightning_trepo.modules.controls import RolloutControls
 from lightning_trepo.ops import masked_mean
 from lightning_trepo.policy import AdapterDisabled, PolicyConfig, load_tokenizer
 from lightning_trepo.policy.lora_checkpoint import drop_frozen_base, hparams_ignore, restore_frozen_base
+from lightning_trepo.rollout.collect import Collector, score_rollouts
 from lightning_trepo.rollout.decoding import cache_argument
-from lightning_trepo.rollout.dynamic_sampling import Scored, dynamic_sampling
-from lightning_trepo.rollout.engine import RolloutEngine, RolloutPlan
-from lightning_trepo.rollout.episodes import plan_rollout
+from lightning_trepo.rollout.engine import RolloutEngine
 from lightning_trepo.rollout.logprobs import prompt_cache_supported, sequence_logprobs
 from lightning_trepo.rollout.metrics import RolloutWriter, step_metrics, timed
+from lightning_trepo.rollout.plan import RolloutPlan
+from lightning_trepo.training.cpu_heap import keep_freed_cpu_memory
 from lightning_trepo.training.run_state import decorrelate_rank_rng, load_run_state, save_run_state
 from lightning_trepo.training.sharding import (
     build_policy,
@@ -100,7 +101,7 @@ class RLModule(LightningModule):
         self._writer = RolloutWriter(rollout.log_path) if rollout.log_path else None
         self._t_loss: float | None = None
         self._perm: tuple[Rollout, Tensor] | None = None  # the minibatch permutation of the cached rollout
-        self._refill: Any = None  # dynamic sampling's stream of extra prompt batches
+        self._refill: Iterator[dict[str, Any]] | None = None  # dynamic sampling's stream of extra prompt batches
         if update.kl_target is not None:  # the adaptive KL controller's β is module state: saved in checkpoints
             self.register_buffer("kl_coef_value", torch.tensor(float(update.kl_coef), dtype=torch.float64))
         self.rank_state_restored = False
@@ -305,8 +306,7 @@ class RLModule(LightningModule):
                 parts.append(lp)
         return torch.cat(parts)
 
-    # scoring: score_samples is the one call of the reward tree; score_rollouts scores Rollouts through it in one
-    # call; score_rollout is a training rollout's entry point (its samples and any planned greedy responses)
+    # scoring: score_samples is the one call of the reward tree; the collector (rollout/collect.py) receives it
     def score_samples(self, samples: Samples) -> RewardOutput:
         """The one place the reward tree runs (samples, greedy responses, continuations, validation)."""
         samples.trainer_state = TrainerState(global_step=self.global_step, epoch=self.current_epoch,
@@ -316,22 +316,33 @@ class RLModule(LightningModule):
 
     def score_rollouts(self, rollouts: list[Rollout]) -> list[tuple[Tensor, dict[str, Tensor]]]:
         """Score several rollouts (samples + ReMax's greedy responses) in ONE reward-tree call, so batch-level
-        reward state (normalisation, judge batching) sees them together; split rewards and metrics back. The logged
-        total and the trained total are the same tensor."""
-        width = max(r.completion_ids.shape[1] for r in rollouts)
-        samples = Samples.concat([r.to_samples(width, self.engine.pad_id) for r in rollouts])
-        out = self.score_samples(samples)
-        sizes = [r.num_samples for r in rollouts]
-        rewards = out.rewards.to(self.device).split(sizes)
-        metrics = {k: v.split(sizes) if v.dim() and v.shape[0] == len(samples) else [v] * len(sizes)
-                   for k, v in out.metrics.items()}
-        return [(rewards[i], {k: v[i] for k, v in metrics.items()}) for i in range(len(sizes))]
+        reward state (normalisation, judge batching) sees them together; rewards and metrics split back."""
+        return score_rollouts(self.score_samples, rollouts, self.engine.pad_id, self.device)
+
+    def collector(self, extend: bool = True) -> Collector:
+        """The rollout path of this module: its engine, policy and reward call, dynamic sampling's refill stream,
+        the ranks' collective flag, (``extend``) :meth:`extend_rollout` after scoring, and the environment that
+        makes each sample a multi-turn episode (``rollout.episode`` limits)."""
+        return Collector(self.engine, self.policy, self.score_samples, self.device, refill=self.refill_stream,
+                         any_rank=self.controls.any_rank, extend=self.extend_rollout if extend else None,
+                         environment=self.environment, episode=self.rollout_cfg.episode)
+
+    @property
+    def controls(self) -> RolloutControls:
+        """The decisions between rollouts that read the trainer (adaptive KL, refill stream, collective flags)."""
+        return RolloutControls(self._trainer, self.device)
+
+    def refill_stream(self) -> Iterator[dict[str, Any]] | None:
+        """Dynamic sampling's stream of extra prompt batches, made once per module (None without one)."""
+        if self._refill is None:
+            self._refill = self.controls.refill_stream()
+        return self._refill
 
     def make_rollout(self, batch: dict[str, Any]) -> tuple[Rollout, dict[str, Tensor]]:
-        """plan -> generate -> score -> extend -> behaviour/ref log-probs -> advantages."""
+        """plan -> collect (generate, score, extend) -> behaviour/ref log-probs -> advantages."""
         plan, calls_before = self.rollout_plan(), self.engine.generate_calls
-        rollout, rewards, components, sample_metrics = self.sample_and_score(plan, batch)
-        rollout, extend_metrics = self.extend_rollout(plan, rollout, rewards)
+        collected = self.collector().collect(plan, batch)
+        rollout, rewards, components = collected.rollout, collected.rewards, collected.components
         with timed(rollout.timings, "logprobs"):
             rollout.old_logprobs, rollout.values = self.behaviour_logprobs(rollout)
             if plan.need_ref_logprobs and self.ref_model is not None:
@@ -339,39 +350,13 @@ class RLModule(LightningModule):
             rollout.rewards = torch.nan_to_num(rewards, nan=0.0)
             advantages = self.compute_advantages(rollout, rollout.rewards)
             advantages.write_into(rollout)
-            kl_metrics = adaptive_kl_step(self, rollout)
+            coef, kl_metrics = self.controls.adaptive_kl(self.update_cfg, self.kl_coef, rollout)
+            if coef is not None:  # β is the kl_coef_value buffer: checkpointed
+                self.kl_coef_value.fill_(coef)
         if self._writer is not None and self.global_rank == 0:
             self._writer.write(self.global_step, rollout, rewards, components)
         metrics = step_metrics(rollout, rewards, components, self.engine.generate_calls - calls_before)
-        return rollout, {**metrics, **sample_metrics, **extend_metrics, **advantages.metrics, **kl_metrics}
-
-    def sample_and_score(self, plan: RolloutPlan, batch: dict[str, Any]) -> tuple[Rollout, Tensor, dict, dict]:
-        """Generate and score the plan for ``batch``; with ``plan.dynamic_sampling`` keep only informative groups and
-        refill from more prompts (DAPO). Returns the rollout, its rewards, per-node reward metrics, sampling metrics."""
-        def one(prompts: dict[str, Any]) -> Scored:
-            rollout = self.generate_rollout(plan, reward_prompts(prompts), prompts["prompt_ids"], prompts["metadata"])
-            with timed(rollout.timings, "score"):
-                return (rollout, *self.score_rollout(rollout))
-
-        if not plan.dynamic_sampling:
-            return (*one(batch), {})
-        return dynamic_sampling(one, batch, refill_stream(self), plan.max_extra_rounds, self.engine.pad_id,
-                                lambda flag: any_rank(self, flag))
-
-    def generate_rollout(self, plan: RolloutPlan, prompts: list[str], prompt_ids: list[list[int]],
-                         metadata: list[dict[str, Any]]) -> Rollout:
-        """The plan's samples (and greedy responses): single responses from the engine, or, with an
-        ``environment``, multi-turn episodes (:func:`~lightning_trepo.rollout.episodes.plan_rollout`)."""
-        return plan_rollout(self.engine, self.policy, plan, prompts, prompt_ids, metadata, self.device,
-                            self.environment, self.rollout_cfg.episode)
-
-    def score_rollout(self, rollout: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
-        """A training rollout's rewards and per-node metrics; its planned greedy responses are scored in the same
-        reward-tree call and their rewards go in ``rollout.greedy_rewards``."""
-        if rollout.greedy is None:
-            return self.score_rollouts([rollout])[0]
-        (rewards, components), (rollout.greedy_rewards, _) = self.score_rollouts([rollout, rollout.greedy])
-        return rewards, components
+        return rollout, {**metrics, **collected.metrics, **advantages.metrics, **kl_metrics}
 
     def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
         """π_old log-probs (N, L), once per rollout, and the behaviour values (N, L) of algorithms with a critic
@@ -452,8 +437,8 @@ class RLModule(LightningModule):
         reward_state = self.reward.state_dict()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
                 self.generation_context():
-            rollouts = [self.generate_rollout(plan, reward_prompts(batch), batch["prompt_ids"], batch["metadata"])
-                        for plan in plans]
+            collector = self.collector(extend=False)
+            rollouts = [collector.generate(plan, batch) for plan in plans]
         scored = self.score_rollouts(rollouts)
         self.reward.load_state_dict(reward_state)
         self.log_validation(rollouts, [rewards for rewards, _ in scored], len(batch["prompt_ids"]))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -11,9 +11,10 @@ from lightning_trepo.algorithms.kl import KLKind
 from lightning_trepo.algorithms.losses import Aggregation, PolicyLoss
 from lightning_trepo.errors import check_choice, require
 from lightning_trepo.policy import PolicyConfig, TinyModelConfig
+from lightning_trepo.rollout.collect import reward_prompts as reward_prompts  # re-exported: its old home
 from lightning_trepo.rollout.decoding import Decoder
-from lightning_trepo.rollout.engine import SamplingConfig
 from lightning_trepo.rollout.episodes import EpisodeConfig
+from lightning_trepo.rollout.plan import SamplingConfig
 from reward_models import OverlongPenalty, Reward
 
 KLEstimator = KLKind
@@ -192,11 +193,6 @@ class UpdateConfig:
 # Checkpoints store these configs as hyper-parameters; allow them under torch.load(weights_only=True).
 torch.serialization.add_safe_globals([PolicyConfig, TinyModelConfig, SamplingConfig, RolloutConfig, UpdateConfig,
                                     EpisodeConfig])
-
-
-def reward_prompts(batch: dict[str, Any]) -> list[str]:
-    """Prompt texts the reward tree reads: before the chat template when the data module provides them."""
-    return batch.get("raw_prompts") or batch["prompts"]
 
 
 def check_reward_fits(reward: Reward, rollout: RolloutConfig, path: tuple[str, ...] = ()) -> None:

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from lightning_trepo.algorithms.advantages import remax_advantages
 from lightning_trepo.modules.base import RLModule
-from lightning_trepo.rollout.engine import RolloutPlan
+from lightning_trepo.rollout.plan import RolloutPlan
 from lightning_trepo.types import Advantages, Rollout
 
 

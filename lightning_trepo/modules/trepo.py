@@ -19,14 +19,12 @@ from lightning_trepo.algorithms.advantages import (
     group_std_scale,
     leave_one_out_mean,
     segment_advantages,
-    siblings_mixed,
 )
 from lightning_trepo.algorithms.anchors import (
     OffsetMode,
     build_anchor_values,
     continuation_means,
     fixed_anchor_offsets,
-    turn_anchor_positions,
 )
 from lightning_trepo.envs import Environment
 from lightning_trepo.errors import check_choice, require
@@ -39,18 +37,15 @@ from lightning_trepo.modules.base import (
 )
 from lightning_trepo.ops import masked_whiten
 from lightning_trepo.policy import PolicyConfig
+from lightning_trepo.rollout.collect import final_rewards
 from lightning_trepo.rollout.continuations import (
     BoundaryMarker,
     Continuations,
     append_rows,
-    planned_anchors,
-    request_pairs,
-    sample_continuations,
     tree_rows,
 )
-from lightning_trepo.rollout.engine import ContinuationPlan, RolloutPlan
-from lightning_trepo.rollout.episode_continuations import episode_continuations
 from lightning_trepo.rollout.metrics import timed
+from lightning_trepo.rollout.plan import ContinuationPlan, RolloutPlan
 from lightning_trepo.types import Advantages, Rollout
 from reward_models import Reward
 
@@ -183,73 +178,39 @@ class TRePO(RLModule):
         if self.anchor_mode not in ("boundary", "turns"):
             offsets = fixed_anchor_offsets(self.num_anchors, self.rollout_cfg.sampling.max_new_tokens,
                                            mode=self.anchor_mode, every=self.anchor_every)
+        per_sample = self.anchor_sampling == "sample" and offsets is not None
         request = ContinuationPlan(num_continuations=self.num_continuations, num_anchors=self.num_anchors,
                                    anchor_offsets=offsets, boundary=self._marker,
-                                   fresh_start=self.start_value == "fresh")
+                                   fresh_start=self.start_value == "fresh",
+                                   draw_offsets=self._draw_offsets if per_sample else None,
+                                   gate_mixed=self.gate == "mixed", truncated_reward=self.truncated_reward,
+                                   turn_anchors=self.anchor_mode == "turns")
         return replace(super().rollout_plan(), continuations=request)
 
+    def _draw_offsets(self, num_samples: int) -> Tensor:
+        """``anchor_sampling=sample``: (N, M) offsets drawn independently for every response, after generation."""
+        return fixed_anchor_offsets(self.num_anchors, self.rollout_cfg.sampling.max_new_tokens, mode=self.anchor_mode,
+                                    every=self.anchor_every, num_samples=num_samples)
+
     def extend_rollout(self, plan: RolloutPlan, rollout: Rollout, rewards: Tensor) -> tuple[Rollout, dict[str, Tensor]]:
-        """Sample and score the plan's K continuations at every valid (gated) anchor in one batched pass, build Û;
-        with ``train_continuations`` the continuations also become rows to train on (``rollout.tree``)."""
-        request = plan.continuations
+        """The collector samples and scores the plan's K continuations at every valid (gated) anchor (one batched
+        pass, one reward call); from their scores build Û, and with ``train_continuations`` the rows to train on
+        (``rollout.tree``)."""
+        fresh = plan.continuations is not None and plan.continuations.fresh_start
         with timed(rollout.timings, "continuations"):
             final = self.final_rewards(rollout, rewards)
-            positions, valid = self._anchors(request, rollout, final)
-            rows, cols = request_pairs(valid, fresh_start=request.fresh_start)
-            cont = self._continuations(rollout, positions, rows, cols, request.num_continuations, plan)
-            scores = self._continuation_scores(rollout, cont)
+            scored = self.collector(extend=False).continuations(plan, rollout, final)
+            cont, scores, positions = scored.continuations, scored.scores, scored.positions
             means = continuation_means(scores, cont.sample_index, cont.anchor_column, tuple(positions.shape))
-            start = means[:, 0] if request.fresh_start else leave_one_out_mean(final, rollout.group_size)  # Û(0)
+            start = means[:, 0] if fresh else leave_one_out_mean(final, rollout.group_size)  # Û(0)
             values = build_anchor_values(start, means[:, 1:-1], final, positions)
             tree = self._tree(rollout, cont, scores, final, positions.shape[1]) if self.train_continuations else None
-        interior = valid[:, 1:-1]
-        stats = {"continuation_tokens": float(cont.generated_tokens), "continuation_calls": float(cont.num_calls),
-                 "anchors_valid_frac": float(interior.float().mean()) if self.num_anchors else 0.0,
-                 "continuation_reward": float(scores.mean()) if scores.numel() else float("nan")}
         extended = replace(rollout, anchor_positions=positions, anchor_values=values, tree=tree)
-        return extended, {f"trepo/{k}": torch.tensor(v) for k, v in stats.items()}
-
-    def _continuations(self, rollout: Rollout, positions: Tensor, rows: Tensor, cols: Tensor, k: int,
-                       plan: RolloutPlan) -> Continuations:
-        """K continuations per requested anchor: of the response, or of the episode, played on with the env."""
-        if self.environment is None:
-            return sample_continuations(self.engine, self.policy, rollout, positions, rows, cols, k, plan.sampling)
-        return episode_continuations(self.engine, self.policy, self.environment, self.rollout_cfg.episode, rollout,
-                                     positions, rows, cols, k, plan.sampling)
+        return extended, {f"trepo/{k}": torch.tensor(v) for k, v in scored.stats().items()}
 
     def final_rewards(self, rollout: Rollout, rewards: Tensor) -> Tensor:
         """RM(W) as the estimator uses it: NaN -> 0, and ``truncated_reward`` for truncated responses when set."""
-        final = torch.nan_to_num(rewards, nan=0.0)
-        if self.truncated_reward is None:
-            return final
-        return torch.where(rollout.truncated.to(final.device), torch.full_like(final, self.truncated_reward), final)
-
-    def _anchors(self, request: ContinuationPlan, rollout: Rollout, final: Tensor) -> tuple[Tensor, Tensor]:
-        """(positions, valid) of this step: per-response offsets when ``anchor_sampling=sample`` (drawn now, from
-        fresh randomness: still independent of the responses), then the gate, whose closed anchors collapse to T."""
-        if self.anchor_sampling == "sample" and request.anchor_offsets is not None:
-            offsets = fixed_anchor_offsets(self.num_anchors, self.rollout_cfg.sampling.max_new_tokens,
-                                           mode=self.anchor_mode, every=self.anchor_every,
-                                           num_samples=rollout.num_samples)
-            request = replace(request, anchor_offsets=offsets)
-        if self.anchor_mode == "turns":
-            positions, valid = turn_anchor_positions(rollout.trained_mask, rollout.completion_mask, self.num_anchors)
-        else:
-            positions, valid = planned_anchors(request, rollout)
-        if self.gate == "mixed":
-            valid[:, 1:-1] &= siblings_mixed(final, rollout.group_size).to(valid.device)[:, None]
-            positions[:, 1:-1] = torch.where(valid[:, 1:-1], positions[:, 1:-1], positions[:, -1:])
-        return positions, valid
-
-    def _continuation_scores(self, rollout: Rollout, cont: Continuations) -> Tensor:
-        """(C,) the reward of every continuation (NaN -> 0; ``truncated_reward`` for truncated ones when set)."""
-        if cont.sample_index.numel() == 0:
-            return torch.zeros(0, device=self.device)
-        scores = torch.nan_to_num(self.score_samples(cont.to_samples(rollout)).rewards.to(self.device), nan=0.0)
-        if self.truncated_reward is not None and cont.truncated is not None:
-            scores = torch.where(cont.truncated.to(self.device), torch.full_like(scores, self.truncated_reward),
-                                 scores)
-        return scores
+        return final_rewards(rewards, rollout.truncated, self.truncated_reward)
 
     def _tree(self, rollout: Rollout, cont: Continuations, scores: Tensor, final: Tensor, width: int) -> Rollout:
         """The continuations as rows to train on: prompt + prefix as the prompt, the continuation's own tokens as the

@@ -1,21 +1,20 @@
-"""The shared rollout path: one engine fulfils every algorithm's :class:`RolloutPlan`.
+"""The shared rollout path's generator: one engine fulfils every algorithm's :class:`RolloutPlan`.
 
 An algorithm never calls ``generate`` itself. It declares what it needs (samples per prompt,
-sampling settings, a greedy baseline per prompt, continuations from prefixes) and the engine
-produces it in as few batched ``generate`` calls as memory allows.
+sampling settings, a greedy baseline per prompt, continuations from prefixes; :mod:`lightning_trepo.rollout.plan`)
+and the engine produces it in as few batched ``generate`` calls as memory allows.
 """
 from __future__ import annotations
 
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_trepo.errors import require
 from lightning_trepo.rollout.decoding import (
     DECODERS,
     Decoder,
@@ -27,80 +26,12 @@ from lightning_trepo.rollout.decoding import (
     prefill_shared_prefix,
     static_cache_unsupported,
 )
+from lightning_trepo.rollout.plan import ContinuationPlan, Generated, RolloutPlan, SamplingConfig
 from lightning_trepo.types import Rollout
 
-
-@dataclass
-class SamplingConfig:
-    """How responses are sampled from the policy."""
-
-    temperature: float = 1.0
-    """Softmax temperature; log-probs for the loss use the same temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (1.0 = off)."""
-    top_k: int = 0
-    """Top-k sampling (0 = off)."""
-    max_new_tokens: int = 32
-    """Maximum completion length; a completion without EOS by then counts as truncated."""
-    stop_at_eos: bool = True
-    """Stop a sequence at EOS; False generates ``max_new_tokens`` always (masks still end at EOS)."""
-
-    def __post_init__(self) -> None:
-        require(self.temperature > 0, "rollout.sampling.temperature", self.temperature, "a number > 0",
-                "greedy decoding is a plan's greedy flag, not temperature 0")
-        require(0 < self.top_p <= 1, "rollout.sampling.top_p", self.top_p, "a number in (0, 1]")
-        require(self.max_new_tokens >= 1, "rollout.sampling.max_new_tokens", self.max_new_tokens, "an integer >= 1")
-
-
-@dataclass
-class ContinuationPlan:
-    """K continuations from M anchor prefixes W_{0,s} of each response (TRePO), fulfilled in one batched pass by
-    :mod:`lightning_trepo.rollout.continuations`. Anchors are stopping times: offsets drawn before generation, or the
-    positions right after the first M boundary tokens."""
-
-    num_continuations: int
-    """K continuations sampled from each anchor's prefix."""
-    num_anchors: int
-    """M interior anchors per response."""
-    anchor_offsets: Tensor | None = None
-    """(M,) interior offsets drawn before generation; None = boundary anchors (``boundary``)."""
-    boundary: Callable[[Tensor], Tensor] | None = None
-    """(N, L) completion ids -> (N, L) bool, True on the tokens that end a boundary (used without offsets)."""
-    fresh_start: bool = False
-    """Also K fresh samples from each prompt alone (the empty prefix, anchor column 0)."""
-
-
-@dataclass
-class RolloutPlan:
-    """What an algorithm asks of the rollout path for one batch of prompts."""
-
-    group_size: int = 1
-    """G samples per prompt."""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """Sampling settings; their length budget and ``stop_at_eos`` also bound greedy decoding."""
-    greedy: bool = False
-    """Decode the samples greedily (argmax) instead of sampling, with the same length budget (validation)."""
-    greedy_baseline: bool = False
-    """Also produce one greedy response per prompt (ReMax); scored with the samples in one call."""
-    need_ref_logprobs: bool = False
-    """Compute reference-policy log-probs (KL penalty)."""
-    dynamic_sampling: bool = False
-    """DAPO dynamic sampling: keep only groups whose rewards are not all equal, sampling more prompts to refill the
-    batch (:mod:`lightning_trepo.rollout.dynamic_sampling`)."""
-    max_extra_rounds: int = 0
-    """Dynamic sampling: the most extra batches of prompts sampled per rollout."""
-    continuations: ContinuationPlan | None = None
-    """Continuations from prefixes of each response, sampled after the responses are scored (TRePO)."""
-
-
-@dataclass
-class Generated:
-    """Token ids of a batch of generated completions (right padded, mask through the first EOS)."""
-
-    completion_ids: Tensor
-    completion_mask: Tensor
-    truncated: Tensor
-    num_calls: int = 1
+# the plan types live in rollout/plan.py; this module re-exports them for the old import paths
+__all__ = ["ContinuationPlan", "Generated", "RolloutEngine", "RolloutPlan", "RowBudget", "SamplingConfig",
+           "completion_mask_from_eos", "left_pad", "right_pad", "within_budget"]
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:

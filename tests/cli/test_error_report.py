@@ -133,7 +133,7 @@ def test_help_lists_the_choices_of_variant_settings(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["fit", "--config", GRPO_YAML, "--model.help", "lightning_trepo.TRePO"])
     out = capsys.readouterr().out
-    assert "{uniform,every,boundary}" in out and "{loo,fresh}" in out
+    assert "{uniform,every,boundary,turns}" in out and "{loo,fresh}" in out
     assert "{token_mean,seq_mean_token_mean,seq_mean_token_sum,seq_mean_token_sum_norm}" in out
 
 

@@ -171,7 +171,7 @@ def test_no_valid_anchor_still_goes_through_the_engine(monkeypatch):
         requests.append(len(prefixes))
         return continue_from(model, prefixes, *args, **kwargs)
 
-    monkeypatch.setattr("lightning_trepo.modules.trepo.planned_anchors", past_the_end)
+    monkeypatch.setattr("lightning_trepo.rollout.collect.planned_anchors", past_the_end)
     monkeypatch.setattr(module.engine, "continue_from", counting)
     rollout, metrics = module.make_rollout(batch(module))
     assert requests == [0] and float(metrics["trepo/continuation_tokens"]) == 0

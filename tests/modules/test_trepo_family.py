@@ -13,21 +13,29 @@ from lightning_trepo.algorithms.advantages import (
     siblings_mixed,
 )
 from lightning_trepo.errors import ConfigError
+from lightning_trepo.rollout.plan import ContinuationPlan
 from tests.modules.test_trepo import batch, make
 
 
 def capture_continuations(monkeypatch) -> list:
-    """Record every Continuations object TRePO samples."""
-    import lightning_trepo.modules.trepo as trepo
+    """Record every Continuations object TRePO samples (through the rollout path's Collector)."""
+    import lightning_trepo.rollout.collect as collect
 
-    seen, real = [], trepo.sample_continuations
+    seen, real = [], collect.sample_continuations
 
     def recording(*args, **kwargs):
         seen.append(real(*args, **kwargs))
         return seen[-1]
 
-    monkeypatch.setattr(trepo, "sample_continuations", recording)
+    monkeypatch.setattr(collect, "sample_continuations", recording)
     return seen
+
+
+def continuation_scores(module, rollout, cont) -> torch.Tensor:
+    """The scores the rollout path's Collector gives ``cont`` (one reward call, the module's ``truncated_reward``)."""
+    request = ContinuationPlan(num_continuations=module.num_continuations, num_anchors=module.num_anchors,
+                               truncated_reward=module.truncated_reward)
+    return module.collector().score_continuations(request, rollout, cont)
 
 
 def test_gate_gives_rloo_where_the_siblings_agree_and_continuations_elsewhere(monkeypatch):
@@ -68,7 +76,7 @@ def test_truncated_reward_replaces_the_score_of_truncated_responses_and_continua
     expected = torch.where(rollout.truncated, torch.full_like(tree_scores, -1.0), tree_scores)
     torch.testing.assert_close(rollout.anchor_values[:, -1], expected)
     cont = seen[0]
-    scores = module._continuation_scores(rollout, cont)
+    scores = continuation_scores(module, rollout, cont)
     assert cont.truncated.any()
     assert (scores[cont.truncated] == -1.0).all() and (scores[~cont.truncated] != -1.0).all()
 
@@ -87,7 +95,7 @@ def test_trained_continuations_are_rows_of_exactly_the_sampled_tokens(monkeypatc
     tree = rollout.select(torch.arange(n, n + c))
     assert int(tree.completion_mask.sum()) == cont.generated_tokens == float(metrics["trepo/continuation_tokens"])
     originals = rollout.select(torch.arange(n))
-    scores = module._continuation_scores(originals, cont)
+    scores = continuation_scores(module, originals, cont)
     width = module.num_anchors + 2
     adv = 0.5 * continuation_advantages(scores, cont.sample_index, cont.anchor_column, originals.rewards, width)
     for i in range(c):

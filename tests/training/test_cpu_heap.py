@@ -10,7 +10,7 @@ from tests.distributed.launch import ROOT
 
 CHECK = """
 import ctypes, sys, time
-import lightning_trepo.modules.cpu_heap as heap
+import lightning_trepo.training.cpu_heap as heap
 applied = heap.keep_freed_cpu_memory()
 # a 16 MiB block freed and allocated again: below the raised threshold it comes from the heap (no new mapping), so
 # the second allocation page-faults nothing new; with glibc's start threshold (128 KiB) it is a fresh mmap each time
