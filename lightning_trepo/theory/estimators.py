@@ -229,18 +229,7 @@ def group_estimator(exact: ExactSolution, group_size: int, advantage_fn: Callabl
 
 def trepo_leave_one_out(exact: ExactSolution, group_size: int, num_anchors: int) -> Draws:
     """TRePO with Û(0) = leave-one-out mean of the group's rewards, offsets shared by the draw, exact U."""
-    prob, index = group_tuples(exact, group_size)
-    sets = offset_sets(exact.mask.shape[1], num_anchors)
-    c, r = sets.shape[0], prob.shape[0]
-    prob, index = prob.repeat_interleave(c) / c, index.repeat_interleave(c, dim=0)
-    flat = index.reshape(-1)
-    offsets = sets.repeat(r, 1).repeat_interleave(group_size, dim=0)
-    positions, _ = anchor_positions_from_offsets(offsets, exact.lengths[flat])
-    u = exact.prefix_values[flat].gather(1, positions)
-    u0 = leave_one_out_mean(exact.reward[flat], group_size)
-    values = build_anchor_values(u0, u[:, 1:-1], exact.reward[flat], positions)
-    adv = segment_advantages(values, positions, exact.mask[flat])
-    return Draws(prob, index, adv.reshape(*index.shape, -1))
+    return trepo_group(exact, group_size, num_anchors)
 
 
 def reinforce_pp(exact: ExactSolution, group_size: int, baseline: bool = False) -> Draws:
@@ -275,6 +264,13 @@ def gated_trepo(exact: ExactSolution, group_size: int, num_anchors: int, scale: 
     """TRePO with Û(0) = LOO and the ``gate=mixed`` switch: response i gets its anchors (exact U) only when its G-1
     siblings' rewards are not all equal (:func:`siblings_mixed`), else the RLOO advantage; ``scale`` also multiplies
     by the group's 1/std (:func:`group_std_scale`, ``advantage_scale=group``). Offsets shared by the draw."""
+    return trepo_group(exact, group_size, num_anchors, gate=True, scale=scale)
+
+
+def trepo_group(exact: ExactSolution, group_size: int, num_anchors: int, gate: bool = False,
+                scale: bool = False) -> Draws:
+    """G i.i.d. responses × every equally likely offset set shared by the draw; Û(0) = LOO, exact U at the anchors,
+    optionally the sibling gate and GRPO's 1/std (:func:`trepo_leave_one_out`, :func:`gated_trepo`)."""
     prob, index = group_tuples(exact, group_size)
     sets = offset_sets(exact.mask.shape[1], num_anchors)
     c, r = sets.shape[0], prob.shape[0]
@@ -283,8 +279,9 @@ def gated_trepo(exact: ExactSolution, group_size: int, num_anchors: int, scale: 
     offsets = sets.repeat(r, 1).repeat_interleave(group_size, dim=0)
     positions, _ = anchor_positions_from_offsets(offsets, exact.lengths[flat])
     rewards = exact.reward[flat]
-    gate = siblings_mixed(rewards, group_size)
-    positions[:, 1:-1] = torch.where(gate[:, None], positions[:, 1:-1], positions[:, -1:])
+    if gate:
+        keep = siblings_mixed(rewards, group_size)
+        positions[:, 1:-1] = torch.where(keep[:, None], positions[:, 1:-1], positions[:, -1:])
     u = exact.prefix_values[flat].gather(1, positions)
     values = build_anchor_values(leave_one_out_mean(rewards, group_size), u[:, 1:-1], rewards, positions)
     adv = segment_advantages(values, positions, exact.mask[flat])
