@@ -214,18 +214,25 @@ class KillAt(pl.Callback):
 
 
 def _console(tmp_path: Path, save_dir: str, *extra: str) -> subprocess.CompletedProcess:
-    overlay = tmp_path / f"{save_dir}.yaml"
     callbacks = []  # the periodic checkpoint is the CLI's own (crash_safety), whatever trainer.callbacks lists
     if "--kill" in extra:
         callbacks.append({"class_path": "tests.training.test_checkpoints.KillAt", "init_args": {"step": 5}})
         extra = tuple(e for e in extra if e != "--kill")
-    reward = {"class_path": "reward_models.FunctionReward", "init_args": {"fn": "tests.modules.rewards.length_reward"}}
-    overlay.write_text(
-        yaml.safe_dump({"trainer": {"callbacks": callbacks}, "crash_safety": {"every_n_steps": 2},
-                        "model": {"init_args": {"reward": reward}}})
-    )
+    return fit_console(tmp_path, save_dir, {"trainer": {"callbacks": callbacks}, "crash_safety": {"every_n_steps": 2},
+                                            "model": {"init_args": {"reward": LENGTH_REWARD}}}, *extra)
+
+
+LENGTH_REWARD = {"class_path": "reward_models.FunctionReward",
+                 "init_args": {"fn": "tests.modules.rewards.length_reward"}}
+
+
+def fit_console(tmp_path: Path, save_dir: str, overlay: dict, *extra: str) -> subprocess.CompletedProcess:
+    """``python -m lightning_trepo fit`` on grpo.yaml + ``overlay`` (written to ``<save_dir>.yaml``): the tiny model,
+    6 steps, 2 prompts x 2 samples, no validation, logs under ``tmp_path / save_dir``; a process of its own."""
+    path = tmp_path / f"{save_dir}.yaml"
+    path.write_text(yaml.safe_dump(overlay))
     cmd = [sys.executable, "-m", "lightning_trepo", "fit", "--config", str(ROOT / "configs" / "grpo.yaml"),
-           "--config", str(overlay), "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0",
+           "--config", str(path), "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0",
            "--model.init_args.policy.model_path", "null", "--model.init_args.rollout.group_size", "2",
            "--data.batch_size", "2", "--trainer.logger.init_args.save_dir", str(tmp_path / save_dir), *extra]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

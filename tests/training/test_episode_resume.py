@@ -4,31 +4,23 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
+
+from tests.training.test_checkpoints import LENGTH_REWARD, fit_console
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _console(tmp_path: Path, save_dir: str, kill_at: int = 0, *extra: str) -> subprocess.CompletedProcess:
     # 2 prompts x 2 samples = 4 episodes a step, each exactly 2 turns (4 + 6 + 4 tokens < 24): 8 env steps a step
-    overlay = tmp_path / f"{save_dir}.yaml"
-    reward = {"class_path": "reward_models.FunctionReward", "init_args": {"fn": "tests.modules.rewards.length_reward"}}
     env = {"class_path": "tests.envs.scripted.KillingScripted", "init_args": {"turns": 2, "kill_at": kill_at}}
-    overlay.write_text(yaml.safe_dump({
+    return fit_console(tmp_path, save_dir, {
         "crash_safety": {"every_n_steps": 2},
-        "model": {"init_args": {"reward": reward, "environment": env, "rollout": {
-            "sampling": {"max_new_tokens": 4}, "episode": {"max_turns": 3, "max_total_tokens": 24}}}}}))
-    cmd = [sys.executable, "-m", "lightning_trepo", "fit", "--config", str(ROOT / "configs" / "grpo.yaml"),
-           "--config", str(overlay), "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0",
-           "--model.init_args.policy.model_path", "null", "--model.init_args.rollout.group_size", "2",
-           "--data.batch_size", "2", "--trainer.logger.init_args.save_dir", str(tmp_path / save_dir), *extra]
-    env_vars = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env_vars)
+        "model": {"init_args": {"reward": LENGTH_REWARD, "environment": env, "rollout": {
+            "sampling": {"max_new_tokens": 4}, "episode": {"max_turns": 3, "max_total_tokens": 24}}}}}, *extra)
 
 
 @pytest.mark.slow
