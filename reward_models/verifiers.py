@@ -56,6 +56,7 @@ class NumericAnswer(Reward):
         tolerance: float = 1e-6,
         relative: bool = False,
         missing: Missing = "raise",
+        text_key: str | None = None,
     ) -> None:
         """
         Args:
@@ -64,17 +65,26 @@ class NumericAnswer(Reward):
             tolerance: absolute (or relative) tolerance of the comparison.
             relative: compare with ``tolerance · |reference|``.
             missing: ``"raise"`` or ``"nan"`` when a row has no reference.
+            text_key: read the answer from ``metadata[text_key]`` instead of the completion, e.g. ``final_turn``
+                (a multi-turn episode's last model turn: the episode's text also holds the tools' answers, whose
+                numbers must not count as the model's); a row without it raises, naming the row.
         """
         check_literal("NumericAnswer", "extract", extract, NumberExtract)
         if tolerance < 0:
             raise ValueError(f"NumericAnswer: tolerance must be >= 0, got {tolerance}")
         self.answer_key, self.extract, self.tolerance, self.relative = answer_key, extract, float(tolerance), relative
         self.missing = check_missing("NumericAnswer", missing)
+        self.text_key = text_key
 
     def forward(self, samples: Samples) -> RewardOutput:
         rewards, extracted = [], []
         for i, completion in enumerate(samples.completions):
             ref = metadata_value(samples, i, self.answer_key, "NumericAnswer", self.missing)
+            if self.text_key is not None:
+                completion = metadata_value(samples, i, self.text_key, "NumericAnswer")
+                if not isinstance(completion, str):
+                    raise TypeError(f"NumericAnswer: metadata row {i} {self.text_key!r} is "
+                                    f"{type(completion).__name__}, expected text")
             x = extract_answer(completion, self.extract)
             extracted.append(float(x is not None))
             if ref is MISSING:

@@ -56,22 +56,29 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str = "token_mean", norm_le
       max_new_tokens to make the scale independent of the batch's padding).
     Empty sequences contribute 0 (never NaN).
     """
-    if mode not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation mode {mode!r}; valid: {', '.join(AGGREGATIONS)}")
     check_mask(mask, per_token=per_token)
     x = _zero_padding(per_token, mask)
-    m = mask.to(x.dtype)
+    if mode == "seq_mean_token_mean":
+        x = x / mask.to(x.dtype).sum(-1, keepdim=True).clamp(min=1)
+    return x.sum() / aggregate_denominator(mask, mode, norm_length)
+
+
+def aggregate_denominator(mask: Tensor, mode: str = "token_mean", norm_length: int | None = None) -> Tensor | float:
+    """What :func:`aggregate` divides the (for ``seq_mean_token_mean`` row-normalised) token sum by: Σ m
+    (``token_mean``, at least 1; a tensor), N (``seq_mean_*``), N·L (``seq_mean_token_sum_norm``). Rows appended to
+    a batch (TRePO's continuation rows) raise it; rescaling the batch's advantages by D(all rows) / D(original rows)
+    puts the appended rows' loss terms ON TOP of the original rows' mean instead of diluting it."""
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation mode {mode!r}; valid: {', '.join(AGGREGATIONS)}")
     n = max(mask.shape[0], 1)
     if mode == "token_mean":
-        return x.sum() / m.sum().clamp(min=1)
-    if mode == "seq_mean_token_mean":
-        return (x.sum(-1) / m.sum(-1).clamp(min=1)).sum() / n
-    if mode == "seq_mean_token_sum":
-        return x.sum() / n
+        return mask.sum().clamp(min=1)  # a tensor: no device sync in the loss
+    if mode in ("seq_mean_token_mean", "seq_mean_token_sum"):
+        return float(n)
     length = mask.shape[1] if norm_length is None else norm_length
     if length < 1:
         raise ValueError(f"norm_length must be >= 1, got {length}")
-    return x.sum() / (n * length)
+    return float(n * length)
 
 
 def policy_gradient_loss(

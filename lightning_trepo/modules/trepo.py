@@ -26,6 +26,7 @@ from lightning_trepo.algorithms.anchors import (
     continuation_means,
     fixed_anchor_offsets,
 )
+from lightning_trepo.algorithms.losses import aggregate_denominator
 from lightning_trepo.envs import Environment
 from lightning_trepo.errors import check_choice, require
 from lightning_trepo.modules.base import (
@@ -54,6 +55,7 @@ StartValue = Literal["loo", "fresh"]
 Gate = Literal["none", "mixed"]
 AnchorSampling = Literal["batch", "sample"]
 AdvantageScale = Literal["none", "group", "whiten"]
+ContinuationNorm = Literal["pooled", "responses"]
 
 
 class TRePO(RLModule):
@@ -79,6 +81,7 @@ class TRePO(RLModule):
         train_continuations: bool = False,
         continuation_weight: float = 1.0,
         advantage_scale: AdvantageScale = "none",
+        continuation_norm: ContinuationNorm = "pooled",
     ) -> None:
         """
         Args:
@@ -108,10 +111,16 @@ class TRePO(RLModule):
             advantage_scale: none; group (each response and its continuations scaled by 1 / std of its group's
                 rewards, GRPO's per-prompt weight, 1 where the std is 0; biased as GRPO is); whiten (VinePPO:
                 (A - mean) / std over all trained tokens of the step; biased by the mean shift).
+            continuation_norm: how ``train_continuations`` rows enter ``update.aggregation``'s mean: pooled (they
+                join it: the responses' share of the step shrinks by a factor that depends on how many continuation
+                tokens the step drew) or responses (the mean keeps the responses' own denominator and the
+                continuation rows add to it, as in the estimator ``verify-estimators`` states; the same factor over
+                every minibatch of the step).
         """
         self._validate(rollout, num_anchors, num_continuations, anchor_mode, anchor_every, boundary_pattern,
                        start_value)
         self._validate_estimator(rollout, gate, anchor_sampling, continuation_weight, advantage_scale)
+        check_choice("continuation_norm", continuation_norm, ContinuationNorm)
         self._validate_episodes(environment, anchor_mode, train_continuations)
         super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer,
                          environment=environment)
@@ -119,7 +128,7 @@ class TRePO(RLModule):
         self.anchor_mode, self.anchor_every, self.start_value = anchor_mode, anchor_every, start_value
         self.gate, self.anchor_sampling, self.truncated_reward = gate, anchor_sampling, truncated_reward
         self.train_continuations, self.continuation_weight = train_continuations, continuation_weight
-        self.advantage_scale = advantage_scale
+        self.advantage_scale, self.continuation_norm = advantage_scale, continuation_norm
         self._marker = BoundaryMarker(self.tokenizer, boundary_pattern) if anchor_mode == "boundary" else None
 
     @staticmethod
@@ -253,4 +262,10 @@ class TRePO(RLModule):
             if rollout.ref_logprobs is not None and self.ref_model is not None:
                 tree.ref_logprobs = self.no_grad_logprobs(self.ref_model, tree)
         tree.advantages = tree.advantages[:, None] * tree.completion_mask
-        return append_rows(replace(rollout, tree=None), tree, self.engine.pad_id)
+        joined = append_rows(replace(rollout, tree=None), tree, self.engine.pad_id)
+        if self.continuation_norm == "responses":  # the rows add to the responses' mean instead of diluting it
+            mode, length = self.update_cfg.aggregation, self.loss_norm_length
+            scale = (aggregate_denominator(joined.trained_mask, mode, length)
+                     / aggregate_denominator(rollout.trained_mask, mode, length))
+            joined.advantages = joined.advantages * scale
+        return joined

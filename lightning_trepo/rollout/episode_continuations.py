@@ -15,7 +15,7 @@ from lightning_trepo.rollout.engine import RolloutEngine, SamplingConfig
 from lightning_trepo.rollout.episodes import EpisodeConfig, EpisodeState, episode_metadata, run_episodes
 from lightning_trepo.types import Rollout
 
-EPISODE_KEYS = ("episode_turns", "episode_turn_starts", "env_reward", "episode_error")
+EPISODE_KEYS = ("episode_turns", "episode_turn_starts", "final_turn", "env_reward", "episode_error")
 
 
 def row_columns(metadata: dict[str, Any]) -> dict[str, Any]:

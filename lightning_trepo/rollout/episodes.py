@@ -222,10 +222,12 @@ def pack_episodes(states: list[EpisodeState], pad_id: int, num_calls: int = 0) -
 
 def episode_metadata(row: dict[str, Any], state: EpisodeState) -> dict[str, Any]:
     """The row's columns plus what the episode adds for the reward tree and the rollout log: ``episode_turns``,
-    ``episode_turn_starts`` (completion positions), ``env_reward`` (when the environment gave one) and
-    ``episode_error`` (when it failed)."""
+    ``episode_turn_starts`` (completion positions), ``final_turn`` (the text of the model's last turn: the answer a
+    verifier should read, e.g. ``NumericAnswer(text_key="final_turn")``, since the whole episode also holds the
+    environment's text), ``env_reward`` (when the environment gave one) and ``episode_error`` (when it failed)."""
     extra: dict[str, Any] = {"episode_turns": len(state.turn_starts),
-                             "episode_turn_starts": list(state.turn_starts)}
+                             "episode_turn_starts": list(state.turn_starts),
+                             "final_turn": state.actions[-1] if state.actions else ""}
     if state.env_reward is not None:
         extra["env_reward"] = state.env_reward
     if state.error is not None:

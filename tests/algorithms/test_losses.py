@@ -8,6 +8,7 @@ import torch
 
 from lightning_trepo.algorithms.losses import (
     aggregate,
+    aggregate_denominator,
     cispo_loss,
     clipped_surrogate_loss,
     explained_variance,
@@ -55,6 +56,19 @@ def test_aggregate_empty_sequences_give_zero_not_nan() -> None:
     m = torch.zeros(2, 3)
     for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"):
         assert aggregate(X, m, mode).item() == 0.0
+
+
+@pytest.mark.parametrize(("mode", "denominator"), [
+    ("token_mean", 4), ("seq_mean_token_mean", 2), ("seq_mean_token_sum", 2), ("seq_mean_token_sum_norm", 6)])
+def test_rows_appended_after_rescaling_add_to_the_first_rows_mean(mode: str, denominator: float) -> None:
+    # appending row [5, 6, pad] raises the denominator D; scaling every row by D(all) / D(first two rows) makes the
+    # aggregate the first rows' own aggregate plus the new row's term over D(first two rows), not a diluted mean
+    close(torch.as_tensor(aggregate_denominator(MASK, mode), dtype=F64), float(denominator))
+    extra_x, extra_m = torch.tensor([[5.0, 6.0, 0.0]], dtype=F64), torch.tensor([[1, 1, 0]])
+    x, m = torch.cat([X, extra_x]), torch.cat([MASK, extra_m])
+    scale = aggregate_denominator(m, mode) / aggregate_denominator(MASK, mode)
+    own = 11 / 2 if mode == "seq_mean_token_mean" else 11  # the new row's term: its mean (seq_mean_token_mean) or sum
+    close(aggregate(x * scale, m, mode), aggregate(X, MASK, mode) + own / denominator)
 
 
 def test_aggregate_errors() -> None:

@@ -12,6 +12,7 @@ from lightning_trepo.algorithms.advantages import (
     segment_advantages,
     siblings_mixed,
 )
+from lightning_trepo.algorithms.losses import aggregate
 from lightning_trepo.errors import ConfigError
 from lightning_trepo.rollout.plan import ContinuationPlan
 from tests.modules.test_trepo import batch, make
@@ -150,7 +151,29 @@ def test_whiten_gives_zero_mean_unit_std_over_trained_tokens():
     assert (rollout.advantages[~mask] == 0).all()
 
 
+def test_continuation_norm_responses_adds_the_tree_rows_to_the_responses_mean():
+    # token_mean: pooled divides Σ A·logπ over responses AND tree rows by all their tokens; responses keeps the
+    # responses' own token count as the denominator, so every advantage is pooled's x (all tokens / response tokens)
+    rollouts = {}
+    for norm in ("pooled", "responses"):
+        torch.manual_seed(11)
+        module = make(num_anchors=1, num_continuations=2, train_continuations=True, continuation_norm=norm)
+        rollouts[norm], _ = module.make_rollout(batch(module))
+    pooled, responses = rollouts["pooled"], rollouts["responses"]
+    assert torch.equal(pooled.completion_ids, responses.completion_ids) and pooled.num_samples > 8
+    all_tokens, response_tokens = float(pooled.completion_mask.sum()), float(pooled.completion_mask[:8].sum())
+    torch.testing.assert_close(responses.advantages, pooled.advantages * (all_tokens / response_tokens))
+    # so the loss is the responses' own token_mean (as without any tree rows) plus the tree rows' sum over the
+    # responses' token count
+    logp = torch.randn(pooled.completion_mask.shape)
+    mask = pooled.completion_mask
+    terms = -(pooled.advantages * logp * mask)
+    total = aggregate(-(responses.advantages * logp * mask), mask)
+    torch.testing.assert_close(total, aggregate(terms[:8], mask[:8]) + terms[8:].sum() / response_tokens)
+
+
 @pytest.mark.parametrize(("kwargs", "key"), [
+    ({"continuation_norm": "sum"}, "continuation_norm"),
     ({"gate": "mixed", "group_size": 2}, "rollout.group_size"),
     ({"continuation_weight": 0.0}, "continuation_weight"),
     ({"gate": "sometimes"}, "gate"),

@@ -74,3 +74,21 @@ def test_extracted_metric_marks_expressions_as_not_extracted():
 def test_a_symbolic_reference_is_an_error_even_when_the_completion_has_no_answer():
     with pytest.raises(RewardError, match=r"row 0 'answer'='\\\\sqrt\{8\}' holds no number.*MathVerify"):
         NumericAnswer()(samples(["no idea"], [{"answer": "\\sqrt{8}"}]))
+
+
+def test_text_key_reads_the_final_turn_not_the_tools_answer():
+    # a tool-use episode: the calculator's answer 2940 is in the episode text, the model's final turn is not a number
+    episode = "<calc>140*21</calc>\nuser\n<result>2940</result>\nassistant\nDone."
+    rows = [{"answer": "2940", "final_turn": "Done."}, {"answer": "2940", "final_turn": "It is 2940."}]
+    s = samples([episode, episode], rows)
+    assert_close(NumericAnswer()(s).rewards, [1, 1])  # the whole text: the tool's number counts as the answer
+    out = NumericAnswer(text_key="final_turn")(s)
+    assert_close(out.rewards, [0, 1])  # the model's own last turn: only the second answered
+    assert_close(out.metrics["extracted"], [0, 1])
+
+
+def test_text_key_missing_or_not_text_is_an_error_naming_the_row():
+    with pytest.raises(RewardError, match=r"row 1 has no 'final_turn'"):
+        NumericAnswer(text_key="final_turn")(samples(["1", "1"], [{"answer": 1, "final_turn": "1"}, {"answer": 1}]))
+    with pytest.raises(RewardError, match=r"row 0 'final_turn' is int, expected text"):
+        NumericAnswer(text_key="final_turn")(samples(["1"], [{"answer": 1, "final_turn": 1}]))

@@ -93,6 +93,10 @@ def test_episode_rollout_rows_groups_and_metadata(tiny):
     assert all(m["episode_turns"] == 2 and m["env_reward"] == 2.0 for m in r.metadata)
     assert all("obs1" in c for c in r.completions)
     assert r.metadata[0] is not r.metadata[1]  # each row its own dict
+    for n, meta in enumerate(r.metadata):  # final_turn: the model's last turn only, decoded from its sampled ids
+        last = meta["episode_turn_starts"][-1]
+        want = tok.decode(r.completion_ids[n, last:int(r.lengths[n])].tolist(), skip_special_tokens=True)
+        assert meta["final_turn"] == want and "obs" not in meta["final_turn"]
 
 
 @pytest.mark.parametrize("fault", ["raise", "nontext", "hang", "reset"])
