@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from lightning_trepo.cli.demo import eval_rows, quiet_build  # noqa: E402
 from lightning_trepo.cli.main import build_cli  # noqa: E402
+from lightning_trepo.rollout.plan import RolloutPlan  # noqa: E402
 from lightning_trepo.tools.evaluation import evaluate_policy  # noqa: E402
 
 ALGORITHMS: dict[str, list[str]] = {
@@ -84,6 +85,25 @@ def to_targets(points: list[dict[str, Any]], targets: list[float]) -> dict[str, 
     return {str(t): (p["tokens"], p["seconds"]) if p else None for t, p in reach.items()}
 
 
+def episode_accuracy(module: Any, datamodule: Any) -> tuple[int, int]:
+    """(solved, prompts) of greedy episodes on the datamodule's held-out prompts (``data.val_source``, with the
+    config's system prompt and chat template), played with the module's own environment through its rollout path
+    (``validation_step``'s): the tokens are not counted in the budget (a separate engine counter is restored) and
+    reward state is left as it was."""
+    plan = RolloutPlan(group_size=1, sampling=module.rollout_cfg.sampling, greedy=True)
+    threshold = module.rollout_cfg.val_success_threshold
+    counted, state = module.engine.generated_tokens, module.reward.state_dict()
+    solved = prompts = 0
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), module.generation_context():
+        for batch in datamodule.val_dataloader():
+            rewards, _ = module.score_rollouts([module.collector(extend=False).generate(plan, batch)])[0]
+            solved += int((torch.nan_to_num(rewards, nan=-math.inf) >= threshold).sum())
+            prompts += len(rewards)
+    module.engine.generated_tokens = counted
+    module.reward.load_state_dict(state)
+    return solved, prompts
+
+
 class BudgetTracker(Callback):
     """Counts training-generated tokens and training wall time, evaluates held-out accuracy, stops at the budget."""
 
@@ -101,16 +121,19 @@ class BudgetTracker(Callback):
         return module.engine.generated_tokens if module._engine is not None else 0
 
     def evaluate(self, trainer: Any, module: Any) -> None:
-        res = evaluate_policy(module.policy, module.tokenizer, self.rows, module.reward, num_samples=0,
-                              sampling=module.rollout_cfg.sampling, threshold=module.rollout_cfg.val_success_threshold,
-                              batch_size=self.eval_batch, use_chat_template=module.policy_cfg.use_chat_template)
-        solved = round(res.greedy_accuracy * res.num_prompts)
+        if module.environment is not None:
+            solved, prompts = episode_accuracy(module, trainer.datamodule)
+        else:
+            res = evaluate_policy(module.policy, module.tokenizer, self.rows, module.reward, num_samples=0,
+                                  sampling=module.rollout_cfg.sampling,
+                                  threshold=module.rollout_cfg.val_success_threshold, batch_size=self.eval_batch,
+                                  use_chat_template=module.policy_cfg.use_chat_template)
+            solved, prompts = round(res.greedy_accuracy * res.num_prompts), res.num_prompts
         self.points.append({"step": trainer.global_step, "tokens": self.tokens(module),
-                            "seconds": round(self.train_seconds, 2), "accuracy": solved / res.num_prompts,
-                            "solved": solved, "prompts": res.num_prompts,
-                            "ci95": wilson_interval(solved, res.num_prompts)})
+                            "seconds": round(self.train_seconds, 2), "accuracy": solved / prompts,
+                            "solved": solved, "prompts": prompts, "ci95": wilson_interval(solved, prompts)})
         print(f"[bench] step {trainer.global_step}: {self.tokens(module):,} tokens, {self.train_seconds:.0f} s, "
-              f"held-out greedy accuracy {res.greedy_accuracy:.1%}", flush=True)
+              f"held-out greedy accuracy {solved / prompts:.1%}", flush=True)
         if self.points_file is not None:
             with open(self.points_file, "a") as handle:
                 handle.write(json.dumps(self.points[-1]) + "\n")

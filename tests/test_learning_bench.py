@@ -58,3 +58,30 @@ def test_from_json_labels_rename_runs(tmp_path):
     assert [r["algorithm"] for r in labelled_results(f"{one}=GRPO seed 1")] == ["GRPO seed 1"]
     assert [r["algorithm"] for r in labelled_results(f"{two}=run")] == ["run 1", "run 2"]
     assert [r["algorithm"] for r in labelled_results(str(two))] == ["TRePO", "GRPO"]
+
+
+@pytest.mark.parametrize(("score", "want"), [(1.0, 16), (0.0, 0), (float("nan"), 0)])
+def test_episode_accuracy_plays_the_held_out_episodes_and_leaves_the_budget_alone(score, want):
+    # the tiny tool config's 16 held-out prompts, played as greedy episodes with the calculator; a reward of 1 solves
+    # every one, 0 none, NaN ("does not apply") none; the evaluation's tokens stay out of the training counter
+    from learning import episode_accuracy
+
+    from lightning_trepo.cli.demo import quiet_build
+    from lightning_trepo.cli.fit import build_cli
+    from reward_models import Reward, RewardOutput
+
+    class Constant(Reward):
+        def forward(self, samples):
+            played.extend(m["final_turn"] for m in samples.metadata)
+            return RewardOutput(torch.full((len(samples.completions),), score), {})
+
+    cli = quiet_build(build_cli, ["--config", str(ROOT / "configs" / "tool_calculator.yaml")])
+    module, dm = cli.model, cli.datamodule
+    module.configure_model()
+    dm.setup("fit")
+    dm.connect(module.tokenizer)
+    played: list[str] = []
+    module.reward = Constant()
+    module.engine.generated_tokens = 123
+    assert episode_accuracy(module, dm) == (want, 16)
+    assert module.engine.generated_tokens == 123 and len(played) == 16

@@ -97,10 +97,14 @@ def format_problem(rng: random.Random, digits: int) -> Problem:
 
 
 def calculator_problem(rng: random.Random, digits: int) -> Problem:
-    """``"Use <calc>EXPR</calc> then answer. a*b="`` -> ``a*b``; a has ``digits`` digits, b ``min(digits, 2)``."""
+    """``"a*b=? Call <calc>a*b</calc> then answer."`` -> ``a*b``; a has ``digits`` digits, b ``min(digits, 2)``.
+
+    The prompt names the call to make: the skill to learn is the episode (call, stop, read the result, answer with
+    it alone). A placeholder such as ``<calc>EXPR</calc>`` made SmolLM2-135M-Instruct copy the placeholder: 0 of
+    128 sampled episodes called the calculator on the right product (docs/smollm2.md)."""
     low = 0 if digits == 1 else 10 ** (digits - 1)
     a, b = rng.randint(low, 10**digits - 1), rng.randint(min(low, 10), 10 ** min(digits, 2) - 1)
-    row = {"prompt": f"Use <calc>EXPR</calc> then answer. {a}*{b}=",
+    row = {"prompt": f"{a}*{b}=? Call <calc>{a}*{b}</calc> then answer.",
            "answer": str(a * b), "task": "calculator", "operands": [a, b]}
     return f"mul:{a},{b}", row
 

@@ -10,7 +10,7 @@ from lightning_trepo.data import TASKS, BuiltinTaskSource, generate_task
 ADDITION = re.compile(r"^(\d+)\+(\d+)=$")
 FORMAT = re.compile(r"^Answer as <answer>N</answer>\. (\d+)\+(\d+)=$")
 TWO_STEP = re.compile(r"^([A-Z][a-z]+) has (\d+) ([a-z]+), ([a-z]+) (\d+), ([a-z]+) (\d+)\. \1 now has $")
-CALCULATOR = re.compile(r"^Use <calc>EXPR</calc> then answer\. (\d+)\*(\d+)=$")
+CALCULATOR = re.compile(r"^(\d+)\*(\d+)=\? Call <calc>\1\*\2</calc> then answer\.$")
 SIGN = {"buys": 1, "finds": 1, "gets": 1, "eats": -1, "loses": -1, "sells": -1}
 
 
