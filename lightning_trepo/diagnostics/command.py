@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--prompts", type=int, default=4, help="B prompts of the fixed prompt set (data.batch_size)")
     p.add_argument("--group-size", type=int, default=None, help="G samples per prompt (default: the config's)")
     p.add_argument("--estimators", nargs="+", default=list(DEFAULT_ESTIMATORS),
-                   help="reinforce rloo remax ppo grpo[:group|batch|none] trepo:MxK[:loo|fresh] "
+                   help="reinforce rloo remax ppo trepo grpo[:group|batch|none] trepo:MxK[:loo|fresh] "
                         f"(default: {' '.join(DEFAULT_ESTIMATORS)}; ppo needs a PPO config)")
     p.add_argument("--projection-dim", type=int, default=8192,
                    help="d of the count-sketch projection of the gradient; 0 = every trainable parameter")

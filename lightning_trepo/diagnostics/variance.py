@@ -39,11 +39,13 @@ class EstimatorSpec:
 
 
 def parse_estimator(text: str) -> EstimatorSpec:
-    """``reinforce | rloo | remax | ppo | grpo[:group|batch|none] | trepo:MxK[:loo|fresh]`` -> EstimatorSpec."""
+    """``reinforce | rloo | remax | ppo | trepo | grpo[:group|batch|none] | trepo:MxK[:loo|fresh]`` -> EstimatorSpec.
+    A bare name is that algorithm with the config's own settings when the config is that algorithm (e.g. ``trepo``
+    with ``configs/smollm2_trepo.yaml``: its boundary anchors, gate and continuation rows), else its defaults."""
     from lightning_trepo.modules import GRPO, PPO, REINFORCE, RLOO, ReMax, TRePO
 
     name, _, arg = text.strip().lower().partition(":")
-    plain = {"reinforce": REINFORCE, "rloo": RLOO, "remax": ReMax, "ppo": PPO}
+    plain = {"reinforce": REINFORCE, "rloo": RLOO, "remax": ReMax, "ppo": PPO, "trepo": TRePO}
     if name in plain and not arg:
         return EstimatorSpec(name, plain[name])
     if name == "grpo":
@@ -60,7 +62,8 @@ def parse_estimator(text: str) -> EstimatorSpec:
         if start:
             init["start_value"] = start
         return EstimatorSpec(text.strip(), TRePO, init)
-    raise ValueError(f"estimator {text!r} is not one of reinforce, rloo, remax, ppo, grpo[:scale], trepo:MxK[:start]")
+    raise ValueError(f"estimator {text!r} is not one of reinforce, rloo, remax, ppo, trepo, grpo[:scale], "
+                     "trepo:MxK[:start]")
 
 
 def build_estimators(base: RLModule, specs: Sequence[EstimatorSpec]) -> list[tuple[str, RLModule]]:

@@ -40,6 +40,7 @@ def test_parse_estimator():
     assert spec.init == {"num_anchors": 2, "num_continuations": 3, "start_value": "fresh"}
     assert parse_estimator("grpo:none").init == {"advantage_scale": "none"}
     assert parse_estimator("RLOO").cls.__name__ == "RLOO" and parse_estimator("rloo").init == {}
+    assert parse_estimator("trepo").cls.__name__ == "TRePO" and parse_estimator("trepo").init == {}
     for bad in ("trepo:2", "trepo:2x", "grpo:std", "a2c"):
         with pytest.raises(ValueError, match=bad.split(":")[0]):
             parse_estimator(bad)
@@ -56,6 +57,17 @@ def test_estimators_share_the_base_models():
     assert grpo is base  # the config's own estimator keeps its configured settings
     assert trepo.policy is base.policy and trepo.reward is base.reward and trepo.num_anchors == 1
     assert trepo.tokenizer is base.tokenizer and trepo.engine.tokenizer is base.tokenizer
+
+
+def test_bare_trepo_is_the_configs_own_trepo():
+    from lightning_trepo import TRePO
+
+    base = tiny(TRePO, num_anchors=1, num_continuations=3, anchor_mode="boundary", boundary_pattern="=")
+    ((_, own), (_, defaults)) = build_estimators(base, [parse_estimator("trepo"), parse_estimator("trepo:2x2")])
+    assert own is base and own.anchor_mode == "boundary" and own.num_continuations == 3
+    assert defaults is not base and defaults.anchor_mode == "uniform" and defaults.num_anchors == 2
+    (_, plain), = build_estimators(tiny(), [parse_estimator("trepo")])  # a GRPO config: TRePO's defaults
+    assert isinstance(plain, TRePO) and plain.num_anchors == 2 and plain.num_continuations == 2
 
 
 def test_projection_matches_every_parameter():
