@@ -239,8 +239,13 @@ class RLModule(LightningModule):
 
     @property
     def loss_norm_length(self) -> int:
-        """The constant L of ``seq_mean_token_sum_norm``: ``update.loss_norm_length`` or the sampling budget."""
-        return self.update_cfg.loss_norm_length or self.rollout_cfg.sampling.max_new_tokens
+        """The constant L of ``seq_mean_token_sum_norm``: ``update.loss_norm_length``, or the most tokens one sample
+        trains: the sampling budget, for an episode min(max_turns x max_new_tokens, max_total_tokens)."""
+        budget = self.rollout_cfg.sampling.max_new_tokens
+        if self.environment is not None:
+            episode = self.rollout_cfg.episode
+            budget = min(episode.max_turns * budget, episode.max_total_tokens)
+        return self.update_cfg.loss_norm_length or budget
 
     def policy_loss(self, batch: Rollout, logprobs: Tensor, entropy: Tensor | None) -> LossOutput:
         """The ``update.policy_loss`` surrogate (+ KL when :meth:`kl_in_loss`) from already computed log-probs (N, L);

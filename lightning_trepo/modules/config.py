@@ -104,8 +104,9 @@ class UpdateConfig:
     seq_mean_token_sum_norm."""
     loss_norm_length: int | None = None
     """The constant L of ``seq_mean_token_sum_norm`` (Dr. GRPO: Σ loss / (N·L); TRL ``max_completion_length``, verl
-    ``loss_scale_factor``). None = ``rollout.sampling.max_new_tokens``, so the scale does not change with each
-    batch's padded length."""
+    ``loss_scale_factor``). None = the most tokens one sample trains: ``rollout.sampling.max_new_tokens``, or for
+    multi-turn episodes min(``episode.max_turns`` x ``max_new_tokens``, ``episode.max_total_tokens``); so the scale
+    does not change with each batch's padded length."""
     policy_loss: PolicyLoss = "ppo"
     """ppo (token ratio, clipped) | gspo (sequence ratio, GSPO arXiv 2507.18071; use clip ~3e-4/4e-4 and
     seq_mean_token_mean) | cispo (clipped, stop-gradient importance weight, arXiv 2506.13585) | sapo (soft sigmoid

@@ -45,6 +45,19 @@ def test_env_token_logprobs_never_enter_the_loss(kl_coef):
                                module.policy_loss(rollout, logprobs.detach(), None).loss, rtol=0, atol=0)
 
 
+def test_loss_norm_length_of_an_episode_is_its_most_trained_tokens():
+    # Dr. GRPO's constant L: 3 turns x 4 new tokens = 12 model tokens at most (the 24 total also hold env tokens);
+    # with max_total_tokens 10 the episode is cut first; an explicit update.loss_norm_length still wins
+    reward = FunctionReward("tests.modules.rewards.length_reward")
+    assert GRPO(reward=reward, policy=TINY, rollout=episode_cfg(), environment=Scripted(turns=2)).loss_norm_length == 12
+    cut = RolloutConfig(group_size=2, sampling=SamplingConfig(max_new_tokens=4),
+                        episode=EpisodeConfig(max_turns=3, max_total_tokens=10), val_num_samples=0)
+    assert GRPO(reward=reward, policy=TINY, rollout=cut, environment=Scripted(turns=2)).loss_norm_length == 10
+    assert GRPO(reward=reward, policy=TINY, rollout=episode_cfg(), update=UpdateConfig(loss_norm_length=7),
+                environment=Scripted(turns=2)).loss_norm_length == 7
+    assert GRPO(reward=reward, policy=TINY, rollout=episode_cfg()).loss_norm_length == 4  # no env: the budget
+
+
 @pytest.mark.parametrize("cls", [GRPO, RLOO, REINFORCE, ReMax, PPO])
 def test_every_algorithm_trains_on_episodes(tmp_path, cls):
     pl.seed_everything(0)
