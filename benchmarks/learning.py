@@ -181,8 +181,8 @@ def run_one(name: str, base: list[str], rows: list[dict], args: argparse.Namespa
 
 def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     unit = "generated tokens" if args.budget == "tokens" else "training seconds"
-    intro = (f"Budget: {args.limit:g} {unit} per algorithm; held-out greedy accuracy on {args.eval_size} addition "
-             f"prompts (final = mean of the last 3 evaluations). Machine: {machine()}.")
+    intro = (f"Budget: {args.limit:g} {unit} per algorithm; held-out greedy accuracy on {args.eval_size} prompts "
+             f"of {args.config.name} (final = mean of the last 3 evaluations). Machine: {machine()}.")
     lines = [intro, "",
              "| algorithm | start | last (95% CI) | final | best | steps | gen. tokens | train s | s/step | "
              + " | ".join(f"tokens (s) to {100 * t:.0f}%" for t in args.targets) + " |",
