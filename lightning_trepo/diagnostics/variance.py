@@ -165,6 +165,7 @@ def estimator_rollout(module: RLModule, shared: _Shared, seconds: dict[str, floa
         rollout.old_logprobs, rollout.values = module.behaviour_logprobs(rollout)
     rollout.rewards = torch.nan_to_num(shared.rewards, nan=0.0)
     module.compute_advantages(rollout, rollout.rewards).write_into(rollout)
+    rollout, _ = module.finish_rollout(rollout)  # what its loss trains on: e.g. TRePO's continuation rows
     _timed(seconds, f"advantages/{label}", t0)
     return rollout, tokens
 
@@ -181,10 +182,14 @@ def measured_parameters(policy: torch.nn.Module, pattern: str | None = None) -> 
 def estimate_gradients(base: RLModule, modules: Sequence[RLModule], rollouts: Sequence[Rollout],
                        project: Callable[[Sequence[Tensor]], Tensor],
                        params: Sequence[torch.nn.Parameter]) -> list[Tensor]:
-    """g = −∇θ loss of each module on its rollout, projected. Modules with the base ``compute_loss`` reuse one
-    forward pass of the shared samples through their own ``policy_loss``."""
-    shared = [type(m).compute_loss is RLModule.compute_loss for m in modules]
-    logprobs = base.policy_logprobs(rollouts[0])[0] if any(shared) else None
+    """g = −∇θ loss of each module on its rollout, projected. Modules with the base ``compute_loss`` whose rollout
+    is exactly the shared samples reuse one forward pass of them through their own ``policy_loss``; a rollout with
+    rows of its own (TRePO's trained continuations) runs its own."""
+    samples = min(r.num_samples for r in rollouts)
+    shared = [type(m).compute_loss is RLModule.compute_loss and r.num_samples == samples
+              for m, r in zip(modules, rollouts, strict=True)]
+    first = next((r for r, s in zip(rollouts, shared, strict=True) if s), None)
+    logprobs = base.policy_logprobs(first)[0] if first is not None else None
     out = []
     for i, (module, rollout) in enumerate(zip(modules, rollouts, strict=True)):
         if shared[i]:

@@ -361,7 +361,14 @@ class RLModule(LightningModule):
         if self._writer is not None and self.global_rank == 0:
             self._writer.write(self.global_step, rollout, rewards, components)
         metrics = step_metrics(rollout, rewards, components, self.engine.generate_calls - calls_before)
-        return rollout, {**metrics, **collected.metrics, **advantages.metrics, **kl_metrics}
+        rollout, finished = self.finish_rollout(rollout)
+        return rollout, {**metrics, **collected.metrics, **advantages.metrics, **kl_metrics, **finished}
+
+    def finish_rollout(self, rollout: Rollout) -> tuple[Rollout, dict[str, Tensor]]:
+        """Hook after the advantages (and the rollout log): what the loss trains on, when it is more than the samples
+        (TRePO's continuation rows, its step-wide whitening), and its metrics. ``measure-variance`` calls it too.
+        Default: the rollout as it is."""
+        return rollout, {}
 
     def behaviour_logprobs(self, rollout: Rollout) -> tuple[Tensor | None, Tensor | None]:
         """π_old log-probs (N, L), once per rollout, and the behaviour values (N, L) of algorithms with a critic

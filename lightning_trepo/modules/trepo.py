@@ -236,16 +236,16 @@ class TRePO(RLModule):
             adv = adv * group_std_scale(self.final_rewards(rollout, rewards), rollout.group_size)[:, None]
         return Advantages(adv)
 
-    def make_rollout(self, batch: dict) -> tuple[Rollout, dict[str, Tensor]]:
-        """The base's rollout, plus the continuation rows to train on (``train_continuations``), the step's
-        advantage whitening (``advantage_scale=whiten``) and the share of wall-clock time the continuations took."""
-        rollout, metrics = super().make_rollout(batch)
-        t_cont = rollout.timings["continuations"]
+    def finish_rollout(self, rollout: Rollout) -> tuple[Rollout, dict[str, Tensor]]:
+        """The continuation rows to train on appended (``train_continuations``), the step's advantage whitening
+        (``advantage_scale=whiten``) and the share of wall-clock time the continuations took."""
+        metrics: dict[str, Tensor] = {}
+        t_cont = rollout.timings.get("continuations", 0.0)
         metrics["trepo/continuation_time_frac"] = torch.tensor(t_cont / max(sum(rollout.timings.values()), 1e-9))
         if rollout.tree is not None:
+            samples = rollout.num_samples
             rollout = self._with_tree(rollout)
-            metrics["trepo/tree_rows"] = torch.tensor(float(rollout.num_samples - len(batch["prompt_ids"]) *
-                                                            rollout.group_size))
+            metrics["trepo/tree_rows"] = torch.tensor(float(rollout.num_samples - samples))
         if self.advantage_scale == "whiten":
             trained = rollout.trained_mask  # an episode's environment tokens stay out of the statistics
             adv = rollout.advantages * trained
@@ -258,7 +258,8 @@ class TRePO(RLModule):
         tree = rollout.tree
         assert tree is not None
         with timed(rollout.timings, "logprobs"):
-            tree.old_logprobs, _ = self.behaviour_logprobs(tree)
+            if rollout.old_logprobs is not None:  # as the responses: a behaviour pass when the update needs one
+                tree.old_logprobs = self.no_grad_logprobs(self.policy, tree)
             if rollout.ref_logprobs is not None and self.ref_model is not None:
                 tree.ref_logprobs = self.no_grad_logprobs(self.ref_model, tree)
         tree.advantages = tree.advantages[:, None] * tree.completion_mask

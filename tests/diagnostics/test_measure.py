@@ -70,6 +70,23 @@ def test_bare_trepo_is_the_configs_own_trepo():
     assert isinstance(plain, TRePO) and plain.num_anchors == 2 and plain.num_continuations == 2
 
 
+def test_trained_continuations_enter_the_measured_gradient():
+    # the same seed draws the same samples and continuations for both; only the trained rows differ, so the token
+    # costs are equal and the gradients are not (before, measure-variance dropped TRePO's continuation rows)
+    from lightning_trepo import TRePO
+
+    out = {}
+    for tree in (False, True):
+        base = tiny(TRePO, num_anchors=1, num_continuations=2, train_continuations=tree)
+        modules = build_estimators(base, [parse_estimator("trepo"), parse_estimator("rloo")])
+        out[tree] = measure(base, modules, batch(base), repeats=2, projection_dim=0, seed=3)
+    plain, with_rows = out[False], out[True]
+    torch.testing.assert_close(plain.tokens, with_rows.tokens)
+    assert (plain.tokens[0] > plain.tokens[1]).all()  # TRePO's continuations cost tokens RLOO's estimate does not
+    torch.testing.assert_close(plain.grads[1], with_rows.grads[1])  # RLOO: the same either way
+    assert not torch.allclose(plain.grads[0], with_rows.grads[0])
+
+
 def test_projection_matches_every_parameter():
     """Same seed, same rollouts: the count sketch (d = 4096, relative error ≈ √(2/d) = 2%) gives the variance over
     every parameter of the tiny model within 10%; and the unprojected gradients are the full parameter count."""
