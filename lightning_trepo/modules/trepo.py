@@ -244,7 +244,8 @@ class TRePO(RLModule):
         metrics["trepo/continuation_time_frac"] = torch.tensor(t_cont / max(sum(rollout.timings.values()), 1e-9))
         if rollout.tree is not None:
             samples = rollout.num_samples
-            rollout = self._with_tree(rollout)
+            # a step with no continuation (every gate closed, no anchor) has no rows to add
+            rollout = self._with_tree(rollout) if rollout.tree.num_samples else replace(rollout, tree=None)
             metrics["trepo/tree_rows"] = torch.tensor(float(rollout.num_samples - samples))
         if self.advantage_scale == "whiten":
             trained = rollout.trained_mask  # an episode's environment tokens stay out of the statistics

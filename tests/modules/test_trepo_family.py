@@ -65,6 +65,19 @@ def test_constant_rewards_close_every_gate_and_sample_nothing():
     assert (rollout.advantages == 0).all()
 
 
+def test_a_step_without_continuations_trains_with_continuation_rows_and_a_behaviour_pass():
+    # every gate closed and two epochs (so a behaviour log-prob pass): there are no continuation rows to add, and the
+    # step goes on (it used to fail on the behaviour pass over an empty set of rows)
+    from lightning_trepo import UpdateConfig
+
+    torch.manual_seed(5)
+    module = make(num_anchors=2, num_continuations=2, gate="mixed", reward="tests.modules.rewards.answer_is_even",
+                  train_continuations=True, update=UpdateConfig(epochs=2))
+    rollout, metrics = module.make_rollout(batch(module))
+    assert float(metrics["trepo/tree_rows"]) == 0.0 and rollout.num_samples == 8 and rollout.tree is None
+    assert rollout.old_logprobs is not None and torch.isfinite(module.compute_loss(rollout).loss)
+
+
 def test_truncated_reward_replaces_the_score_of_truncated_responses_and_continuations(monkeypatch):
     # max_new_tokens 3 truncates most responses; truncated_reward -1 must replace RM(W) = Û(T) for them, and the
     # score of every truncated continuation
