@@ -87,20 +87,17 @@ def to_targets(points: list[dict[str, Any]], targets: list[float]) -> dict[str, 
 
 def episode_accuracy(module: Any, datamodule: Any) -> tuple[int, int]:
     """(solved, prompts) of greedy episodes on the datamodule's held-out prompts (``data.val_source``, with the
-    config's system prompt and chat template), played with the module's own environment through its rollout path
-    (``validation_step``'s): the tokens are not counted in the budget (a separate engine counter is restored) and
-    reward state is left as it was."""
+    config's system prompt and chat template), played with the module's own environment by ``validation_step``'s
+    ``held_out_rollouts``; their tokens stay out of the budget (the engine's counter is restored)."""
     plan = RolloutPlan(group_size=1, sampling=module.rollout_cfg.sampling, greedy=True)
     threshold = module.rollout_cfg.val_success_threshold
-    counted, state = module.engine.generated_tokens, module.reward.state_dict()
+    counted = module.engine.generated_tokens
     solved = prompts = 0
-    with torch.random.fork_rng(devices=[]), torch.no_grad(), module.generation_context():
-        for batch in datamodule.val_dataloader():
-            rewards, _ = module.score_rollouts([module.collector(extend=False).generate(plan, batch)])[0]
-            solved += int((torch.nan_to_num(rewards, nan=-math.inf) >= threshold).sum())
-            prompts += len(rewards)
+    for batch in datamodule.val_dataloader():
+        _, (rewards,) = module.held_out_rollouts([plan], batch)
+        solved += int((torch.nan_to_num(rewards, nan=-math.inf) >= threshold).sum())
+        prompts += len(rewards)
     module.engine.generated_tokens = counted
-    module.reward.load_state_dict(state)
     return solved, prompts
 
 

@@ -446,6 +446,13 @@ class RLModule(LightningModule):
         plans = [RolloutPlan(group_size=1, sampling=cfg.sampling, greedy=True)]
         if cfg.val_num_samples > 0:
             plans.append(RolloutPlan(group_size=cfg.val_num_samples, sampling=cfg.sampling))
+        rollouts, rewards = self.held_out_rollouts(plans, batch)
+        self.log_validation(rollouts, rewards, len(batch["prompt_ids"]))
+
+    @torch.no_grad()
+    def held_out_rollouts(self, plans: list[RolloutPlan], batch: dict[str, Any]) -> tuple[list[Rollout], list[Tensor]]:
+        """Each plan's rollout of ``batch`` through the module's rollout path (episodes with its environment) and
+        their rewards, leaving training untouched: sampled under a forked RNG, reward state restored."""
         reward_state = self.reward.state_dict()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
                 self.generation_context():
@@ -453,7 +460,7 @@ class RLModule(LightningModule):
             rollouts = [collector.generate(plan, batch) for plan in plans]
         scored = self.score_rollouts(rollouts)
         self.reward.load_state_dict(reward_state)
-        self.log_validation(rollouts, [rewards for rewards, _ in scored], len(batch["prompt_ids"]))
+        return rollouts, [rewards for rewards, _ in scored]
 
     def log_validation(self, rollouts: list[Rollout], rewards: list[Tensor], num_prompts: int) -> None:
         threshold = self.rollout_cfg.val_success_threshold
