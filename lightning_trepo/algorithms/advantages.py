@@ -282,6 +282,22 @@ def siblings_mixed(rewards: Tensor, group_size: int) -> Tensor:
     return (high > low).reshape(-1)
 
 
+def siblings_unsolved(rewards: Tensor, group_size: int, threshold: float) -> Tensor:
+    """(N,) bool: True where some OTHER reward of sample i's group is below ``threshold`` (TRePO's ``gate=unsolved``).
+
+    gate_i = min_{j≠i} r_j < threshold: open where a sibling failed (mixed groups, and groups whose siblings all
+    failed, where GRPO and RLOO have no signal at all), closed only where every sibling solved the prompt. Like
+    :func:`siblings_mixed` it reads only the siblings, never r_i, so the estimator that switches on it stays
+    unbiased. Needs G >= 2.
+    """
+    groups = _grouped(rewards, group_size, min_size=2)
+    g = groups.shape[1]
+    others = groups.unsqueeze(1).expand(-1, g, -1)
+    keep = ~torch.eye(g, dtype=torch.bool, device=rewards.device)
+    inf = torch.tensor(float("inf"), dtype=groups.dtype, device=groups.device)
+    return (torch.where(keep, others, inf).amin(-1) < threshold).reshape(-1)
+
+
 def group_std_scale(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
     """(N,) 1 / (std_group + eps) per sample, with the GRPO sample std (Bessel); 1 where the group's std is 0.
 

@@ -50,7 +50,7 @@ class RolloutConfig:
     val_num_samples: int = 4
     """Validation: sampled responses per held-out prompt for pass@n (0 = greedy only)."""
     val_success_threshold: float = 1.0
-    """Validation: a response with reward >= this counts as solved (accuracy, pass@n)."""
+    """A response with reward >= this counts as solved: validation accuracy and pass@n; TRePO's ``gate: unsolved``."""
     gather_params: bool = True
     """ZeRO-3 / FSDP2: gather the full policy once per rollout for generation (fast; needs the whole model to fit
     on one GPU next to the KV cache). False: generate with per-layer all-gathers every token (synced_gpus)."""

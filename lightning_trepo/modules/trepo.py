@@ -52,7 +52,7 @@ from reward_models import Reward
 
 AnchorMode = Literal[OffsetMode, "boundary", "turns"]
 StartValue = Literal["loo", "fresh"]
-Gate = Literal["none", "mixed"]
+Gate = Literal["none", "mixed", "unsolved"]
 AnchorSampling = Literal["batch", "sample"]
 AdvantageScale = Literal["none", "group", "whiten"]
 ContinuationNorm = Literal["pooled", "responses"]
@@ -98,7 +98,10 @@ class TRePO(RLModule):
                 or fresh (mean reward of K fresh samples from the prompt).
             gate: none (continuations at every anchor) or mixed (only for responses whose G-1 siblings' rewards are
                 not all equal; elsewhere the anchors collapse and the advantage is exactly RLOO's). The gate reads
-                only the siblings, so the estimator stays unbiased. Needs G >= 3.
+                only the siblings, so the estimator stays unbiased. Needs G >= 3. Or unsolved: only for responses with a
+                sibling rewarded below ``rollout.val_success_threshold`` (mixed groups, and groups whose siblings all
+                failed, where RLOO and GRPO have no signal); closed where every sibling solved the prompt. Also reads
+                only the siblings (unbiased). Needs G >= 2.
             anchor_sampling: batch (one set of uniform offsets per step, shared by the batch) or sample (drawn
                 independently for every response; still independent of the response, hence stopping times).
             truncated_reward: None (the reward tree's score) or the reward every truncated response and
@@ -173,7 +176,9 @@ class TRePO(RLModule):
         check_choice("gate", gate, Gate)
         check_choice("anchor_sampling", anchor_sampling, AnchorSampling)
         check_choice("advantage_scale", advantage_scale, AdvantageScale)
-        require(gate == "none" or rollout.group_size >= 3, "rollout.group_size", rollout.group_size,
+        require(gate != "unsolved" or rollout.group_size >= 2, "rollout.group_size", rollout.group_size,
+                "an integer >= 2 with gate=unsolved", "the gate reads a response's siblings (or use gate: none)")
+        require(gate != "mixed" or rollout.group_size >= 3, "rollout.group_size", rollout.group_size,
                 "an integer >= 3 with gate=mixed", "the gate looks for a mixed outcome among a response's G-1 "
                 "siblings, which needs at least 2 of them (or use gate: none)")
         require(continuation_weight > 0, "continuation_weight", continuation_weight, "a number > 0")
@@ -193,6 +198,8 @@ class TRePO(RLModule):
                                    fresh_start=self.start_value == "fresh",
                                    draw_offsets=self._draw_offsets if per_sample else None,
                                    gate_mixed=self.gate == "mixed", truncated_reward=self.truncated_reward,
+                                   gate_unsolved_below=(self.rollout_cfg.val_success_threshold
+                                                        if self.gate == "unsolved" else None),
                                    turn_anchors=self.anchor_mode == "turns")
         return replace(super().rollout_plan(), continuations=request)
 

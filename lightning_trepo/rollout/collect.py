@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_trepo.algorithms.advantages import siblings_mixed
+from lightning_trepo.algorithms.advantages import siblings_mixed, siblings_unsolved
 from lightning_trepo.algorithms.anchors import turn_anchor_positions
 from lightning_trepo.envs import Environment
 from lightning_trepo.rollout.continuations import Continuations, planned_anchors, request_pairs, sample_continuations
@@ -212,8 +212,13 @@ class Collector:
             positions, valid = turn_anchor_positions(rollout.trained_mask, rollout.completion_mask, request.num_anchors)
         else:
             positions, valid = planned_anchors(request, rollout)
+        gate = None
         if request.gate_mixed:
-            valid[:, 1:-1] &= siblings_mixed(final, rollout.group_size).to(valid.device)[:, None]
+            gate = siblings_mixed(final, rollout.group_size)
+        elif request.gate_unsolved_below is not None:
+            gate = siblings_unsolved(final, rollout.group_size, request.gate_unsolved_below)
+        if gate is not None:
+            valid[:, 1:-1] &= gate.to(valid.device)[:, None]
             positions[:, 1:-1] = torch.where(valid[:, 1:-1], positions[:, 1:-1], positions[:, -1:])
         return positions, valid
 

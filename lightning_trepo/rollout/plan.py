@@ -58,6 +58,9 @@ class ContinuationPlan:
     gate_mixed: bool = False
     """Continuations only for responses whose G-1 siblings' rewards are not all equal; elsewhere the interior anchors
     collapse to T (no continuations; TRePO's advantage is then exactly RLOO's)."""
+    gate_unsolved_below: float | None = None
+    """Continuations only for responses with a sibling rewarded below this (some sibling failed: mixed groups and
+    groups of failures); closed where every sibling solved the prompt. None = off."""
     truncated_reward: float | None = None
     """The reward every truncated response and continuation gets instead of the reward tree's (None: the tree's)."""
     turn_anchors: bool = False

@@ -31,6 +31,7 @@ from lightning_trepo.algorithms.advantages import (
     remax_advantages,
     segment_advantages,
     siblings_mixed,
+    siblings_unsolved,
     token_level_rewards,
 )
 from lightning_trepo.algorithms.anchors import (
@@ -267,10 +268,18 @@ def gated_trepo(exact: ExactSolution, group_size: int, num_anchors: int, scale: 
     return trepo_group(exact, group_size, num_anchors, gate=True, scale=scale)
 
 
+def unsolved_trepo(exact: ExactSolution, group_size: int, num_anchors: int) -> Draws:
+    """TRePO with Û(0) = LOO and ``gate=unsolved``: response i gets its anchors only when one of its G-1 siblings is
+    rewarded below the median response reward (:func:`siblings_unsolved`; the toy's rewards are continuous, the
+    median stands in for ``rollout.val_success_threshold``), else the RLOO advantage."""
+    return trepo_group(exact, group_size, num_anchors, gate_below=float(exact.reward.median()))
+
+
 def trepo_group(exact: ExactSolution, group_size: int, num_anchors: int, gate: bool = False,
-                scale: bool = False) -> Draws:
+                scale: bool = False, gate_below: float | None = None) -> Draws:
     """G i.i.d. responses × every equally likely offset set shared by the draw; Û(0) = LOO, exact U at the anchors,
-    optionally the sibling gate and GRPO's 1/std (:func:`trepo_leave_one_out`, :func:`gated_trepo`)."""
+    optionally a sibling gate (mixed, or ``gate_below``: unsolved) and GRPO's 1/std (:func:`trepo_leave_one_out`,
+    :func:`gated_trepo`, :func:`unsolved_trepo`)."""
     prob, index = group_tuples(exact, group_size)
     sets = offset_sets(exact.mask.shape[1], num_anchors)
     c, r = sets.shape[0], prob.shape[0]
@@ -279,8 +288,8 @@ def trepo_group(exact: ExactSolution, group_size: int, num_anchors: int, gate: b
     offsets = sets.repeat(r, 1).repeat_interleave(group_size, dim=0)
     positions, _ = anchor_positions_from_offsets(offsets, exact.lengths[flat])
     rewards = exact.reward[flat]
-    if gate:
-        keep = siblings_mixed(rewards, group_size)
+    if gate or gate_below is not None:
+        keep = siblings_mixed(rewards, group_size) if gate else siblings_unsolved(rewards, group_size, gate_below)
         positions[:, 1:-1] = torch.where(keep[:, None], positions[:, 1:-1], positions[:, -1:])
     u = exact.prefix_values[flat].gather(1, positions)
     values = build_anchor_values(leave_one_out_mean(rewards, group_size), u[:, 1:-1], rewards, positions)

@@ -124,6 +124,8 @@ def _specs(cfg: Config) -> list[tuple[str, str, str, Callable[[ExactSolution], e
         ("trepo_loo", f"TRePO M={m}, Û(0) = LOO, G=2", "unbiased", lambda e: est.trepo_leave_one_out(e, 2, m)),
         ("trepo_half", "TRePO anchor s = T // 2 (not stop. time)", "biased", est.final_length_anchor),
         ("trepo_gated", f"TRePO gate=mixed (siblings), G=3, M={m}", "unbiased", lambda e: est.gated_trepo(e, 3, m)),
+        ("trepo_unsolved", f"TRePO gate=unsolved (siblings), G=3, M={m}", "unbiased",
+         lambda e: est.unsolved_trepo(e, 3, m)),
         (
             "trepo_gated_scaled",
             f"TRePO gate=mixed + group 1/std, G=3, M={m}",

@@ -427,3 +427,24 @@ def test_continuation_advantages_sum_per_anchor_is_mean_minus_the_response_rewar
     for cell in range(3):
         part = slice(4 * cell, 4 * cell + 4)
         torch.testing.assert_close(adv[part].sum(), scores[part].mean() - final[index[4 * cell]])
+
+
+def test_siblings_unsolved_opens_where_a_sibling_failed():
+    from lightning_trepo.algorithms.advantages import siblings_unsolved
+
+    # G = 4, threshold 1. [1,0,0,0]: every sample has a failed sibling (sample 0's are all failures: the group GRPO
+    # cannot learn from). [1,1,1,0]: samples 0-2 see the 0; sample 3's siblings all solved -> closed. [1,1,1,1]:
+    # closed everywhere. [0.5,0.5,0.5,0.5]: all below 1 -> open everywhere.
+    rewards = torch.tensor([1.0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5])
+    assert siblings_unsolved(rewards, 4, 1.0).tolist() == [True, True, True, True, True, True, True, False,
+                                                           False, False, False, False, True, True, True, True]
+    # threshold 0.5: the constant 0.5 group now counts as solved
+    assert siblings_unsolved(rewards, 4, 0.5)[12:].tolist() == [False] * 4
+    # reads only the siblings: flipping r_i never changes gate_i
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        r = torch.randint(0, 2, (12,), generator=gen).float()
+        for i in range(12):
+            changed = r.clone()
+            changed[i] = 1 - changed[i]
+            assert siblings_unsolved(r, 3, 1.0)[i] == siblings_unsolved(changed, 3, 1.0)[i]

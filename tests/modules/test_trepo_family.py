@@ -57,6 +57,24 @@ def test_gate_gives_rloo_where_the_siblings_agree_and_continuations_elsewhere(mo
     assert set(seen[0].sample_index.tolist()) <= set(gate.nonzero().flatten().tolist())
 
 
+def test_unsolved_gate_samples_in_failed_groups_and_gives_rloo_where_every_sibling_solved(monkeypatch):
+    # answer_is_even is constant per prompt: groups are all solved (1) or all failed (0). gate=unsolved (threshold
+    # rollout.val_success_threshold = 1): continuations exactly from the responses of failed groups, where RLOO's
+    # advantage is 0 and TRePO's anchors give the head +U(s) - 0 and the tail 0 - U(s); solved groups are RLOO's 0.
+    torch.manual_seed(5)
+    seen = capture_continuations(monkeypatch)
+    module = make(num_anchors=1, num_continuations=2, gate="unsolved", reward="tests.modules.rewards.answer_is_even")
+    rollout, metrics = module.make_rollout(batch(module))
+    r = rollout.rewards
+    failed = r < 1
+    assert failed.any() and (~failed).any(), "the seed should give both kinds of groups"
+    assert set(seen[0].sample_index.tolist()) == set(failed.nonzero().flatten().tolist())
+    assert float(metrics["trepo/continuation_tokens"]) > 0
+    assert (rollout.advantages[~failed] == 0).all()
+    for n in (~failed).nonzero().flatten().tolist():
+        assert (rollout.anchor_positions[n, 1:] == rollout.lengths[n]).all()
+
+
 def test_constant_rewards_close_every_gate_and_sample_nothing():
     torch.manual_seed(5)
     module = make(num_anchors=2, num_continuations=2, gate="mixed", reward="tests.modules.rewards.answer_is_even")
@@ -188,6 +206,7 @@ def test_continuation_norm_responses_adds_the_tree_rows_to_the_responses_mean():
 @pytest.mark.parametrize(("kwargs", "key"), [
     ({"continuation_norm": "sum"}, "continuation_norm"),
     ({"gate": "mixed", "group_size": 2}, "rollout.group_size"),
+    ({"gate": "unsolved", "group_size": 1}, "rollout.group_size"),
     ({"continuation_weight": 0.0}, "continuation_weight"),
     ({"gate": "sometimes"}, "gate"),
     ({"advantage_scale": "batch"}, "advantage_scale"),

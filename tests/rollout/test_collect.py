@@ -141,6 +141,20 @@ def test_anchors_per_sample_offsets_and_the_mixed_gate():
     assert valid[:, 1].tolist() == [True, True, False, False, False, False]
 
 
+def test_anchors_with_the_unsolved_gate():
+    # G = 3, final [1, 1, 0 | 0, 0, 0 | 1, 1, 1], threshold 1, fixed offset 2, responses 3 tokens long.
+    # Open where a sibling is below 1: rows 0, 1 (sibling 2 failed) and every row of the all-failed group 3..5;
+    # closed for row 2 (siblings {1, 1}) and the solved group 6..8 (anchor collapses to T = 3).
+    rollout = tiny_rollout([[1, 1, 1]] * 9, group_size=3)
+    request = ContinuationPlan(num_continuations=2, num_anchors=1, anchor_offsets=torch.tensor([2]),
+                               gate_unsolved_below=1.0)
+    collector = Collector(FakeEngine(), torch.nn.Identity(), CountingScore(), torch.device("cpu"))
+    final = torch.tensor([1.0, 1, 0, 0, 0, 0, 1, 1, 1])
+    positions, valid = collector.anchors(request, rollout, final)
+    assert valid[:, 1].tolist() == [True, True, False, True, True, True, False, False, False]
+    assert positions[:, 1].tolist() == [2, 2, 3, 2, 2, 2, 3, 3, 3]
+
+
 def test_continuation_scores_in_one_call_with_the_truncated_reward():
     # 3 continuations in one reward call: CountingScore gives 0, 1, 2; the truncated one (index 1) gets -1 instead
     rollout = tiny_rollout([[1, 1, 0]] * 2, group_size=2)

@@ -12,7 +12,8 @@ from lightning_trepo.theory import estimators as est
 from lightning_trepo.theory.mdp import ExactSolution, make_toy_mdp, solve
 from lightning_trepo.theory.verify import Config, Row, evaluate, main, variance_checks
 
-UNBIASED = ["reinforce", "remax", "rloo", "thm2", "trepo", "trepo_mc", "trepo_boundary", "trepo_loo", "trepo_gated"]
+UNBIASED = ["reinforce", "remax", "rloo", "thm2", "trepo", "trepo_mc", "trepo_boundary", "trepo_loo", "trepo_gated",
+            "trepo_unsolved"]
 BIASED = ["reinforce_len", "discounted", "grpo_group", "trepo_half", "trepo_interp", "reinforce_pp",
           "reinforce_pp_baseline", "trepo_gated_scaled"]
 CONFIGS = [
@@ -184,7 +185,7 @@ def test_verify_main_prints_the_table(capsys: pytest.CaptureFixture[str]) -> Non
     assert main([]) == 0
     out = capsys.readouterr().out
     assert "REINFORCE, A = RM(W) (Thm 1)" in out and "TRePO anchor s = T // 2" in out
-    assert "✗" not in out and out.count("✓") == 20 + 2
+    assert "✗" not in out and out.count("✓") == 21 + 2
     with pytest.raises(SystemExit):
         main(["--max-len", "3"])
 
@@ -215,3 +216,20 @@ def test_gate_reads_only_siblings_so_flipping_the_gate_on_own_reward_would_diffe
     rloo = rloo_advantages(rewards[off].reshape(-1), 3).reshape(-1, 3)
     mask = exact.mask[draws.index[off]]
     torch.testing.assert_close(draws.advantages[off], rloo[..., None] * mask)
+
+
+def test_unsolved_gate_is_rloo_where_every_sibling_solved_and_trepo_where_one_failed(exact: ExactSolution) -> None:
+    # gate=unsolved, G = 3, M = 1, threshold the median reward: row i of a draw keeps its anchor (the ungated
+    # estimator's advantages, same enumeration of draws and offsets) iff one of its 2 siblings is below the
+    # threshold, and is exactly RLOO's otherwise; both kinds of rows occur, so the gate is exercised both ways
+    threshold = float(exact.reward.median())
+    gated, ungated = est.unsolved_trepo(exact, 3, 1), est.trepo_group(exact, 3, 1)
+    assert torch.equal(gated.index, ungated.index)
+    rewards = exact.reward[gated.index]  # (R, 3)
+    below = rewards < threshold
+    sibling_failed = torch.stack([below[:, [j for j in range(3) if j != i]].any(1) for i in range(3)], dim=1)
+    assert sibling_failed.any() and (~sibling_failed).any()
+    rloo = rloo_advantages(rewards.reshape(-1), 3).reshape(-1, 3)[..., None] * exact.mask[gated.index]
+    torch.testing.assert_close(gated.advantages[sibling_failed], ungated.advantages[sibling_failed])
+    torch.testing.assert_close(gated.advantages[~sibling_failed], rloo[~sibling_failed])
+    assert not torch.allclose(ungated.advantages[~sibling_failed], rloo[~sibling_failed])  # the gate changes them
