@@ -253,3 +253,17 @@ def test_crash_safety_settings_are_checked_with_their_key():
 
     with pytest.raises(ConfigError, match=r"^crash_safety.keep_last = 0: accepted: an integer >= 1$"):
         CrashSafety(keep_last=0)
+
+
+def test_smollm2_trepo_overlay_keeps_the_grpo_recipe_and_sets_its_own_group():
+    # the overlay swaps the algorithm and its estimator keys and spreads the recipe's 32 responses a step over 8
+    # prompts x G = 4; the model, sampling and lr schedule stay the GRPO recipe's
+    cfg = cli_parse_only(["--config", str(ROOT / "configs" / "smollm2_grpo.yaml"),
+                          "--config", str(ROOT / "configs" / "smollm2_trepo.yaml")])
+    init = cfg.model.init_args
+    assert cfg.model.class_path == "lightning_trepo.TRePO"
+    assert (init.rollout.group_size, cfg.data.batch_size) == (4, 8)
+    assert (init.rollout.sampling.temperature, init.rollout.sampling.max_new_tokens) == (0.8, 48)
+    assert init.policy.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert (init.anchor_mode, init.boundary_pattern, init.num_continuations, init.gate) == ("boundary", "=", 4, "mixed")
+    assert cfg.lr_scheduler.total_steps == 120
