@@ -272,13 +272,7 @@ def siblings_mixed(rewards: Tensor, group_size: int) -> Tensor:
     not) keeps each branch's expectation, and anchors chosen by stopping times stay stopping times
     (https://arxiv.org/abs/2506.02553). Needs G >= 3 to ever be True.
     """
-    groups = _grouped(rewards, group_size, min_size=2)
-    g = groups.shape[1]
-    others = groups.unsqueeze(1).expand(-1, g, -1)  # (B, G, G): row i holds the group, column i to be dropped
-    keep = ~torch.eye(g, dtype=torch.bool, device=rewards.device)
-    inf = torch.tensor(float("inf"), dtype=groups.dtype, device=groups.device)
-    high = torch.where(keep, others, -inf).amax(-1)
-    low = torch.where(keep, others, inf).amin(-1)
+    high, low = _sibling_extremes(rewards, group_size)
     return (high > low).reshape(-1)
 
 
@@ -290,12 +284,18 @@ def siblings_unsolved(rewards: Tensor, group_size: int, threshold: float) -> Ten
     :func:`siblings_mixed` it reads only the siblings, never r_i, so the estimator that switches on it stays
     unbiased. Needs G >= 2.
     """
+    _, low = _sibling_extremes(rewards, group_size)
+    return (low < threshold).reshape(-1)
+
+
+def _sibling_extremes(rewards: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
+    """(B, G) each: max_{j≠i} r_j and min_{j≠i} r_j, the extremes of sample i's G-1 siblings (never r_i)."""
     groups = _grouped(rewards, group_size, min_size=2)
     g = groups.shape[1]
-    others = groups.unsqueeze(1).expand(-1, g, -1)
+    others = groups.unsqueeze(1).expand(-1, g, -1)  # (B, G, G): row i holds the group, column i to be dropped
     keep = ~torch.eye(g, dtype=torch.bool, device=rewards.device)
     inf = torch.tensor(float("inf"), dtype=groups.dtype, device=groups.device)
-    return (torch.where(keep, others, inf).amin(-1) < threshold).reshape(-1)
+    return torch.where(keep, others, -inf).amax(-1), torch.where(keep, others, inf).amin(-1)
 
 
 def group_std_scale(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
