@@ -76,6 +76,7 @@ class TRePO(RLModule):
         boundary_pattern: str = r"\n",
         start_value: StartValue = "loo",
         gate: Gate = "none",
+        gate_truncated_reward: float | None = None,
         anchor_sampling: AnchorSampling = "batch",
         truncated_reward: float | None = None,
         train_continuations: bool = False,
@@ -102,6 +103,10 @@ class TRePO(RLModule):
                 sibling rewarded below ``rollout.val_success_threshold`` (mixed groups, and groups whose siblings all
                 failed, where RLOO and GRPO have no signal); closed where every sibling solved the prompt. Also reads
                 only the siblings (unbiased). Needs G >= 2.
+            gate_truncated_reward: None (the gate reads the siblings' rewards as scored) or what a truncated sibling's
+                reward counts as to the gate: at 0, a response cut at ``max_new_tokens`` whose cut-off text happens
+                to score never opens it (no continuations where the only success was a lucky truncation). The gate
+                still reads only the siblings (unbiased); the estimator keeps every reward. Needs a gate.
             anchor_sampling: batch (one set of uniform offsets per step, shared by the batch) or sample (drawn
                 independently for every response; still independent of the response, hence stopping times).
             truncated_reward: None (the reward tree's score) or the reward every truncated response and
@@ -123,6 +128,9 @@ class TRePO(RLModule):
         self._validate(rollout, num_anchors, num_continuations, anchor_mode, anchor_every, boundary_pattern,
                        start_value)
         self._validate_estimator(rollout, gate, anchor_sampling, continuation_weight, advantage_scale)
+        require(gate_truncated_reward is None or gate != "none", "gate_truncated_reward", gate_truncated_reward,
+                "null with gate: none",
+                "it sets how the gate reads truncated siblings (choose gate: mixed or unsolved)")
         check_choice("continuation_norm", continuation_norm, ContinuationNorm)
         self._validate_episodes(environment, anchor_mode, train_continuations)
         super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer,
@@ -130,6 +138,7 @@ class TRePO(RLModule):
         self.num_anchors, self.num_continuations = num_anchors, num_continuations
         self.anchor_mode, self.anchor_every, self.start_value = anchor_mode, anchor_every, start_value
         self.gate, self.anchor_sampling, self.truncated_reward = gate, anchor_sampling, truncated_reward
+        self.gate_truncated_reward = gate_truncated_reward
         self.train_continuations, self.continuation_weight = train_continuations, continuation_weight
         self.advantage_scale, self.continuation_norm = advantage_scale, continuation_norm
         self._marker = BoundaryMarker(self.tokenizer, boundary_pattern) if anchor_mode == "boundary" else None
@@ -198,6 +207,7 @@ class TRePO(RLModule):
                                    fresh_start=self.start_value == "fresh",
                                    draw_offsets=self._draw_offsets if per_sample else None,
                                    gate_mixed=self.gate == "mixed", truncated_reward=self.truncated_reward,
+                                   gate_truncated_reward=self.gate_truncated_reward,
                                    gate_unsolved_below=(self.rollout_cfg.val_success_threshold
                                                         if self.gate == "unsolved" else None),
                                    turn_anchors=self.anchor_mode == "turns")

@@ -212,11 +212,13 @@ class Collector:
             positions, valid = turn_anchor_positions(rollout.trained_mask, rollout.completion_mask, request.num_anchors)
         else:
             positions, valid = planned_anchors(request, rollout)
-        gate = None
+        gate, seen = None, final  # the siblings' rewards as the gate reads them
+        if request.gate_truncated_reward is not None:
+            seen = final_rewards(final, rollout.truncated, request.gate_truncated_reward)
         if request.gate_mixed:
-            gate = siblings_mixed(final, rollout.group_size)
+            gate = siblings_mixed(seen, rollout.group_size)
         elif request.gate_unsolved_below is not None:
-            gate = siblings_unsolved(final, rollout.group_size, request.gate_unsolved_below)
+            gate = siblings_unsolved(seen, rollout.group_size, request.gate_unsolved_below)
         if gate is not None:
             valid[:, 1:-1] &= gate.to(valid.device)[:, None]
             positions[:, 1:-1] = torch.where(valid[:, 1:-1], positions[:, 1:-1], positions[:, -1:])

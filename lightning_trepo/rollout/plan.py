@@ -61,6 +61,9 @@ class ContinuationPlan:
     gate_unsolved_below: float | None = None
     """Continuations only for responses with a sibling rewarded below this (some sibling failed: mixed groups and
     groups of failures); closed where every sibling solved the prompt. None = off."""
+    gate_truncated_reward: float | None = None
+    """What a truncated sibling's reward counts as when a gate reads the siblings (None: its reward): at 0 a response
+    cut at ``max_new_tokens`` never opens the gate, however its cut-off text scores. The estimator keeps its reward."""
     truncated_reward: float | None = None
     """The reward every truncated response and continuation gets instead of the reward tree's (None: the tree's)."""
     turn_anchors: bool = False

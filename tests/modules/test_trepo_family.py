@@ -75,6 +75,13 @@ def test_unsolved_gate_samples_in_failed_groups_and_gives_rloo_where_every_sibli
         assert (rollout.anchor_positions[n, 1:] == rollout.lengths[n]).all()
 
 
+def test_gate_truncated_reward_reaches_the_collectors_gate():
+    # the key travels in the plan the collector reads (its effect on the gate: tests/rollout/test_collect.py)
+    plan = make(num_anchors=1, gate="mixed", gate_truncated_reward=0.0).rollout_plan().continuations
+    assert plan is not None and plan.gate_mixed and plan.gate_truncated_reward == 0.0
+    assert make(num_anchors=1, gate="mixed").rollout_plan().continuations.gate_truncated_reward is None
+
+
 def test_constant_rewards_close_every_gate_and_sample_nothing():
     torch.manual_seed(5)
     module = make(num_anchors=2, num_continuations=2, gate="mixed", reward="tests.modules.rewards.answer_is_even")
@@ -210,6 +217,7 @@ def test_continuation_norm_responses_adds_the_tree_rows_to_the_responses_mean():
     ({"continuation_weight": 0.0}, "continuation_weight"),
     ({"gate": "sometimes"}, "gate"),
     ({"advantage_scale": "batch"}, "advantage_scale"),
+    ({"gate_truncated_reward": 0.0}, "gate_truncated_reward"),
 ])
 def test_bad_estimator_settings_name_their_key(kwargs, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

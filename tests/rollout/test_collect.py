@@ -155,6 +155,28 @@ def test_anchors_with_the_unsolved_gate():
     assert positions[:, 1].tolist() == [2, 2, 3, 2, 2, 2, 3, 3, 3]
 
 
+@pytest.mark.parametrize("gate_truncated_reward, expected", [
+    (None, [False, True, True, False, True, True, True, True, False]),
+    (0.0, [False, False, False, False, True, True, True, False, True]),
+])
+def test_the_mixed_gate_reads_truncated_siblings_as_gate_truncated_reward(gate_truncated_reward, expected):
+    # G = 3, final [1, 0, 0 | 1, 0, 0 | 1, 1, 0]; rows 0 and 6 are truncated (full masks), their 1 a lucky cut-off.
+    # Read as they score: rows 1, 2 see {1, 0} (open), row 0 sees {0, 0}; group 2 as group 1; in group 3 rows 6, 7
+    # see {1, 0} (open), row 8 sees {1, 1}. With truncated siblings read as 0: group 1 is [0, 0, 0] to the gate (all
+    # closed); group 3 is [0, 1, 0]: rows 6 and 8 see {1, 0} (open), row 7 sees {0, 0}. Group 2 has no truncation.
+    truncated = {0, 6}
+    rollout = tiny_rollout([[1, 1, 1] if i in truncated else [1, 1, 0] for i in range(9)], group_size=3)
+    request = ContinuationPlan(num_continuations=2, num_anchors=1, anchor_offsets=torch.tensor([1]), gate_mixed=True,
+                               gate_truncated_reward=gate_truncated_reward)
+    collector = Collector(FakeEngine(), torch.nn.Identity(), CountingScore(), torch.device("cpu"))
+    final = torch.tensor([1.0, 0, 0, 1, 0, 0, 1, 1, 0])
+    positions, valid = collector.anchors(request, rollout, final)
+    assert valid[:, 1].tolist() == expected
+    ends = [3 if i in truncated else 2 for i in range(9)]
+    assert positions[:, 1].tolist() == [1 if open_ else end for open_, end in zip(expected, ends, strict=True)]
+    assert final.tolist() == [1.0, 0, 0, 1, 0, 0, 1, 1, 0]  # the estimator's rewards are not touched
+
+
 def test_continuation_scores_in_one_call_with_the_truncated_reward():
     # 3 continuations in one reward call: CountingScore gives 0, 1, 2; the truncated one (index 1) gets -1 instead
     rollout = tiny_rollout([[1, 1, 0]] * 2, group_size=2)
