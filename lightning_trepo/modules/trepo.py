@@ -127,10 +127,8 @@ class TRePO(RLModule):
         """
         self._validate(rollout, num_anchors, num_continuations, anchor_mode, anchor_every, boundary_pattern,
                        start_value)
-        self._validate_estimator(rollout, gate, anchor_sampling, continuation_weight, advantage_scale)
-        require(gate_truncated_reward is None or gate != "none", "gate_truncated_reward", gate_truncated_reward,
-                "null with gate: none",
-                "it sets how the gate reads truncated siblings (choose gate: mixed or unsolved)")
+        self._validate_estimator(rollout, gate, gate_truncated_reward, anchor_sampling, continuation_weight,
+                                 advantage_scale)
         check_choice("continuation_norm", continuation_norm, ContinuationNorm)
         self._validate_episodes(environment, anchor_mode, train_continuations)
         super().__init__(reward=reward, policy=policy, rollout=rollout, update=update, optimizer=optimizer,
@@ -180,9 +178,11 @@ class TRePO(RLModule):
                 "false with an environment", "continuation rows of episodes are not trained on yet")
 
     @staticmethod
-    def _validate_estimator(rollout: RolloutConfig, gate: str, anchor_sampling: str, continuation_weight: float,
-                            advantage_scale: str) -> None:
+    def _validate_estimator(rollout: RolloutConfig, gate: str, gate_truncated_reward: float | None,
+                            anchor_sampling: str, continuation_weight: float, advantage_scale: str) -> None:
         check_choice("gate", gate, Gate)
+        require(gate_truncated_reward is None or gate != "none", "gate_truncated_reward", gate_truncated_reward,
+                "null with gate: none", "it sets how the gate reads truncated siblings (use gate: mixed or unsolved)")
         check_choice("anchor_sampling", anchor_sampling, AnchorSampling)
         check_choice("advantage_scale", advantage_scale, AdvantageScale)
         require(gate != "unsolved" or rollout.group_size >= 2, "rollout.group_size", rollout.group_size,
