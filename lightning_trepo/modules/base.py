@@ -104,6 +104,9 @@ class RLModule(LightningModule):
         self._refill: Iterator[dict[str, Any]] | None = None  # dynamic sampling's stream of extra prompt batches
         if update.kl_target is not None:  # the adaptive KL controller's β is module state: saved in checkpoints
             self.register_buffer("kl_coef_value", torch.tensor(float(update.kl_coef), dtype=torch.float64))
+        self.trained_tokens = 0
+        """Tokens generated for training so far, summed over ranks (responses, continuations, baselines; not
+        validation's): what ``lr_scheduler.total_tokens`` reads. Saved in checkpoints."""
         self.rank_state_restored = False
         """Set by :meth:`on_load_checkpoint`: every rank got its own random streams back from the checkpoint, so
         :meth:`on_fit_start` must not decorrelate the ranks again (that would change a resumed run's rollouts)."""
@@ -406,8 +409,10 @@ class RLModule(LightningModule):
         rollout_id = batch.get("rollout_id")
         if step == 0 or self._rollout is None or rollout_id != self._rollout_id:  # a resume may start mid-rollout
             self._rollout_id = rollout_id
+            before = self.engine.generated_tokens
             with self.generation_context():
                 self._rollout, metrics = self.make_rollout(batch)
+            self.trained_tokens += self.controls.sum_over_ranks(self.engine.generated_tokens - before)
             self.log_metrics(metrics, prog_bar_keys=("reward/total",))
         self._t_loss = time.perf_counter()
         out = self.compute_loss(self.minibatch(self._rollout, step))

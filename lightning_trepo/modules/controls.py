@@ -40,6 +40,15 @@ class RolloutControls:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def sum_over_ranks(self, count: int) -> int:
+        """``count`` summed over the data-parallel ranks (itself on one rank)."""
+        dist = torch.distributed
+        if self.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+            return count
+        value = torch.tensor([count], dtype=torch.int64, device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return int(value.item())
+
     def refill_stream(self) -> Iterator[dict[str, Any]] | None:
         """Dynamic sampling's extra prompt batches: a new ``refill_batches()`` stream of the trainer's data module;
         None outside a Trainer or with a data module that has none (then groups are only filtered, never refilled).

@@ -2,7 +2,8 @@
 
 :func:`save_run_state` / :func:`load_run_state` (called by ``RLModule``'s checkpoint hooks) store EVERY rank's RNG
 streams (torch CPU/CUDA, Python, NumPy) and reward-tree state (e.g. ``Normalize(mode="running")``), gathered to
-rank 0 and given back to each rank on resume, plus a stamp (algorithm, model, group size) that a resume must match.
+rank 0 and given back to each rank on resume, the module's ``trained_tokens``, and a stamp (algorithm, model, group
+size) that a resume must match.
 :func:`decorrelate_rank_rng` gives each rank its own sampling stream on a fresh start.
 """
 from __future__ import annotations
@@ -70,7 +71,8 @@ def run_stamp(module: Any) -> dict[str, Any]:
 def save_run_state(module: Any, checkpoint: dict[str, Any]) -> None:
     """Put every rank's RNG streams and reward state, and the compatibility stamp, into ``checkpoint``."""
     states = _gather({"rng": capture_rng(), "reward": _cpu(module.reward.state_dict())})
-    checkpoint[STATE_KEY] = {"stamp": run_stamp(module), "rank_states": states}
+    checkpoint[STATE_KEY] = {"stamp": run_stamp(module), "rank_states": states,
+                             "trained_tokens": int(getattr(module, "trained_tokens", 0))}
     # rank 0's view under the keys older checkpoints used
     checkpoint["reward_state"], checkpoint["rng_state"] = states[0]["reward"], states[0]["rng"]
 
@@ -128,6 +130,7 @@ def load_run_state(module: Any, checkpoint: dict[str, Any]) -> bool:
     an older rank-0-only checkpoint or one written with another number of ranks."""
     trainer = module._trainer
     check_compatible(module, checkpoint, getattr(trainer, "ckpt_path", None) if trainer is not None else None)
+    module.trained_tokens = int(checkpoint.get(STATE_KEY, {}).get("trained_tokens", 0))  # lr_scheduler.total_tokens
     states = checkpoint.get(STATE_KEY, {}).get("rank_states")
     if states is None:  # an older checkpoint: rank 0's state only
         module.reward.load_state_dict(checkpoint.get("reward_state", {}))
