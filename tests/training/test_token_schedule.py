@@ -102,3 +102,17 @@ def test_lr_follows_the_generated_tokens_and_resumes_with_them(tmp_path):
     want, got = policy_params(straight), policy_params(resumed)
     for k in want:
         torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5)
+
+
+def test_validation_tokens_do_not_count(tmp_path):
+    from lightning_trepo.data import BuiltinTaskSource
+
+    pl.seed_everything(3)
+    module, record = grpo(), Record()
+    t = trainer(tmp_path, max_steps=3, val_check_interval=1, check_val_every_n_epoch=None, callbacks=[record])
+    t.fit(module, datamodule=datamodule(batch_size=2, val_batch_size=4,
+                                        val_source=BuiltinTaskSource(task="addition", split="test", size=4)))
+    # each validation greedily decodes 4 held-out prompts through the same engine: the engine counts them, the
+    # schedule does not; the lr of each step still reads only the training tokens before it
+    assert module.engine.generated_tokens > module.trained_tokens > record.tokens_before[-1] > 0
+    assert record.lrs == pytest.approx([LR * max(0.0, 1 - t / TOTAL) for t in record.tokens_before], rel=1e-9)
