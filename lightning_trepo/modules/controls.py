@@ -31,23 +31,21 @@ class RolloutControls:
     def world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
+    def _all_reduce(self, value: Tensor, op: str) -> Tensor:
+        """``value`` reduced in place over the data-parallel ranks with ``torch.distributed.ReduceOp.<op>``
+        (unchanged on one rank or outside a process group)."""
+        dist = torch.distributed
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(value, op=getattr(dist.ReduceOp, op))
+        return value
+
     def any_rank(self, flag: bool) -> bool:
         """``flag`` OR-ed over the data-parallel ranks, so that every rank makes the same generate calls."""
-        dist = torch.distributed
-        if self.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
-            return flag
-        value = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+        return bool(self._all_reduce(torch.tensor([float(flag)], device=self.device), "MAX").item())
 
     def sum_over_ranks(self, count: int) -> int:
         """``count`` summed over the data-parallel ranks (itself on one rank)."""
-        dist = torch.distributed
-        if self.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
-            return count
-        value = torch.tensor([count], dtype=torch.int64, device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        return int(value.item())
+        return int(self._all_reduce(torch.tensor([count], dtype=torch.int64, device=self.device), "SUM").item())
 
     def refill_stream(self) -> Iterator[dict[str, Any]] | None:
         """Dynamic sampling's extra prompt batches: a new ``refill_batches()`` stream of the trainer's data module;
